@@ -1,0 +1,365 @@
+"""Trajectory -> packed graph (DESIGN.md section 3), the one layout that the trainer
+trains and the runner decodes.
+
+Two steps:
+
+1. :func:`tokenize_trajectory` turns a parsed trajectory into a *token tree*
+   (:class:`Run`, :class:`TBlock`, :class:`TThread`): token ids with, for every run,
+   whether the model sampled it (trained) or the runner wrote it (thread openers
+   ``"\\n<Thread>i:"`` and the join ``"\\n</Parallel>"``, never trained). The runner
+   builds the same tree directly from the ids it decoded, so nothing is ever
+   re-tokenized between sampling and training.
+2. :func:`build_graph` lays the tree out as a :class:`PackedGraph` for a join mode.
+
+Join mode ``concat`` (ThreadWeaver semantics): each thread sees the shared prefix,
+the outlines and its own opener, never a sibling; the continuation after the join
+sees the prefix and every thread re-read as one linear text. In the packed buffer
+thread 1 lies on the main path once (trained) and threads 2..n appear twice: once
+as their own branch (trained) and once re-read on the main path (loss mask 0).
+No token is trained twice and no trained token sees a sibling thread.
+
+Visibility is stored at segment level: a segment is a maximal chain of buffer-
+consecutive tokens, each the only child of the previous; ``seg_vis[s, t]`` says
+segment ``s`` sees all of segment ``t`` (inside a segment attention is causal). This
+is ``O(L + S^2)`` memory instead of ``O(L^2)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence, Union
+
+import torch
+
+from .format import (CANONICAL_THREAD_SEP, OUTLINE_CLOSE, OUTLINE_OPEN, OUTLINES_CLOSE,
+                     OUTLINES_OPEN, PARALLEL_CLOSE, PARALLEL_OPEN, THREAD_CLOSE, THREAD_OPEN,
+                     Block, Trajectory, canonicalize, parse)
+
+JOIN_MODES = ("concat",)
+
+
+# ---------------------------------------------------------------------------
+# Token tree
+
+
+@dataclass
+class Run:
+    """Consecutive tokens with one role: ``train`` True if the model sampled them."""
+
+    ids: list[int]
+    train: bool = True
+
+
+@dataclass
+class TThread:
+    opener: list[int]  # runner-written: separator, <Thread>, "i:" header
+    body: list  # list of Run | TBlock, sampled, ends with </Thread> when closed
+    closed: bool = True
+
+
+@dataclass
+class TBlock:
+    head: list[int]  # sampled: <Parallel> ... </Outlines> (the fork point is its last token)
+    threads: list[TThread] = field(default_factory=list)
+    closer: list[int] = field(default_factory=list)  # runner-written join text; [] if never joined
+
+    @property
+    def joined(self) -> bool:
+        return bool(self.closer)
+
+
+TItem = Union[Run, TBlock]
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """Ids of a text piece, no special tokens added. Every piece of a trajectory is
+    encoded on its own, split at control tags, so that runner and trainer agree."""
+    if not text:
+        return []
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def opener_ids(tokenizer, i: int) -> list[int]:
+    """What the runner writes to open thread ``i`` (1-based)."""
+    return encode(tokenizer, CANONICAL_THREAD_SEP) + [_tag(tokenizer, THREAD_OPEN)] + encode(tokenizer, f"{i}:")
+
+
+def closer_ids(tokenizer) -> list[int]:
+    """What the runner writes at the join."""
+    return encode(tokenizer, CANONICAL_THREAD_SEP) + [_tag(tokenizer, PARALLEL_CLOSE)]
+
+
+def _tag(tokenizer, tag: str) -> int:
+    tid = tokenizer.convert_tokens_to_ids(tag)
+    if tid is None or tid == tokenizer.unk_token_id:
+        raise ValueError(f"tokenizer has no token for {tag}; call parallel_reason.tokens.add_control_tokens")
+    return int(tid)
+
+
+def tokenize_trajectory(traj: Trajectory | str, tokenizer, eos: bool = True) -> list[TItem]:
+    """Token tree of a well-formed completion (text or parsed). Separators the runner
+    writes are canonicalised first (see :func:`parallel_reason.format.canonicalize`).
+    With ``eos`` the tokenizer's EOS token is appended as a sampled token."""
+    if isinstance(traj, str):
+        traj = parse(traj)
+    traj = canonicalize(traj)
+    items = _tok_seq(traj.parts, tokenizer)
+    if eos:
+        if tokenizer.eos_token_id is None:
+            raise ValueError("eos=True but the tokenizer has no eos_token_id")
+        _append_run(items, [int(tokenizer.eos_token_id)], True)
+    return items
+
+
+def _append_run(items: list, ids: list[int], train: bool) -> None:
+    if not ids:
+        return
+    if items and isinstance(items[-1], Run) and items[-1].train == train:
+        items[-1].ids.extend(ids)
+    else:
+        items.append(Run(list(ids), train))
+
+
+def _tok_seq(parts: list, tok) -> list[TItem]:
+    items: list[TItem] = []
+    for p in parts:
+        if isinstance(p, Block):
+            items.append(_tok_block(p, tok))
+        else:
+            _append_run(items, encode(tok, p), True)
+    return items
+
+
+def _tok_block(b: Block, tok) -> TBlock:
+    head = [_tag(tok, PARALLEL_OPEN)] + encode(tok, b.pre_outlines) + [_tag(tok, OUTLINES_OPEN)]
+    for i, o in enumerate(b.outlines):
+        head += encode(tok, b.outline_seps[i]) + [_tag(tok, OUTLINE_OPEN)] + encode(tok, o) + [_tag(tok, OUTLINE_CLOSE)]
+    head += encode(tok, b.outline_seps[len(b.outlines)]) + [_tag(tok, OUTLINES_CLOSE)]
+    threads = []
+    for i, t in enumerate(b.threads, 1):
+        body = _tok_seq(t.parts, tok)
+        _append_run(body, [_tag(tok, THREAD_CLOSE)], True)
+        threads.append(TThread(opener=opener_ids(tok, i), body=body))
+    return TBlock(head=head, threads=threads, closer=closer_ids(tok))
+
+
+def linear_ids(items: Sequence[TItem]) -> list[int]:
+    """The completion as one flat token sequence (concat form: what the text reads)."""
+    out: list[int] = []
+    for it in items:
+        if isinstance(it, Run):
+            out += it.ids
+        else:
+            out += it.head
+            for t in it.threads:
+                out += t.opener + linear_ids(t.body)
+            out += it.closer
+    return out
+
+
+def sampled_count(items: Sequence[TItem]) -> int:
+    """Number of sampled tokens of a token tree."""
+    n = 0
+    for it in items:
+        if isinstance(it, Run):
+            n += len(it.ids) if it.train else 0
+        else:
+            n += len(it.head) + sum(sampled_count(t.body) for t in it.threads)
+    return n
+
+
+def critical_path_count(items: Sequence[TItem]) -> int:
+    """Sampled tokens on the longest causal chain of a token tree (same definition as
+    :func:`parallel_reason.metrics.critical_path`, counted in real token ids)."""
+    n = 0
+    for it in items:
+        if isinstance(it, Run):
+            n += len(it.ids) if it.train else 0
+        else:
+            n += len(it.head) + max((critical_path_count(t.body) for t in it.threads), default=0)
+    return n
+
+
+# ---------------------------------------------------------------------------
+# Packed graph
+
+
+@dataclass
+class PackedGraph:
+    """One trajectory laid out for a single forward pass.
+
+    ``pred[i]`` is the index of the token whose logits predict token ``i`` (-1 for
+    the first); ``seg_id[i]`` its segment; ``seg_vis[s, t]`` True if segment ``s``
+    sees all of segment ``t`` (``seg_vis[s, s]`` is True; inside a segment attention
+    is causal). ``prompt_len`` tokens of prompt come first.
+    """
+
+    input_ids: torch.Tensor  # [L] long
+    pred: torch.Tensor  # [L] long
+    position_ids: torch.Tensor  # [L] long
+    loss_mask: torch.Tensor  # [L] bool
+    seg_id: torch.Tensor  # [L] long
+    seg_vis: torch.Tensor  # [S, S] bool
+    prompt_len: int
+    join: str = "concat"
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def num_segments(self) -> int:
+        return int(self.seg_vis.shape[0])
+
+    def visible(self, i: int) -> torch.Tensor:
+        """Bool [L]: which tokens token ``i`` attends to (for tests and debugging)."""
+        s = self.seg_id
+        same = (s == s[i]) & (torch.arange(len(self)) <= i)
+        return same | (self.seg_vis[s[i]][s] & (s != s[i]))
+
+    def dense_mask(self) -> torch.Tensor:
+        """Bool [L, L] visibility (row = query). O(L^2): for small L and tests."""
+        s = self.seg_id
+        idx = torch.arange(len(self))
+        same = (s[:, None] == s[None, :]) & (idx[None, :] <= idx[:, None])
+        cross = self.seg_vis[s[:, None], s[None, :]] & (s[:, None] != s[None, :])
+        return same | cross
+
+    def ancestors(self, i: int) -> list[int]:
+        """Path from the root to token ``i`` (inclusive), following ``pred``."""
+        path = []
+        p = self.pred.tolist()
+        while i >= 0:
+            path.append(i)
+            i = p[i]
+        return path[::-1]
+
+    def leaves(self) -> list[int]:
+        has_child = torch.zeros(len(self), dtype=torch.bool)
+        pr = self.pred[self.pred >= 0]
+        has_child[pr] = True
+        return torch.nonzero(~has_child).flatten().tolist()
+
+    def requests(self) -> list[tuple[list[int], list[int]]]:
+        """The (context, completion) requests of the trajectory as node-index lists:
+        every maximal chain of trained tokens that starts after an untrained token
+        (prompt, thread opener, join) is one request; its context is its ancestor path."""
+        lm = self.loss_mask.tolist()
+        pred = self.pred.tolist()
+        children: dict[int, list[int]] = {}
+        for i, p in enumerate(pred):
+            children.setdefault(p, []).append(i)
+        out = []
+        for i in range(len(self)):
+            if not lm[i] or (pred[i] >= 0 and lm[pred[i]]):
+                continue
+            comp = [i]
+            while True:
+                nxt = [c for c in children.get(comp[-1], []) if lm[c]]
+                if len(nxt) != 1:
+                    break
+                comp.append(nxt[0])
+            ctx = self.ancestors(pred[i]) if pred[i] >= 0 else []
+            out.append((ctx, comp))
+        return out
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.pred: list[int] = []
+        self.pos: list[int] = []
+        self.loss: list[bool] = []
+
+    def chain(self, ids: Sequence[int], train: bool, parent: int) -> int:
+        for t in ids:
+            node = len(self.ids)
+            self.ids.append(int(t))
+            self.pred.append(parent)
+            self.pos.append(self.pos[parent] + 1 if parent >= 0 else 0)
+            self.loss.append(bool(train))
+            parent = node
+        return parent
+
+    def seq(self, items: Sequence[TItem], parent: int) -> int:
+        for it in items:
+            if isinstance(it, Run):
+                parent = self.chain(it.ids, it.train, parent)
+            else:
+                parent = self.block_concat(it, parent)
+        return parent
+
+    def block_concat(self, b: TBlock, parent: int) -> int:
+        fork = self.chain(b.head, True, parent)
+        ends = []
+        for t in b.threads:
+            start = self.chain(t.opener, False, fork)
+            ends.append(self.seq(t.body, start))
+        if not b.joined:
+            # never joined (truncated rollout): nothing reads the threads afterwards
+            return ends[-1] if ends else fork
+        cur = ends[0] if ends else fork
+        for t in b.threads[1:]:
+            cur = self.chain(t.opener + linear_ids(t.body), False, cur)
+        return self.chain(b.closer, False, cur)
+
+
+def build_graph(prompt_ids: Sequence[int], items: Sequence[TItem], join: str = "concat") -> PackedGraph:
+    """Lay out a prompt and a completion token tree as a packed graph."""
+    if join not in JOIN_MODES:
+        raise ValueError(f"join mode {join!r} is not available; choose one of {JOIN_MODES}")
+    b = _Builder()
+    last = b.chain(prompt_ids, False, -1)
+    b.seq(items, last)
+    return _finish(b, len(prompt_ids), join)
+
+
+def _finish(b: _Builder, prompt_len: int, join: str) -> PackedGraph:
+    L = len(b.ids)
+    if L == 0:
+        raise ValueError("empty trajectory: no prompt and no completion tokens")
+    nchild = [0] * L
+    for p in b.pred:
+        if p >= 0:
+            nchild[p] += 1
+    seg = [0] * L
+    seg_parent = [-1]
+    for i in range(1, L):
+        p = b.pred[i]
+        if p == i - 1 and nchild[p] == 1:
+            seg[i] = seg[i - 1]
+        else:
+            seg[i] = len(seg_parent)
+            seg_parent.append(seg[p] if p >= 0 else -1)
+    S = len(seg_parent)
+    vis = torch.zeros(S, S, dtype=torch.bool)
+    for s in range(S):
+        vis[s, s] = True
+        par = seg_parent[s]
+        if par >= 0:
+            vis[s] |= vis[par]  # parents precede children, so vis[par] is complete
+    return PackedGraph(
+        input_ids=torch.tensor(b.ids, dtype=torch.long),
+        pred=torch.tensor(b.pred, dtype=torch.long),
+        position_ids=torch.tensor(b.pos, dtype=torch.long),
+        loss_mask=torch.tensor(b.loss, dtype=torch.bool),
+        seg_id=torch.tensor(seg, dtype=torch.long),
+        seg_vis=vis,
+        prompt_len=prompt_len,
+        join=join,
+    )
+
+
+def linear_graph(prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> PackedGraph:
+    """Plain causal layout (the sequential baseline): one segment, every completion token trained."""
+    return build_graph(prompt_ids, [Run(list(completion_ids), True)] if completion_ids else [])
+
+
+def graph_from_text(prompt: str, completion: str, tokenizer, join: str = "concat", eos: bool = True,
+                    sequential: bool = False) -> PackedGraph:
+    """Convenience: text prompt + completion -> packed graph. With ``sequential`` the
+    completion is trained as plain causal text (tags, if any, are ordinary tokens)."""
+    prompt_ids = encode(tokenizer, prompt)
+    if sequential:
+        ids = encode(tokenizer, completion) + ([int(tokenizer.eos_token_id)] if eos else [])
+        return linear_graph(prompt_ids, ids)
+    return build_graph(prompt_ids, tokenize_trajectory(completion, tokenizer, eos=eos), join)

@@ -1,0 +1,216 @@
+"""Parallelism metrics (DESIGN.md section 4): one implementation, used by the
+generator statistics, the rewards, the runner and the evaluation.
+
+Only *sampled* tokens count. The runner writes, at each fork, every thread's
+opener (separator + ``<Thread>`` + ``i:`` header) and, at the join, the separator
+and ``</Parallel>``; those are not sampled and count nowhere. Everything else of a
+completion is sampled: sequential text, ``<Parallel>``, the outlines section with
+its tags, thread bodies and each ``</Thread>``.
+
+- ``total_tokens``: every sampled token.
+- ``critical_path``: sampled tokens on the longest causal chain, recursively
+  ``cp(seq) = sum over parts of (tokens of a text part, or for a block: its
+  non-thread tokens + max over threads of cp(thread))``.
+- ``speedup = total_tokens / critical_path`` (the trajectory against itself);
+  :func:`speedup_vs` gives ``baseline_total / critical_path``.
+- ``parallel_ratio``: the share of sampled tokens that lie inside top-level threads.
+
+Metrics take a parsed :class:`~parallel_reason.format.Trajectory` (text pieces,
+counted by ``count``) or one parsed from token ids (pieces are id tuples, counted
+with ``len``). Each control tag counts as one token.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable, Sequence
+
+from .format import (CONTROL_TAGS, Block, Trajectory, parse_ids, parse_lenient)
+
+Counter = Callable[[object], int]
+
+_WORD_RE = re.compile(r"\d|\w+|[^\w\s]|\s+")
+
+
+def approx_count(piece) -> int:
+    """Token count without a tokenizer: digits one each, words, punctuation and
+    whitespace runs one each; tuples of ids count their length."""
+    if isinstance(piece, tuple):
+        return len(piece)
+    return len(_WORD_RE.findall(piece))
+
+
+def tokenizer_counter(tokenizer) -> Counter:
+    """Counter that tokenizes text pieces with ``tokenizer`` (no special tokens added)."""
+
+    def count(piece) -> int:
+        if isinstance(piece, tuple):
+            return len(piece)
+        if not piece:
+            return 0
+        return len(tokenizer(piece, add_special_tokens=False)["input_ids"])
+
+    return count
+
+
+def _seq_cost(parts: list, count: Counter) -> tuple[int, int]:
+    """(total, critical path) of a list of parts."""
+    total = cp = 0
+    for p in parts:
+        if isinstance(p, Block):
+            t, c = _block_cost(p, count)
+        else:
+            t = c = count(p)
+        total += t
+        cp += c
+    return total, cp
+
+
+def _block_cost(b: Block, count: Counter) -> tuple[int, int]:
+    # sampled non-thread tokens: <Parallel>, pre-outlines text, <Outlines>, each
+    # outline with its tags and separators, </Outlines>
+    own = 1 + count(b.pre_outlines)
+    if b.has_outlines:
+        own += 1
+        own += sum(count(s) for s in b.outline_seps)
+        own += sum(count(o) for o in b.outlines)
+        own += 2 * len(b.outlines) - (1 if b.open_outline else 0)
+        own += 1 if b.outlines_closed else 0
+    total, longest = own, 0
+    for t in b.threads:
+        tt, tc = _seq_cost(t.parts, count)
+        tt += 1 if t.closed else 0  # </Thread> is sampled
+        tc += 1 if t.closed else 0
+        total += tt
+        longest = max(longest, tc)
+    return total, own + longest
+
+
+@dataclass
+class TrajectoryStats:
+    """Per-trajectory metrics."""
+
+    total_tokens: int
+    critical_path: int
+    speedup: float
+    parallel_ratio: float
+    blocks: int
+    threads: int
+    max_depth: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _as_traj(x) -> Trajectory:
+    if isinstance(x, Trajectory):
+        return x
+    if isinstance(x, str):
+        return parse_lenient(x)[0]
+    raise TypeError(f"expected a Trajectory or text, got {type(x).__name__}")
+
+
+def total_tokens(traj, count: Counter = approx_count) -> int:
+    return _seq_cost(_as_traj(traj).parts, count)[0]
+
+
+def critical_path(traj, count: Counter = approx_count) -> int:
+    return _seq_cost(_as_traj(traj).parts, count)[1]
+
+
+def speedup(traj, count: Counter = approx_count) -> float:
+    t, c = _seq_cost(_as_traj(traj).parts, count)
+    return t / c if c else 1.0
+
+
+def speedup_vs(baseline_total: int, critical: int) -> float:
+    """Speedup of a parallel trajectory against a sequential baseline."""
+    return baseline_total / critical if critical else 1.0
+
+
+def parallel_ratio(traj, count: Counter = approx_count) -> float:
+    traj = _as_traj(traj)
+    total = _seq_cost(traj.parts, count)[0]
+    inside = 0
+    for p in traj.parts:
+        if isinstance(p, Block):
+            for t in p.threads:
+                inside += _seq_cost(t.parts, count)[0] + (1 if t.closed else 0)
+    return inside / total if total else 0.0
+
+
+def stats(traj, count: Counter = approx_count) -> TrajectoryStats:
+    """All metrics of one trajectory (text or parsed)."""
+    traj = _as_traj(traj)
+    t, c = _seq_cost(traj.parts, count)
+    blocks = traj.blocks()
+    return TrajectoryStats(
+        total_tokens=t,
+        critical_path=c,
+        speedup=t / c if c else 1.0,
+        parallel_ratio=parallel_ratio(traj, count),
+        blocks=len(blocks),
+        threads=sum(b.width for b, _ in blocks),
+        max_depth=max((d for _, d in blocks), default=0),
+    )
+
+
+def control_tag_ids(tokenizer) -> dict[int, str]:
+    """Map token id -> tag for the control tags of ``tokenizer`` (they must be added)."""
+    out = {}
+    for tag in CONTROL_TAGS:
+        tid = tokenizer.convert_tokens_to_ids(tag)
+        if tid is None or tid == tokenizer.unk_token_id:
+            raise ValueError(f"tokenizer has no single token for {tag}; call parallel_reason.tokens.add_control_tokens first")
+        out[int(tid)] = tag
+    return out
+
+
+def trajectory_from_ids(ids: Sequence[int], tokenizer) -> Trajectory:
+    """Parse completion token ids (leniently) into a trajectory of id tuples, splitting
+    each thread's header (the ids the runner writes for ``i:``) from its body."""
+    cache: dict[int, tuple] = {}
+
+    def header_ids(i: int) -> tuple:
+        if i not in cache:
+            cache[i] = tuple(tokenizer(f"{i}:", add_special_tokens=False)["input_ids"])
+        return cache[i]
+
+    traj, _ = parse_ids(ids, control_tag_ids(tokenizer), header_ids)
+    return traj
+
+
+def stats_from_ids(ids: Sequence[int], tokenizer) -> TrajectoryStats:
+    """Metrics of a completion given as token ids; every id counts as one token."""
+    return stats(trajectory_from_ids(ids, tokenizer), count=len)
+
+
+def aggregate(rows: Iterable[dict], baseline_total: Sequence[float] | None = None) -> dict:
+    """Summary over problems: means of total and critical path, and speedup both as
+    the mean of per-problem ratios (``speedup_mean_of_ratios``) and as the ratio of
+    means (``speedup_ratio_of_means``). With ``baseline_total`` (one per row, same
+    order), the speedups against that baseline are added too."""
+    rows = list(rows)
+    n = len(rows)
+    if n == 0:
+        return {"n": 0}
+    tot = [r["total_tokens"] for r in rows]
+    cp = [max(r["critical_path"], 1) for r in rows]
+    out = {
+        "n": n,
+        "total_tokens_mean": sum(tot) / n,
+        "critical_path_mean": sum(cp) / n,
+        "speedup_mean_of_ratios": sum(t / c for t, c in zip(tot, cp)) / n,
+        "speedup_ratio_of_means": sum(tot) / sum(cp),
+    }
+    if baseline_total is not None:
+        base = list(baseline_total)
+        if len(base) != n:
+            raise ValueError(f"baseline_total has {len(base)} entries for {n} rows")
+        out["speedup_vs_baseline_mean_of_ratios"] = sum(b / c for b, c in zip(base, cp)) / n
+        out["speedup_vs_baseline_ratio_of_means"] = sum(base) / sum(cp)
+    for key in ("blocks", "threads"):
+        if all(key in r for r in rows):
+            out[f"{key}_mean"] = sum(r[key] for r in rows) / n
+    return out

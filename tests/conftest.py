@@ -1,0 +1,53 @@
+"""Shared fixtures: a tiny tokenizer and tiny models built in the test session."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = ("alpha beta gamma delta check try plan found none left right sum take " 
+         "Numbers Target Answer Search").split()
+
+
+def random_text(rng: random.Random, lo: int = 1, hi: int = 6) -> str:
+    return " " + " ".join(rng.choice(WORDS + [str(rng.randint(0, 99))]) for _ in range(rng.randint(lo, hi)))
+
+
+def random_trajectory(rng: random.Random, depth: int = 2, max_width: int = 4, p_block: float = 0.7):
+    """A random well-formed completion text with nested blocks (widths 1..max_width)."""
+    from parallel_reason.format import Trajectory, make_block, render
+
+    def seq(d: int) -> list:
+        parts = [random_text(rng)]
+        for _ in range(rng.randint(0, 2)):
+            if d < depth and rng.random() < p_block:
+                w = rng.randint(1, max_width)
+                parts.append(make_block([(random_text(rng, 1, 3).strip(), seq(d + 1)) for _ in range(w)]))
+                parts.append("\n" + random_text(rng).lstrip())
+        return parts
+
+    return render(Trajectory(seq(0)))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from parallel_reason.tiny import build_tokenizer
+    from parallel_reason.tokens import add_control_tokens
+
+    rng = random.Random(0)
+    corpus = [random_trajectory(rng) for _ in range(200)] + [" ".join(WORDS)] * 5 + ["0 1 2 3 4 5 6 7 8 9 : = + - * / ( ) [ ]"] * 5
+    tok = build_tokenizer(corpus, vocab_size=320)
+    add_control_tokens(tok)
+    return tok
+
+
+def make_model(tokenizer, arch: str = "qwen2", attn: str = "sdpa", seed: int = 0, **kw):
+    from parallel_reason.tiny import build_model
+
+    return build_model(len(tokenizer), arch=arch, seed=seed, attn_implementation=attn, **kw).eval()
