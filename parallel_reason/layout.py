@@ -48,6 +48,7 @@ class Run:
 
     ids: list[int]
     train: bool = True
+    logprobs: list[float] | None = None  # sampling log-probs recorded by the runner
 
 
 @dataclass
@@ -62,6 +63,7 @@ class TBlock:
     head: list[int]  # sampled: <Parallel> ... </Outlines> (the fork point is its last token)
     threads: list[TThread] = field(default_factory=list)
     closer: list[int] = field(default_factory=list)  # runner-written join text; [] if never joined
+    head_logprobs: list[float] | None = None  # sampling log-probs of ``head`` (runner)
 
     @property
     def joined(self) -> bool:
@@ -202,6 +204,7 @@ class PackedGraph:
     seg_vis: torch.Tensor  # [S, S] bool
     prompt_len: int
     join: str = "concat"
+    sample_logprobs: torch.Tensor | None = None  # [L] float: log-probs recorded while sampling (0 elsewhere)
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -269,10 +272,17 @@ class _Builder:
         self.pred: list[int] = []
         self.pos: list[int] = []
         self.loss: list[bool] = []
+        self.lp: list[float] = []
+        self.has_lp = False
 
-    def chain(self, ids: Sequence[int], train: bool, parent: int) -> int:
-        for t in ids:
+    def chain(self, ids: Sequence[int], train: bool, parent: int, logprobs: Sequence[float] | None = None) -> int:
+        if logprobs is not None:
+            if len(logprobs) != len(ids):
+                raise ValueError(f"{len(logprobs)} log-probs for {len(ids)} tokens")
+            self.has_lp = True
+        for k, t in enumerate(ids):
             node = len(self.ids)
+            self.lp.append(float(logprobs[k]) if logprobs is not None else 0.0)
             self.ids.append(int(t))
             self.pred.append(parent)
             self.pos.append(self.pos[parent] + 1 if parent >= 0 else 0)
@@ -283,13 +293,13 @@ class _Builder:
     def seq(self, items: Sequence[TItem], parent: int) -> int:
         for it in items:
             if isinstance(it, Run):
-                parent = self.chain(it.ids, it.train, parent)
+                parent = self.chain(it.ids, it.train, parent, it.logprobs)
             else:
                 parent = self.block_concat(it, parent)
         return parent
 
     def block_concat(self, b: TBlock, parent: int) -> int:
-        fork = self.chain(b.head, True, parent)
+        fork = self.chain(b.head, True, parent, b.head_logprobs)
         ends = []
         for t in b.threads:
             start = self.chain(t.opener, False, fork)
@@ -346,6 +356,7 @@ def _finish(b: _Builder, prompt_len: int, join: str) -> PackedGraph:
         seg_vis=vis,
         prompt_len=prompt_len,
         join=join,
+        sample_logprobs=torch.tensor(b.lp, dtype=torch.float32) if b.has_lp else None,
     )
 
 
