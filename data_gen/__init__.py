@@ -1,0 +1,1 @@
+"""Trajectory generators (symbolic search traces, LLM rewriting, self-training)."""

@@ -1,0 +1,533 @@
+"""Countdown search traces, rendered as fork/join (parallel) or linear (sequential)
+reasoning, for SFT.
+
+    python -m data_gen.countdown --n 1000 --seed 0 --out train.jsonl --stats
+    python -m data_gen.countdown --n 1000 --seed 0 --mode sequential --out seq.jsonl
+
+How a trace is made
+-------------------
+1. A problem (numbers, target) is sampled by :func:`parallel_reason.tasks.countdown.make_problem`.
+2. A symbolic search explores it and records the *explored tree*: at a node (the
+   list of numbers still to combine) every legal move "combine two numbers with an
+   operation" is ranked by a heuristic (closeness of the new numbers to the target
+   and to its factors; ties broken by the problem's own RNG) and the top ``w`` are
+   kept (``--widths``, one width per level, the last one repeats). A node with two
+   numbers is a leaf: it tries ``+ - * /`` against the target in that order.
+   A node at parallel depth ``< --max-depth`` with at least two kept moves *fans
+   out*: all of its moves are explored (they will run as concurrent threads, none
+   of which can stop the others). Any other node explores its moves one after the
+   other (depth-first) and stops at the first one that reaches the target.
+3. The same tree is rendered in either mode, so both modes carry the same content
+   and the same problems (same ``--seed``/``--max-depth``):
+
+   * ``parallel``: a fanning-out node becomes a ``<Parallel>`` block with one
+     outline per move (``"1: 60-25=35 [4 7 35]"``); each thread searches that
+     move's subtree (nesting blocks while the depth allows) and ends with
+     ``=> EXPR = TARGET`` or ``=> none``; after the join the parent states the
+     solution; the completion ends with ``Answer: EXPR``.
+   * ``sequential``: the same nodes in depth-first order as one indented chain,
+     no tags, ending with the same ``Answer: EXPR`` line.
+
+Length: with the defaults (``--widths 3,2 --max-depth 2``) a 4-number trace is about
+520 sampled tokens (``metrics.approx_count``; each tag one token) and 1000 characters
+in parallel mode (half of them tag text), about 450 tokens / 480 characters in
+sequential mode. ``--widths 2,2`` gives about 365 tokens; ``--widths 4,3`` about 900.
+
+Bias: only problems whose (bounded) search finds a solution are written, so the
+data over-represents problems the heuristic finds easy (targets close to simple
+sums and products of the numbers); the success rate is printed by ``--stats``.
+
+Splits and determinism
+----------------------
+A problem's split is a stable hash (sha256) of its key (sorted numbers + target):
+90/5/5 train/val/test by default, so splits never share a problem; a candidate
+whose key belongs to another split is skipped and duplicates within a split are
+dropped. Candidate ``k`` is generated from its own ``random.Random`` seeded with
+``(seed, split, numbers, k)``; candidates are produced in index order in chunks
+(a process pool with ``--workers``), kept in index order, deduplicated, and the
+first ``--n`` are written. The same options give byte-identical files for any
+``--workers``.
+
+Output: JSONL in TRL prompt-completion form, one record per line with keys
+``id, task, prompt, completion, nums, target, answer, mode``, written atomically.
+Every completion is checked before writing: it parses strictly (with
+``Limits(max_depth=--max-depth)``) and its answer verifies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+from parallel_reason import metrics
+from parallel_reason.format import Limits, make_block, parse, render
+from parallel_reason.tasks import countdown as task
+
+TASK = "countdown"
+SPLITS = ("train", "val", "test")
+MODES = ("parallel", "sequential")
+DEFAULT_SPLIT_FRACTIONS = (0.90, 0.05, 0.05)
+DEFAULT_WIDTHS = (3, 2)
+
+# ---------------------------------------------------------------------------
+# Search
+
+
+@dataclass(frozen=True)
+class Item:
+    """A number still to combine, with the expression that produced it."""
+
+    value: int
+    expr: str
+    op: str = ""  # top operator of expr ("" for an input number)
+
+
+@dataclass
+class Node:
+    """A node of the explored tree."""
+
+    items: tuple  # of Item
+    move: str = ""  # the move that produced this node, e.g. "60-25=35" ("" at the root)
+    children: list = field(default_factory=list)
+    checks: list = field(default_factory=list)  # leaf: "4+9=13", ... in the order tried
+    found: str | None = None  # expression reaching the target within this subtree
+    fanout: bool = False  # children explored concurrently (a block in parallel mode)
+
+    @property
+    def is_leaf(self) -> bool:
+        return len(self.items) <= 2
+
+    @property
+    def state(self) -> str:
+        return "[" + " ".join(str(v) for v in sorted(i.value for i in self.items)) + "]"
+
+    def outline(self) -> str:
+        return f"{self.move} {self.state}"
+
+    def leaves(self) -> int:
+        return 1 if self.is_leaf else sum(c.leaves() for c in self.children)
+
+
+def _combine(a: Item, b: Item):
+    """Legal (value, op, text, item) combinations of two items (generation rules)."""
+    hi, lo = (a, b) if a.value >= b.value else (b, a)
+    return [(value, op, f"{hi.value}{op}{lo.value}={value}", _apply(hi, op, lo, value))
+            for value, op, _h, _l in task._pairs(hi.value, lo.value)]
+
+
+def _apply(hi: Item, op: str, lo: Item, value: int) -> Item:
+    return Item(value, task.join_expr(hi.expr, hi.op, op, lo.expr, lo.op), op)
+
+
+def _distance(v: int, target: int) -> float:
+    """How far a single number is from being useful: distance to the target, or to a
+    factor / multiple of it (then one more step may finish)."""
+    d = abs(target - v) / target
+    if v > 1 and v != target:
+        if target % v == 0:
+            d = min(d, 0.1 + 0.02 * (target // v))
+        elif v % target == 0:
+            d = min(d, 0.1 + 0.02 * (v // target))
+    return d
+
+
+def _score(values: Sequence[int], target: int) -> float:
+    """Heuristic cost of a state (lower is better)."""
+    ds = sorted(_distance(v, target) for v in values)
+    return ds[0] + 0.25 * sum(ds[1:]) / max(len(ds) - 1, 1)
+
+
+def _moves(items: tuple, target: int, rng: random.Random, width: int) -> list:
+    """The ``width`` best legal moves of a state as (text, new items), deduplicated by
+    resulting state; ties are broken by ``rng``."""
+    scored, seen = [], set()
+    n = len(items)
+    for i in range(n):
+        for j in range(i + 1, n):
+            hi, lo = (items[i], items[j]) if items[i].value >= items[j].value else (items[j], items[i])
+            rest = [x.value for k, x in enumerate(items) if k != i and k != j]
+            for value, op, _h, _l in task._pairs(hi.value, lo.value):
+                key = tuple(sorted(rest + [value]))
+                if key in seen:
+                    continue
+                seen.add(key)
+                scored.append((_score(key, target), rng.random(), i, j, value, op))
+    scored.sort(key=lambda m: (m[0], m[1]))
+    out = []
+    for _s, _r, i, j, value, op in scored[:width]:
+        hi, lo = (items[i], items[j]) if items[i].value >= items[j].value else (items[j], items[i])
+        rest = tuple(x for k, x in enumerate(items) if k != i and k != j)
+        out.append((f"{hi.value}{op}{lo.value}={value}", rest + (_apply(hi, op, lo, value),)))
+    return out
+
+
+def search(nums: Sequence[int], target: int, rng: random.Random,
+           widths: Sequence[int] = DEFAULT_WIDTHS, max_depth: int = 2) -> Node:
+    """The explored search tree of a problem (see the module docstring)."""
+    root = Node(items=tuple(Item(int(v), str(int(v))) for v in nums))
+
+    def explore(node: Node, depth: int, level: int) -> None:
+        if len(node.items) == 1:  # only with a single input number
+            if node.items[0].value == target:
+                node.found = node.items[0].expr
+            return
+        if len(node.items) == 2:
+            a, b = node.items
+            for value, _op, text, item in _combine(a, b):
+                node.checks.append(text)
+                if value == target:
+                    node.found = item.expr
+                    break
+            return
+        width = widths[min(level, len(widths) - 1)]
+        moves = _moves(node.items, target, rng, width)
+        node.fanout = depth < max_depth and len(moves) >= 2
+        for text, items in moves:
+            child = Node(items=items, move=text)
+            node.children.append(child)
+            explore(child, depth + 1 if node.fanout else depth, level + 1)
+            if child.found is not None and node.found is None:
+                node.found = child.found
+                if not node.fanout:
+                    break
+
+    explore(root, 0, 0)
+    return root
+
+
+# ---------------------------------------------------------------------------
+# Rendering
+
+
+def _result(node: Node, target: int) -> str:
+    return "none" if node.found is None else f"{node.found} = {target}"
+
+
+def _render_parts(node: Node, target: int, parallel: bool, indent: str, lead: str) -> list:
+    """Parts of the node's own search (what follows its move line, or its thread
+    header). ``lead`` separates the first element from what precedes it."""
+    if node.is_leaf:
+        return [" " + " ".join(node.checks) + " => " + _result(node, target)]
+    if parallel and node.fanout:
+        block = make_block((c.outline(), _render_parts(c, target, True, " ", " ")) for c in node.children)
+        parts = [lead] if lead else []
+        return parts + [block, f"\n{indent}=> {_result(node, target)}"]
+    parts: list = []
+    for k, child in enumerate(node.children):
+        parts.append((lead if k == 0 else "\n" + indent) + child.outline())
+        parts += _render_parts(child, target, parallel, indent + " ", "\n" + indent + " ")
+    parts.append(f"\n{indent}=> {_result(node, target)}")
+    return parts
+
+
+def render_tree(root: Node, target: int, mode: str) -> str:
+    """The completion for an explored tree (which must contain a solution)."""
+    if root.found is None:
+        raise ValueError("the search found no solution; nothing to render")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    parts = _render_parts(root, target, mode == "parallel", "", "")
+    text = render(_merge_text(parts)).lstrip()
+    return f"{text}\nAnswer: {root.found}"
+
+
+def _merge_text(parts: list) -> list:
+    out: list = []
+    for p in parts:
+        if isinstance(p, str) and out and isinstance(out[-1], str):
+            out[-1] += p
+        else:
+            out.append(p)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Problems, splits, candidates
+
+
+def problem_key(nums: Sequence[int], target: int) -> str:
+    return " ".join(str(int(v)) for v in sorted(nums)) + f" -> {int(target)}"
+
+
+def split_of(nums: Sequence[int], target: int,
+             fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS) -> str:
+    """The split a problem belongs to: a stable hash of its key (never Python's hash)."""
+    digest = hashlib.sha256(f"{TASK}|{problem_key(nums, target)}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2.0 ** 64
+    acc = 0.0
+    for name, frac in zip(SPLITS, fractions):
+        acc += frac
+        if u < acc:
+            return name
+    return SPLITS[-1]
+
+
+@dataclass(frozen=True)
+class GenConfig:
+    n_numbers: int = task.N_NUMBERS
+    seed: int = 0
+    split: str = "train"
+    mode: str = "parallel"
+    max_depth: int = 2
+    widths: tuple = DEFAULT_WIDTHS
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if not 2 <= self.n_numbers <= 6:
+            raise ValueError(f"n_numbers must be in 2..6, got {self.n_numbers}")
+        if self.max_depth < 0:
+            raise ValueError(f"max_depth must be >= 0, got {self.max_depth}")
+        if not self.widths or any(int(w) < 1 for w in self.widths):
+            raise ValueError(f"widths must be positive integers, got {self.widths}")
+
+
+def candidate_rng(cfg: GenConfig, k: int) -> random.Random:
+    # str seeds are hashed with sha512 by random.seed: stable across runs and processes
+    return random.Random(f"{TASK}|seed={cfg.seed}|split={cfg.split}|numbers={cfg.n_numbers}|k={k}")
+
+
+def make_candidate(cfg: GenConfig, k: int) -> dict | None:
+    """Candidate ``k``: a checked record (plus internal fields starting with ``_``),
+    or None when it belongs to another split or the search found no solution."""
+    rng = candidate_rng(cfg, k)
+    nums, target = task.make_problem(rng, cfg.n_numbers)
+    if split_of(nums, target) != cfg.split:
+        return None
+    root = search(nums, target, rng, cfg.widths, cfg.max_depth)
+    if root.found is None:
+        return {"_key": None}
+    completion = render_tree(root, target, cfg.mode)
+    check_completion(completion, nums, target, cfg.max_depth)
+    seq = completion if cfg.mode == "sequential" else render_tree(root, target, "sequential")
+    return {
+        "task": TASK,
+        "prompt": task.prompt(nums, target),
+        "completion": completion,
+        "nums": list(nums),
+        "target": int(target),
+        "answer": root.found,
+        "mode": cfg.mode,
+        "_key": problem_key(nums, target),
+        "_seq_tokens": metrics.total_tokens(seq),
+    }
+
+
+def check_completion(completion: str, nums: Sequence[int], target: int, max_depth: int) -> None:
+    """Raise unless the completion parses strictly and its answer verifies."""
+    parse(completion, Limits(max_depth=max_depth))  # raises FormatError
+    verdict = task.verify(task.extract_answer(completion), nums, target)
+    if not verdict.ok:
+        raise RuntimeError(f"generated answer fails verification ({verdict.reason}): {completion!r}")
+
+
+def _chunk(args: tuple) -> list:
+    cfg, start, stop = args
+    return [make_candidate(cfg, k) for k in range(start, stop)]
+
+
+def generate(cfg: GenConfig, n: int, workers: int = 1, chunk_size: int = 64,
+             progress: bool | None = None, info: dict | None = None) -> list[dict]:
+    """The first ``n`` distinct problems of the split with a solved search, as
+    records (internal ``_`` fields included), in candidate order. Output depends
+    only on ``cfg`` and ``n``, never on ``workers`` or ``chunk_size``. ``info``, when
+    given, receives counts (candidates, other_split, unsolved, duplicates)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    max_candidates = 200 * n + 10_000
+    records: list[dict] = []
+    seen: set = set()
+    counts = {"candidates": 0, "other_split": 0, "unsolved": 0, "duplicates": 0}
+    try:
+        from tqdm import tqdm
+        bar = tqdm(total=n, desc=f"countdown {cfg.split}/{cfg.mode}", unit="problem",
+                   disable=(None if progress is None else not progress), file=sys.stderr)
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        bar = None
+    jobs = ((cfg, start, min(start + chunk_size, max_candidates))
+            for start in range(0, max_candidates, chunk_size))
+    pool = mp.get_context().Pool(workers) if workers > 1 else None
+    try:
+        # imap yields chunks in index order while the workers run ahead; the pool is
+        # terminated as soon as n records are kept
+        for chunk in (pool.imap(_chunk, jobs) if pool else map(_chunk, jobs)):
+            for rec in chunk:
+                counts["candidates"] += 1
+                if rec is None:
+                    counts["other_split"] += 1
+                elif rec["_key"] is None:
+                    counts["unsolved"] += 1
+                elif rec["_key"] in seen:
+                    counts["duplicates"] += 1
+                else:
+                    seen.add(rec["_key"])
+                    records.append({"id": f"{TASK}-{cfg.split}-{len(records):06d}", **rec})
+                    if bar is not None:
+                        bar.update(1)
+                    if len(records) == n:
+                        break
+            if len(records) == n:
+                break
+        else:
+            raise RuntimeError(f"only {len(records)} of {n} problems after {max_candidates} candidates; "
+                               f"widen the search (--widths) or lower --n")
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        if bar is not None:
+            bar.close()
+    if info is not None:
+        info.update(counts)
+    return records
+
+
+PUBLIC_KEYS = ("id", "task", "prompt", "completion", "nums", "target", "answer", "mode")
+
+
+def write_jsonl(records: Iterable[dict], path: str) -> None:
+    """Write the public keys of ``records`` as JSONL, atomically (tmp file + rename)."""
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            for rec in records:
+                f.write(json.dumps({k: rec[k] for k in PUBLIC_KEYS}, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ---------------------------------------------------------------------------
+# Statistics
+
+
+def summarize(records: Sequence[dict], baseline_totals: Sequence[float] | None = None) -> dict:
+    """Metrics over records (their ``completion``), via :func:`metrics.stats` with the
+    default token counter and :func:`metrics.aggregate`; ``baseline_totals`` (one per
+    record) adds the speedup against a sequential baseline."""
+    records = list(records)
+    rows = [metrics.stats(r["completion"]).as_dict() for r in records]
+    out = metrics.aggregate(rows, baseline_totals)
+    if not rows:
+        return out
+    blocks = sum(r["blocks"] for r in rows)
+    threads = sum(r["threads"] for r in rows)
+    out["threads_per_block"] = threads / blocks if blocks else 0.0
+    out["traces_with_blocks"] = sum(r["blocks"] > 0 for r in rows) / len(rows)
+    out["max_depth"] = max(r["max_depth"] for r in rows)
+    out["chars_mean"] = sum(len(r["completion"]) for r in records) / len(records)
+    return out
+
+
+_TABLE = [
+    ("n", "problems", "{:d}"),
+    ("chars_mean", "mean characters per completion", "{:.1f}"),
+    ("total_tokens_mean", "mean total tokens (approx_count)", "{:.1f}"),
+    ("critical_path_mean", "mean critical path", "{:.1f}"),
+    ("speedup_mean_of_ratios", "speedup, mean of ratios", "{:.3f}"),
+    ("speedup_ratio_of_means", "speedup, ratio of means", "{:.3f}"),
+    ("speedup_vs_baseline_mean_of_ratios", "vs sequential render, mean of ratios", "{:.3f}"),
+    ("speedup_vs_baseline_ratio_of_means", "vs sequential render, ratio of means", "{:.3f}"),
+    ("blocks_mean", "blocks per trace", "{:.2f}"),
+    ("threads_per_block", "threads per block", "{:.2f}"),
+    ("traces_with_blocks", "share of traces with a block", "{:.3f}"),
+    ("max_depth", "max nesting depth", "{:d}"),
+]
+
+
+def format_table(summary: dict, extra: dict | None = None) -> str:
+    rows = [(label, fmt.format(summary[key])) for key, label, fmt in _TABLE if key in summary]
+    for label, value in (extra or {}).items():
+        rows.append((label, str(value)))
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+
+# ---------------------------------------------------------------------------
+# CLI
+
+
+def _widths(text: str) -> tuple:
+    try:
+        ws = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+    if not ws or any(w < 1 for w in ws):
+        raise argparse.ArgumentTypeError(f"widths must be positive integers, got {text!r}")
+    return ws
+
+
+def _bounded(lo: int, hi: int | None = None):
+    def conv(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"must be in {lo}..{hi if hi is not None else 'inf'}, got {v}")
+        return v
+    return conv
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m data_gen.countdown",
+                                description="Generate Countdown search traces (parallel or sequential) as JSONL.")
+    p.add_argument("--n", type=_bounded(1), default=1000, help="number of records to write (default 1000)")
+    p.add_argument("--numbers", type=_bounded(2, 6), default=task.N_NUMBERS, help="input numbers per problem (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", choices=SPLITS, default="train")
+    p.add_argument("--mode", choices=MODES, default="parallel")
+    p.add_argument("--max-depth", type=_bounded(0), default=2, help="maximum nesting depth of parallel blocks (default 2)")
+    p.add_argument("--widths", type=_widths, default=DEFAULT_WIDTHS,
+                   help="moves kept per search level, comma-separated, the last repeats (default 3,2)")
+    p.add_argument("--workers", type=_bounded(1), default=1)
+    p.add_argument("--chunk-size", type=_bounded(1), default=64, help="candidates per worker task (does not change the output)")
+    p.add_argument("--out", required=True, help="output JSONL path")
+    p.add_argument("--stats", action="store_true", help="print statistics of the written records")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = GenConfig(n_numbers=args.numbers, seed=args.seed, split=args.split, mode=args.mode,
+                    max_depth=args.max_depth, widths=args.widths)
+    t0 = time.perf_counter()
+    info: dict = {}
+    records = generate(cfg, args.n, workers=args.workers, chunk_size=args.chunk_size,
+                       progress=False if args.no_progress else None, info=info)
+    write_jsonl(records, args.out)
+    dt = time.perf_counter() - t0
+    print(f"wrote {len(records)} records to {args.out} in {dt:.1f}s", file=sys.stderr)
+    if args.stats:
+        base = [r["_seq_tokens"] for r in records] if cfg.mode == "parallel" else None
+        summary = summarize(records, base)
+        tried = info["candidates"] - info["other_split"]
+        extra = {
+            "search success rate (own split)": f"{(tried - info['unsolved']) / max(tried, 1):.3f}",
+            "candidates (other split / unsolved / duplicate)":
+                f"{info['candidates']} ({info['other_split']} / {info['unsolved']} / {info['duplicates']})",
+        }
+        print(f"countdown {cfg.split} mode={cfg.mode} numbers={cfg.n_numbers} max_depth={cfg.max_depth} "
+              f"widths={','.join(map(str, cfg.widths))} seed={cfg.seed}")
+        print(format_table(summary, extra))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Task registry: one module per task, each exposing ``prompt``, ``extract_answer``,
+``verify`` and ``reward`` (see :mod:`parallel_reason.tasks.countdown`)."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+#: task name -> module path
+TASKS: dict[str, str] = {
+    "countdown": "parallel_reason.tasks.countdown",
+}
+
+
+def get_task(name: str) -> ModuleType:
+    """The module implementing task ``name`` (e.g. ``"countdown"``)."""
+    try:
+        path = TASKS[name]
+    except KeyError:
+        raise KeyError(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))}") from None
+    return importlib.import_module(path)
+
+
+__all__ = ["TASKS", "get_task"]
