@@ -1,5 +1,10 @@
 """Task registry: one module per task, each exposing ``prompt``, ``extract_answer``,
-``verify`` and ``reward`` (see :mod:`parallel_reason.tasks.countdown`)."""
+``verify`` and ``reward`` (see :mod:`parallel_reason.tasks.countdown`).
+
+- ``countdown``: combine the numbers to reach a target (``nums``, ``target`` columns).
+- ``math``: GSM8K / MATH-style word problems with a final ``\\boxed{}`` answer,
+  checked with math-verify (``answer`` column).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from types import ModuleType
 #: task name -> module path
 TASKS: dict[str, str] = {
     "countdown": "parallel_reason.tasks.countdown",
+    "math": "parallel_reason.tasks.math",
 }
 
 

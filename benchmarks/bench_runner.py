@@ -1,0 +1,179 @@
+"""Benchmark of the fork/join runner (HF backend) on CPU with a tiny model.
+
+1. Parallel vs sequential decoding of the same trajectories (replay mode: the
+   tokens are forced, so both decode exactly the same tokens). Trajectories have
+   ``--blocks`` blocks of 4 threads of ``--thread-tokens`` tokens; their ideal
+   speedup is ``S = total / critical`` (sampled tokens, exact, from the token
+   tree). The sequential run forces the trajectory's linear ids as one chain
+   (``Runner(parallel=False)``). Reported: wall-clock of both, achieved speedup
+   ``t_seq / t_par`` and ``achieved / ideal``.
+2. Recomputation: tokens fed to the model vs the graph nodes that must be fed (every
+   node with a child); the difference is prefix tokens recomputed (target 0). The
+   concat join re-reads threads 2..n by design; those re-read tokens are graph nodes
+   of their own and are listed separately.
+3. Sequential throughput vs ``model.generate``: greedy, tags and EOS suppressed (both
+   decode exactly ``--gen-tokens`` tokens per prompt), same batch size.
+
+Timings are medians of ``--repeats`` interleaved runs (parallel and sequential,
+runner and generate alternate, so both see the same background load). Prints a
+markdown table (``--json`` for the raw numbers).
+
+    python benchmarks/bench_runner.py [--threads 1] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from parallel_reason.format import Trajectory, make_block, render  # noqa: E402
+from parallel_reason.layout import critical_path_count, sampled_count, tokenize_trajectory  # noqa: E402
+from parallel_reason.runner import Runner  # noqa: E402
+from parallel_reason.tiny import build_model, build_tokenizer  # noqa: E402
+from parallel_reason.tokens import add_control_tokens, tag_token_ids  # noqa: E402
+
+WORDS = ("alpha beta gamma delta check try plan found none left right sum take "
+         "Numbers Target Answer Search").split()
+
+
+def text(rng: random.Random, n: int) -> str:
+    return " " + " ".join(rng.choice(WORDS + [str(rng.randint(0, 99))]) for _ in range(n))
+
+
+def trajectory(rng: random.Random, blocks: int, width: int, thread_words: int, seq_words: int) -> str:
+    parts = [text(rng, seq_words)]
+    for _ in range(blocks):
+        parts.append(make_block([(f"step {i}", text(rng, thread_words)) for i in range(width)]))
+        parts.append("\n" + text(rng, seq_words).lstrip())
+    return render(Trajectory(parts))
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--blocks", type=int, default=2)
+    ap.add_argument("--width", type=int, default=4)
+    ap.add_argument("--thread-words", type=int, default=40)
+    ap.add_argument("--seq-words", type=int, default=8)
+    ap.add_argument("--batches", default="1,4", help="batch sizes of the replay comparison")
+    ap.add_argument("--gen-batches", default="1,8", help="batch sizes of the generate comparison")
+    ap.add_argument("--gen-tokens", type=int, default=128)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    rng = random.Random(0)
+    corpus = [trajectory(rng, 1, 3, 6, 4) for _ in range(100)] + [" ".join(WORDS)] * 5 + ["0 1 2 3 4 5 6 7 8 9 :"] * 5
+    tok = build_tokenizer(corpus, vocab_size=320)
+    add_control_tokens(tok)
+    model = build_model(len(tok), hidden_size=args.hidden, layers=args.layers, heads=4, kv_heads=2,
+                        intermediate_size=4 * args.hidden, seed=0).eval()
+    res: dict = {"device": "cpu", "threads": args.threads, "model": f"qwen2 h{args.hidden} L{args.layers}",
+                 "replay": [], "generate": []}
+
+    # ------------------------------------------------------------ 1 + 2: replay
+    for B in [int(x) for x in args.batches.split(",")]:
+        trajs = [trajectory(rng, args.blocks, args.width, args.thread_words, args.seq_words) for _ in range(B)]
+        prompts = [f"Numbers: {k} 3 7\nTarget: 21\n" for k in range(B)]
+        trees = [tokenize_trajectory(t, tok) for t in trajs]
+        total = sum(sampled_count(t) for t in trees)
+        crit = sum(critical_path_count(t) for t in trees)
+        par = Runner(model, tok, max_new_tokens=100_000, max_width=args.width, batch_size=B)
+        seq = Runner(model, tok, max_new_tokens=100_000, batch_size=B, parallel=False)
+        par.replay(prompts, trajs)  # warm-up
+        tp, ts = [], []
+        for _ in range(args.repeats):  # interleaved: both see the same load
+            t, outs = timed(lambda: par.replay(prompts, trajs))
+            tp.append(t)
+            st = par.stats
+            t, souts = timed(lambda: seq.replay(prompts, trajs))
+            ts.append(t)
+        t_par, t_seq = statistics.median(tp), statistics.median(ts)
+        assert all(o.finish_reason == "eos" for o in outs + souts)
+        assert [o.completion_ids for o in outs] == [o.completion_ids for o in souts]
+        need = sum(len(o.graph) - len(o.graph.leaves()) for o in outs)
+        # graph = prompt + every linear token once + the re-read copies of threads 2..n
+        reread = sum(len(o.graph) - o.graph.prompt_len - len(o.completion_ids) for o in outs)
+        ideal = total / crit
+        achieved = t_seq / t_par
+        res["replay"].append({
+            "batch": B, "total_tokens": total, "critical_path": crit, "ideal_speedup": ideal,
+            "t_seq_s": t_seq, "t_par_s": t_par, "achieved_speedup": achieved, "achieved_over_ideal": achieved / ideal,
+            "tokens_fed": st.tokens_fed, "nodes_to_feed": need, "recomputed": st.tokens_fed - need,
+            "reread_at_joins": reread, "forward_calls_par": st.forward_calls, "forward_calls_seq": seq.stats.forward_calls,
+            "pad_fed": st.pad_fed,
+        })
+
+    # ------------------------------------------------------------ 3: generate
+    bias = torch.zeros(model.lm_head.out_features)
+    bias[list(tag_token_ids(tok).values()) + [tok.eos_token_id]] = -1e4
+    hook = model.lm_head.register_forward_hook(lambda m, i, o: o + bias)
+    try:
+        for B in [int(x) for x in args.gen_batches.split(",")]:
+            prompts = [f"Numbers: {k} 3 7{' 5' * k}\nTarget: 21\n" for k in range(B)]
+            runner = Runner(model, tok, max_new_tokens=args.gen_tokens, batch_size=B)
+            tok.padding_side = "left"
+            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+            def hf():
+                with torch.inference_mode():
+                    return model.generate(**enc, max_new_tokens=args.gen_tokens, do_sample=False)
+
+            runner.generate(prompts)
+            hf()
+            tr, th = [], []
+            for _ in range(args.repeats):
+                t, outs = timed(lambda: runner.generate(prompts))
+                tr.append(t)
+                t, gen = timed(hf)
+                th.append(t)
+            t_run, t_hf = statistics.median(tr), statistics.median(th)
+            n = B * args.gen_tokens
+            assert all(len(o.completion_ids) == args.gen_tokens for o in outs)
+            same = all(o.completion_ids == gen[k, enc["input_ids"].shape[1]:].tolist() for k, o in enumerate(outs))
+            res["generate"].append({"batch": B, "tokens": n, "runner_tok_s": n / t_run, "hf_generate_tok_s": n / t_hf,
+                                    "ratio": t_hf / t_run, "identical_tokens": same})
+    finally:
+        hook.remove()
+
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"Runner benchmark: {res['model']}, CPU, {args.threads} thread(s), median of {args.repeats}\n")
+        print("| batch | threads/block | total | critical | ideal S | t_seq (s) | t_par (s) | achieved | achieved/ideal "
+              "| tokens fed | nodes to feed | recomputed | re-read at joins |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in res["replay"]:
+            print(f"| {r['batch']} | {args.width} | {r['total_tokens']} | {r['critical_path']} | {r['ideal_speedup']:.2f} "
+                  f"| {r['t_seq_s']:.3f} | {r['t_par_s']:.3f} | {r['achieved_speedup']:.2f} | "
+                  f"{r['achieved_over_ideal']:.2f} | {r['tokens_fed']} | {r['nodes_to_feed']} | {r['recomputed']} "
+                  f"| {r['reread_at_joins']} |")
+        print("\n| batch | new tokens | runner tok/s | model.generate tok/s | runner / generate | same tokens |")
+        print("|---|---|---|---|---|---|")
+        for r in res["generate"]:
+            print(f"| {r['batch']} | {r['tokens']} | {r['runner_tok_s']:.0f} | {r['hf_generate_tok_s']:.0f} "
+                  f"| {r['ratio']:.2f} | {r['identical_tokens']} |")
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""Compare benchmark runs: a markdown table and two plots.
+
+    python -m eval.compare runs/seq runs/par runs/par_rl --out runs/compare
+
+Each RUN is a directory written by :mod:`eval.benchmark` (``summary.json`` +
+``results.jsonl``). Writes to ``--out`` (default ``compare``):
+
+- ``compare.md`` (also printed): one line per run with mode, accuracy, pass@k
+  (sampled runs), mean total tokens, mean critical path, speedup as the mean of
+  per-sample ratios and as the ratio of means, speedup against the sequential
+  baseline (both forms; see below), wall-clock per problem and format-valid rate.
+  Every figure except the baseline speedups is the run's own ``summary.json``
+  value; the baseline speedups are computed here with
+  :func:`parallel_reason.metrics.aggregate`.
+- ``accuracy_vs_budget.png``: for a critical-path budget ``b``, the share of
+  samples that are correct with ``critical_path <= b``, one line per run;
+- ``speedup_hist.png``: per-sample ``total_tokens / critical_path``, one histogram per run.
+
+Sequential baseline: the first run whose mode is ``sequential`` (or ``--baseline``).
+For every other run, over the problems both runs hold (same id and same prompt),
+``baseline_total / critical_path`` where ``baseline_total`` is the baseline's mean
+total tokens on that problem (over its samples): reported as the mean of per-sample
+ratios and as the ratio of means. ``n/a`` when no sequential run is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from eval.benchmark import RESULTS, SUMMARY, read_rows, samples_of
+
+MD = "compare.md"
+BUDGET_PNG = "accuracy_vs_budget.png"
+HIST_PNG = "speedup_hist.png"
+
+#: table columns: (header, key in a table record, format)
+COLUMNS = [
+    ("run", "name", "{}"),
+    ("mode", "mode", "{}"),
+    ("problems", "n_problems", "{:d}"),
+    ("accuracy", "accuracy", "{:.3f}"),
+    ("pass@k", "pass_at_k", None),
+    ("total tokens", "total_tokens_mean", "{:.1f}"),
+    ("critical path", "critical_path_mean", "{:.1f}"),
+    ("speedup (mean of ratios)", "speedup_mean_of_ratios", "{:.3f}"),
+    ("speedup (ratio of means)", "speedup_ratio_of_means", "{:.3f}"),
+    ("vs seq (mean of ratios)", "speedup_vs_baseline_mean_of_ratios", "{:.3f}"),
+    ("vs seq (ratio of means)", "speedup_vs_baseline_ratio_of_means", "{:.3f}"),
+    ("wall-clock / problem (s)", "wall_clock_per_problem_s", "{:.3f}"),
+    ("format valid", "format_valid_rate", "{:.3f}"),
+]
+
+
+class Run:
+    """One benchmark run directory."""
+
+    def __init__(self, path: str | Path, name: str | None = None):
+        self.path = Path(path)
+        sp = self.path / SUMMARY
+        if not sp.is_file():
+            raise SystemExit(f"{self.path}: no {SUMMARY} (not a benchmark run directory?)")
+        self.summary = json.loads(sp.read_text(encoding="utf-8"))
+        self.rows, _ = read_rows(self.path / RESULTS)
+        self.name = name or self.path.name
+        self.mode = self.summary.get("mode", "?")
+
+    def samples(self) -> list[dict]:
+        return [s for r in self.rows for s in samples_of(r)]
+
+
+def fmt_pass_at_k(p: dict | None) -> str:
+    if not p:
+        return "-"
+    return ", ".join(f"@{k} {v:.3f}" for k, v in sorted(p.items(), key=lambda kv: int(kv[0])))
+
+
+def baseline_speedups(run: Run, base: Run) -> dict:
+    """Speedup of ``run`` against the sequential ``base`` on their common problems
+    (same id and prompt): :func:`parallel_reason.metrics.aggregate` with one
+    baseline total per sample (the baseline's mean total tokens on that problem)."""
+    from parallel_reason.metrics import aggregate
+
+    base_rows = {r["id"]: r for r in base.rows}
+    samples, totals = [], []
+    for r in run.rows:
+        b = base_rows.get(r["id"])
+        if b is None or b.get("prompt") != r.get("prompt"):
+            continue
+        bs = samples_of(b)
+        bt = sum(s["total_tokens"] for s in bs) / len(bs)
+        for s in samples_of(r):
+            samples.append(s)
+            totals.append(bt)
+    if not samples:
+        return {"baseline_common_problems": 0}
+    agg = aggregate(samples, totals)
+    return {
+        "speedup_vs_baseline_mean_of_ratios": agg["speedup_vs_baseline_mean_of_ratios"],
+        "speedup_vs_baseline_ratio_of_means": agg["speedup_vs_baseline_ratio_of_means"],
+        "baseline_common_problems": len({r["id"] for r in run.rows if r["id"] in base_rows}),
+    }
+
+
+def table_records(runs: Sequence[Run], baseline: Run | None) -> list[dict]:
+    out = []
+    for run in runs:
+        rec = {"name": run.name, "mode": run.mode}
+        rec.update({k: run.summary.get(k) for _, k, _ in COLUMNS if k in run.summary})
+        if baseline is not None:
+            if run is baseline:
+                rec["is_baseline"] = True
+            else:
+                rec.update(baseline_speedups(run, baseline))
+        out.append(rec)
+    return out
+
+
+def markdown(records: Sequence[dict], baseline: Run | None) -> str:
+    head = [h for h, _, _ in COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for rec in records:
+        cells = []
+        for _, key, f in COLUMNS:
+            v = rec.get(key)
+            if key == "pass_at_k":
+                cells.append(fmt_pass_at_k(v))
+            elif key.startswith("speedup_vs_baseline") and rec.get("is_baseline"):
+                cells.append("baseline")
+            elif v is None:
+                cells.append("n/a")
+            else:
+                cells.append(f.format(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [
+        "",
+        "Speedup = total tokens / critical path of the same sample (mean of per-sample ratios, "
+        "and ratio of the means). Accuracy = mean correctness over every sample (= pass@1).",
+    ]
+    if baseline is not None:
+        notes.append(f"vs seq = sequential baseline `{baseline.name}`: baseline mean total tokens on the problem "
+                     "/ critical path, over the problems both runs hold.")
+    else:
+        notes.append("vs seq: n/a (no sequential run among the runs).")
+    return "\n".join(lines + notes) + "\n"
+
+
+def compare(paths: Sequence[str], out: str | Path = "compare", names: Sequence[str] | None = None,
+            baseline: str | None = None) -> dict:
+    """Build the table and plots; returns ``{"markdown", "records", "files"}``."""
+    from eval.plots import accuracy_vs_budget, speedup_histogram
+
+    if names is not None and len(names) != len(paths):
+        raise SystemExit(f"--names gives {len(names)} names for {len(paths)} runs")
+    runs = [Run(p, names[i] if names else None) for i, p in enumerate(paths)]
+    seen: dict[str, int] = {}
+    for r in runs:  # unique names
+        if r.name in seen:
+            seen[r.name] += 1
+            r.name = f"{r.name}#{seen[r.name]}"
+        else:
+            seen[r.name] = 0
+    base = None
+    if baseline is not None:
+        matches = [r for r in runs if r.name == baseline or str(r.path) == baseline
+                   or r.path.resolve() == Path(baseline).resolve()]
+        if not matches:
+            raise SystemExit(f"--baseline {baseline!r} is not one of the runs")
+        base = matches[0]
+    else:
+        base = next((r for r in runs if r.mode == "sequential"), None)
+    records = table_records(runs, base)
+    md = markdown(records, base)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MD).write_text(md, encoding="utf-8")
+    per_run = {r.name: r.samples() for r in runs}
+    f1 = accuracy_vs_budget(per_run, out / BUDGET_PNG)
+    f2 = speedup_histogram(per_run, out / HIST_PNG)
+    return {"markdown": md, "records": records, "files": [str(out / MD), str(f1), str(f2)]}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m eval.compare", description="Compare eval.benchmark runs.")
+    p.add_argument("runs", nargs="+", help="run directories (summary.json + results.jsonl)")
+    p.add_argument("--out", default="compare", help="output directory (default ./compare)")
+    p.add_argument("--names", default=None, help="comma-separated display names, one per run")
+    p.add_argument("--baseline", default=None, help="the sequential baseline run (default: first sequential run)")
+    args = p.parse_args(argv)
+    res = compare(args.runs, args.out, args.names.split(",") if args.names else None, args.baseline)
+    print(res["markdown"])
+    print("wrote " + ", ".join(res["files"]), file=sys.stderr)
+    return 0
+
+
+__all__ = ["COLUMNS", "Run", "baseline_speedups", "compare", "markdown", "table_records", "main"]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,379 @@
+"""Training data -> packed graphs, for every trainer (SFT now, GRPO prompts later).
+
+Three steps, each usable on its own:
+
+1. :func:`load_examples` reads prompt/completion records from a local JSONL or JSON
+   file, a folder written by ``datasets.Dataset.save_to_disk``, a ``datasets.Dataset``
+   object, or any ``datasets.load_dataset`` source (hub name, local script or data
+   folder, ``parquet``/``csv`` files). Every record keeps its *origin* (``file:line``
+   or ``dataset[split] row i``) so that every later error names it.
+   Accepted record shapes (TRL's prompt-completion and conversational forms):
+
+   * ``{"prompt": str, "completion": str}``;
+   * ``{"prompt": [messages], "completion": [one assistant message] | str}``;
+   * ``{"messages": [..., {"role": "assistant", "content": str}]}`` (the last
+     assistant message is the completion, the rest the prompt).
+
+   Conversational prompts (and string prompts when ``apply_chat_template`` is on)
+   are rendered with the tokenizer's chat template (``add_generation_prompt=True``)
+   in :func:`build_graphs`.
+2. :func:`build_graphs` turns examples into :class:`~parallel_reason.layout.PackedGraph`
+   with :func:`parallel_reason.layout.graph_from_text` (``mode="parallel"``) or as
+   plain causal text (``mode="sequential"``), drops graphs longer than
+   ``max_length`` and counts them (:class:`GraphStats`).
+3. :func:`epoch_windows` / :func:`eval_shards` decide which example goes to which
+   process in which micro-batch: a seeded permutation per epoch, independent of
+   any global RNG, so that a run resumed from a checkpoint sees exactly the same
+   batches as the uninterrupted run.
+
+Malformed data raises :class:`DataError` naming the file, line (or row) and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from .format import FormatError
+from .layout import PackedGraph, graph_from_text
+
+log = logging.getLogger(__name__)
+
+MODES = ("parallel", "sequential")
+_LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+
+
+class DataError(ValueError):
+    """A record (or a whole source) cannot be used; the message names where and why."""
+
+
+@dataclass
+class Example:
+    """One prompt/completion pair and where it came from."""
+
+    prompt: str | list  # text, or a list of chat messages
+    completion: str
+    origin: str  # "train.jsonl:12", "my/dataset[train] row 7"
+    meta: dict = field(default_factory=dict)  # the record's other fields (id, answer, ...)
+
+
+# ---------------------------------------------------------------------------
+# Loading
+
+
+def read_jsonl(path: str | os.PathLike) -> list[tuple[str, dict]]:
+    """``(origin, record)`` for every non-blank line of a JSONL file; raises
+    :class:`DataError` on a line that is not a JSON object."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    out = []
+    with open(path, encoding="utf-8-sig") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            origin = f"{path}:{lineno}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{origin}: invalid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(rec, dict):
+                raise DataError(f"{origin}: expected a JSON object, got {type(rec).__name__}")
+            out.append((origin, rec))
+    return out
+
+
+def _read_json(path: Path) -> list[tuple[str, dict]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except json.JSONDecodeError as e:
+        if e.lineno > 1:  # probably JSON lines saved as .json
+            return read_jsonl(path)
+        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+    if isinstance(obj, dict) and len(obj) == 1 and isinstance(next(iter(obj.values())), list):
+        obj = next(iter(obj.values()))  # {"data": [...]}
+    if not isinstance(obj, list):
+        raise DataError(f"{path}: expected a JSON list of records (or JSON lines), got {type(obj).__name__}")
+    out = []
+    for k, rec in enumerate(obj):
+        origin = f"{path}[{k}]"
+        if not isinstance(rec, dict):
+            raise DataError(f"{origin}: expected a JSON object, got {type(rec).__name__}")
+        out.append((origin, rec))
+    return out
+
+
+def _rows(source, split: str | None, config: str | None) -> list[tuple[str, dict]]:
+    """``(origin, record)`` rows of any supported source."""
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        datasets = None
+    if datasets is not None and isinstance(source, (datasets.Dataset, datasets.DatasetDict)):
+        ds = source
+        name = getattr(source, "info", None) and source.info.dataset_name or "dataset"
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise DataError(f"{name}: no split {split!r}; available: {sorted(ds)}")
+            ds = ds[split]
+        return [(f"{name}[{split}] row {i}", dict(r)) for i, r in enumerate(ds)]
+    if not isinstance(source, (str, os.PathLike)):
+        raise DataError(f"unsupported data source of type {type(source).__name__}")
+    src = str(source)
+    path = Path(src)
+    suffix = path.suffix.lower()
+    if path.is_file() and suffix == ".jsonl":
+        return read_jsonl(path)
+    if path.is_file() and suffix == ".json":
+        return _read_json(path)
+    if datasets is None:
+        raise DataError(f"{src}: not a JSONL/JSON file and the `datasets` package is not installed")
+    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
+                          or (path / "state.json").exists()):
+        ds = datasets.load_from_disk(src)
+    elif path.is_file() and suffix in _LOCAL_FORMATS:
+        ds = datasets.load_dataset(_LOCAL_FORMATS[suffix], data_files=src, split="train")
+    elif path.suffix and not path.exists() and suffix in _LOCAL_FORMATS:
+        raise DataError(f"{src}: no such file")
+    else:
+        try:
+            ds = datasets.load_dataset(src, config, split=split)
+        except Exception as e:  # datasets raises many types; name the source in every case
+            raise DataError(f"{src}: could not load as a `datasets` source (split={split!r}, "
+                            f"config={config!r}): {type(e).__name__}: {e}") from e
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise DataError(f"{src}: no split {split!r}; available: {sorted(ds)}")
+        ds = ds[split]
+    return [(f"{src}[{split}] row {i}", dict(r)) for i, r in enumerate(ds)]
+
+
+def _message_list(value, origin: str, field_name: str) -> list:
+    if not all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
+        raise DataError(f"{origin}: field {field_name!r} is a list but not a list of "
+                        "{'role': ..., 'content': ...} chat messages")
+    return list(value)
+
+
+def to_example(origin: str, rec: dict, prompt_field: str = "prompt",
+               completion_field: str = "completion") -> Example:
+    """Validate one record and turn it into an :class:`Example`."""
+    if prompt_field not in rec and completion_field not in rec and "messages" in rec:
+        msgs = rec["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            raise DataError(f"{origin}: field 'messages' must be a non-empty list of chat messages")
+        msgs = _message_list(msgs, origin, "messages")
+        if msgs[-1]["role"] != "assistant":
+            raise DataError(f"{origin}: the last message must be the assistant's (the completion), "
+                            f"got role {msgs[-1]['role']!r}")
+        prompt, completion = msgs[:-1], msgs[-1]["content"]
+    else:
+        missing = [f for f in (prompt_field, completion_field) if f not in rec]
+        if missing:
+            raise DataError(f"{origin}: missing field(s) {missing}; the record has {sorted(rec)} "
+                            "(set prompt_field / completion_field if your data names them differently)")
+        prompt, completion = rec[prompt_field], rec[completion_field]
+        if isinstance(prompt, list):
+            prompt = _message_list(prompt, origin, prompt_field)
+        elif not isinstance(prompt, str):
+            raise DataError(f"{origin}: field {prompt_field!r} must be a string or a list of chat "
+                            f"messages, got {type(prompt).__name__}")
+        if isinstance(completion, list):
+            msgs = _message_list(completion, origin, completion_field)
+            if len(msgs) != 1 or msgs[0]["role"] != "assistant":
+                raise DataError(f"{origin}: conversational field {completion_field!r} must hold exactly one "
+                                "assistant message")
+            completion = msgs[0]["content"]
+    if not isinstance(completion, str):
+        raise DataError(f"{origin}: the completion must be a string, got {type(completion).__name__}")
+    if not completion:
+        raise DataError(f"{origin}: empty completion")
+    meta = {k: v for k, v in rec.items() if k not in (prompt_field, completion_field, "messages")}
+    return Example(prompt=prompt, completion=completion, origin=origin, meta=meta)
+
+
+def load_examples(source, split: str | None = "train", config: str | None = None,
+                  prompt_field: str = "prompt", completion_field: str = "completion",
+                  max_samples: int | None = None) -> list[Example]:
+    """Examples of one source (see the module docstring for what a source can be)."""
+    rows = _rows(source, split, config)
+    if not rows:
+        raise DataError(f"{source}: no records")
+    if max_samples is not None and max_samples >= 0:
+        rows = rows[:max_samples]
+    return [to_example(origin, rec, prompt_field, completion_field) for origin, rec in rows]
+
+
+# ---------------------------------------------------------------------------
+# Packed graphs
+
+
+@dataclass
+class GraphStats:
+    """What :func:`build_graphs` kept and dropped."""
+
+    examples: int = 0
+    kept: int = 0
+    dropped_too_long: int = 0
+    tokens: int = 0  # packed buffer tokens of the kept graphs
+    trained_tokens: int = 0
+    longest: int = 0  # longest kept graph
+    longest_dropped: int = 0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def render_prompt(prompt: str | list, tokenizer, apply_chat_template: bool = False, origin: str = "") -> str:
+    """The prompt text the model sees: conversational prompts (and string prompts when
+    ``apply_chat_template``) go through the tokenizer's chat template."""
+    if isinstance(prompt, str) and not apply_chat_template:
+        return prompt
+    msgs = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise DataError(f"{origin}: a conversational prompt needs a tokenizer with a chat template "
+                        "(this tokenizer has none); give string prompts or set apply_chat_template: false")
+    return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+
+def example_graph(ex: Example, tokenizer, mode: str = "parallel", join: str = "concat", eos: bool = True,
+                  apply_chat_template: bool = False) -> PackedGraph:
+    """Packed graph of one example; :class:`DataError` names the example on failure."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    prompt = render_prompt(ex.prompt, tokenizer, apply_chat_template, ex.origin)
+    try:
+        return graph_from_text(prompt, ex.completion, tokenizer, join=join, eos=eos,
+                               sequential=(mode == "sequential"))
+    except FormatError as e:
+        head = ex.completion[max(0, e.offset - 30): e.offset + 30]
+        raise DataError(f"{ex.origin}: completion is not a well-formed parallel trajectory: {e} "
+                        f"(near {head!r}); use mode: sequential for plain text") from None
+    except ValueError as e:
+        raise DataError(f"{ex.origin}: {e}") from None
+
+
+def build_graphs(examples: Sequence[Example], tokenizer, mode: str = "parallel", join: str = "concat",
+                 max_length: int | None = None, eos: bool = True, apply_chat_template: bool = False,
+                 name: str = "data") -> tuple[list[PackedGraph], GraphStats]:
+    """Packed graphs of ``examples``; graphs longer than ``max_length`` (prompt
+    included) are dropped and counted, and the count is logged."""
+    graphs: list[PackedGraph] = []
+    st = GraphStats(examples=len(examples))
+    for ex in examples:
+        g = example_graph(ex, tokenizer, mode, join, eos, apply_chat_template)
+        if int(g.loss_mask.sum()) == 0:
+            raise DataError(f"{ex.origin}: the completion has no trained token")
+        if max_length is not None and max_length > 0 and len(g) > max_length:
+            st.dropped_too_long += 1
+            st.longest_dropped = max(st.longest_dropped, len(g))
+            continue
+        graphs.append(g)
+        st.kept += 1
+        st.tokens += len(g)
+        st.trained_tokens += int(g.loss_mask.sum())
+        st.longest = max(st.longest, len(g))
+    if st.dropped_too_long:
+        log.warning("%s: dropped %d of %d examples longer than max_length=%d tokens (longest %d)",
+                    name, st.dropped_too_long, st.examples, max_length, st.longest_dropped)
+    if not graphs:
+        raise DataError(f"{name}: no example left (all {st.examples} are longer than max_length={max_length})")
+    return graphs, st
+
+
+# ---------------------------------------------------------------------------
+# Batching (deterministic, resumable)
+
+
+def steps_per_epoch(n: int, per_device_batch_size: int, num_processes: int = 1,
+                    gradient_accumulation_steps: int = 1) -> int:
+    """Optimizer steps in one pass over ``n`` examples."""
+    return max(1, math.ceil(n / (per_device_batch_size * num_processes * gradient_accumulation_steps)))
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
+    """The order of epoch ``epoch``: a permutation seeded by ``(seed, epoch)`` only."""
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    return torch.randperm(n, generator=g).tolist()
+
+
+def epoch_windows(n: int, per_device_batch_size: int, num_processes: int = 1, gradient_accumulation_steps: int = 1,
+                  seed: int = 0, epoch: int = 0) -> list[list[list[list[int]]]]:
+    """Example indices of every optimizer step of an epoch:
+    ``windows[step][micro][process] -> [indices]`` (each ``per_device_batch_size`` long).
+
+    Global micro-batch ``j`` is ``perm[j*B*W:(j+1)*B*W]``; process ``k`` takes its
+    ``k``-th slice of ``B``, so the global batch does not depend on how it is split
+    across processes. When ``n`` does not fill the last window, the permutation is
+    completed from its own start (as ``DistributedSampler`` pads), so every
+    process runs the same number of full micro-batches (collectives stay in step)."""
+    B, W, G = per_device_batch_size, num_processes, gradient_accumulation_steps
+    if min(B, W, G) < 1:
+        raise ValueError("batch size, process count and accumulation steps must be >= 1")
+    if n < 1:
+        raise ValueError("no examples")
+    perm = epoch_permutation(n, seed, epoch)
+    steps = steps_per_epoch(n, B, W, G)
+    need = steps * B * W * G
+    while len(perm) < need:
+        perm = perm + perm[: need - len(perm)]
+    windows = []
+    for s in range(steps):
+        micro = []
+        for m in range(G):
+            start = (s * G + m) * B * W
+            glob = perm[start:start + B * W]
+            micro.append([glob[k * B:(k + 1) * B] for k in range(W)])
+        windows.append(micro)
+    return windows
+
+
+def eval_shards(n: int, per_device_batch_size: int, process_index: int = 0,
+                num_processes: int = 1) -> list[tuple[list[int], list[float]]]:
+    """Evaluation batches of one process: ``(indices, weights)``; every process gets
+    the same number of batches (sharded/gathered models need every rank in every
+    forward), padded with weight-0 repeats of example 0."""
+    B, W = per_device_batch_size, num_processes
+    per_proc = math.ceil(n / W)
+    nb = max(1, math.ceil(per_proc / B))
+    mine = list(range(process_index, n, W))
+    out = []
+    for b in range(nb):
+        idx = mine[b * B:(b + 1) * B]
+        w = [1.0] * len(idx)
+        if not idx:  # this process ran out of examples: a dummy batch keeps ranks in step
+            idx, w = [0], [0.0]
+        out.append((idx, w))
+    return out
+
+
+def corpus(examples: Iterable[Example], limit: int = 5000) -> list[str]:
+    """Texts of the examples (for training a tiny tokenizer)."""
+    out = []
+    for ex in examples:
+        if len(out) >= limit:
+            break
+        p = ex.prompt if isinstance(ex.prompt, str) else "\n".join(m["content"] for m in ex.prompt)
+        out.append(p + ex.completion)
+    return out
+
+
+def split_holdout(examples: Sequence[Any], fraction: float, seed: int) -> tuple[list, list]:
+    """``(train, held_out)``: a seeded random ``fraction`` of ``examples`` held out."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"eval_fraction must be in (0, 1), got {fraction}")
+    n = len(examples)
+    k = max(1, int(round(n * fraction)))
+    if k >= n:
+        raise DataError(f"eval_fraction={fraction} leaves no training example out of {n}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) + 17)).tolist()
+    held = set(perm[:k])
+    return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]

@@ -1,0 +1,1317 @@
+"""P-GRPO: GRPO with parallel (fork/join) rollouts and parallelization-aware rewards
+(DESIGN.md sections 5-6).
+
+One training step:
+
+1. take the next ``prompts_per_step`` prompts (per process) in a seeded, resumable
+   order;
+2. sample ``num_generations`` (G) rollouts per prompt with the fork/join runner
+   (:mod:`parallel_reason.runner`), driven by the policy model itself (unwrapped,
+   eval mode, no grad; ZeRO-3 parameters gathered by TRL's
+   ``unwrap_model_for_generation``);
+3. score them with the reward functions (:mod:`parallel_reason.rewards`), each
+   logged on its own; advantages are mean-centred per group, optionally divided by
+   the group (or batch) standard deviation (``scale_rewards``);
+4. optimise the PPO-clipped objective with DAPO's clip-higher
+   (``epsilon_low``/``epsilon_high``) over every *sampled* token of every thread:
+   log-probs come from :func:`parallel_reason.logprobs.packed_logprobs` on the
+   packed graph of each rollout (gathered by predecessor, one forward for all
+   threads); the loss mask is the graph's ``loss_mask``, so the tokens the runner
+   writes (thread openers, the join) are never in the loss. ``num_iterations``
+   passes over the batch, each split in ``mini_batch_size`` optimiser steps made of
+   ``micro_batch_size`` forwards. The behaviour ("old") log-probs are the ones the
+   runner recorded while sampling (``graph.sample_logprobs``; ``old_logprobs:
+   recompute`` does a no-grad forward instead), fixed for all iterations of the
+   batch, so from the second optimiser step on the ratio differs from 1. These are
+   the model's log-probs at temperature 1 before any top-k/top-p filtering (what the
+   runner records on the graph and what ``packed_logprobs`` recomputes), so the
+   policy being optimised is the model itself; sampling at another temperature or
+   with a nucleus is the exploration distribution, not importance-corrected (as in
+   most GRPO/DAPO implementations with temperature 1 rollouts). Optional
+   KL to a reference (k3 estimator, coefficient ``beta``): a frozen copy of the
+   initial model, or with LoRA the base model through peft's ``disable_adapter``.
+5. log (``metrics.jsonl`` always, plus tensorboard/wandb; sample completions in
+   ``samples.jsonl`` and a wandb Table), evaluate held-out accuracy and speedup,
+   checkpoint, repeat.
+
+    accelerate launch recipes/grpo.py --config configs/grpo/countdown_tiny.yaml [--field value ...]
+
+Sizes: a step samples ``prompts_per_step * num_generations`` rollouts per process;
+``mini_batch_size`` (must divide it) rollouts make one optimiser step, as
+``mini_batch_size / micro_batch_size`` accumulated forwards; so a step makes
+``num_iterations * rollouts / mini_batch_size`` optimiser (and scheduler) steps.
+
+Checkpoints and exact resume (same layout as SFT): ``checkpoint-N/`` holds
+``accelerate_state/`` (model, optimiser, scheduler, RNG of every process), the model
+with its card, and ``trainer_state.json`` (written last). The prompt order is a
+permutation seeded by ``(seed, epoch)`` and each prompt's rollout seed is a function
+of ``(seed, step, global position)``, so the step counter is all the data state
+there is: a resumed run samples the same rollouts and reaches the same weights
+(tested bit for bit). ``resume_from_checkpoint: auto`` picks the latest one.
+
+Normalisation of the summed token loss of a mini-batch (``loss_normalization``):
+``token`` (DAPO: / number of sampled tokens of the mini-batch), ``sequence``
+(original GRPO: mean over a rollout's tokens, then mean over rollouts),
+``constant`` (Dr.GRPO: / (rollouts * ``max_tokens_norm``), default the runner's
+``max_new_tokens``). Counts are global over processes and micro-batches, so
+gradient accumulation and data parallelism change nothing but the speed.
+
+Why not subclass TRL's ``GRPOTrainer``: its generation path (vLLM or
+``model.generate``) produces one linear completion per row, its loss is computed on
+a ``[prompt | completion]`` causal batch with ``logits_to_keep`` slicing, and the
+batching/accumulation bookkeeping (``steps_per_generation``, buffered inputs) lives
+in private methods that change between releases. A fork/join rollout is a tree of
+requests: its log-probs need a packed graph with a custom attention mask and a
+gather by predecessor, its metrics (critical path) need the tree. Overriding
+generation, scoring, log-prob computation and loss would leave almost nothing of the
+parent class while coupling us to its internals. So this is a small accelerate
+trainer (the same pattern as :mod:`parallel_reason.sft`, whose config conversion,
+accelerator, optimiser, LoRA and checkpoint helpers it reuses) that reuses TRL where
+it fits: ``unwrap_model_for_generation`` and ``DistributedBackend.summon_full_params``
+(DDP/ZeRO-3/FSDP unwrapping for generation), ``disable_dropout_in_model``,
+``prepare_deepspeed`` for the reference model, and TRL's reward-function signature
+(so our rewards also plug into TRL's own trainer) and loss conventions
+(its ``loss_type`` names map to ours: ``dapo`` = token, ``grpo`` = sequence,
+``dr_grpo`` = constant; ``epsilon``/``epsilon_high``; ``beta``; k3 KL).
+
+Sequential baseline (``parallel: false``): the same runner decodes plain causal
+text; control tags, if the model writes them, are ordinary tokens (no fork, nothing
+runner-written), the packed graph is a single chain and the loss path is the same
+code. The token tree then has no block, so critical path = total tokens and the
+acceleration reward is 0 by construction; we chose "tags are text" over "forbid the
+tags" because masking logits at sampling time would make the sampling distribution
+differ from the one the trainer scores (an off-policy bias on every token).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import inspect
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable, Sequence, Union, get_type_hints
+
+import torch
+
+from . import hub
+from . import rewards as R
+from .attention import collate
+from .format import Limits
+from .layout import PackedGraph
+from .logprobs import packed_logprobs
+
+log = logging.getLogger("parallel_reason.grpo")
+
+NORMALIZATIONS = ("token", "sequence", "constant")
+#: TRL ``loss_type`` names accepted as aliases of our normalisations
+TRL_LOSS_TYPES = {"dapo": "token", "bnpo": "token", "grpo": "sequence", "dr_grpo": "constant"}
+METRICS_NAME = "metrics.jsonl"
+SAMPLES_NAME = "samples.jsonl"
+#: finish reasons logged as rates (the runner's, parallel_reason.runner.FINISH_REASONS)
+FINISH_KEYS = ("eos", "max_new_tokens", "unclosed_thread", "max_thread_tokens", "max_threads", "max_depth",
+               "no_outlines", "eos_in_thread", "malformed")
+
+
+# ---------------------------------------------------------------------------
+# Configuration (same YAML + ``--field value`` pattern as parallel_reason.sft)
+
+
+def _f(default, help: str):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class GRPOConfig:
+    """Every option of a GRPO run. Load with :func:`parse_args` (``--config FILE``
+    then ``--field value`` overrides) or build in code. Sizes are per process."""
+
+    # model
+    model_name_or_path: str = _f("", "hub id or local path of the policy (usually the SFT model: runs/sft/.../final)")
+    tokenizer_name_or_path: str | None = _f(None, "defaults to model_name_or_path")
+    revision: str | None = _f(None, "model revision (branch, tag or commit)")
+    trust_remote_code: bool = _f(False, "allow custom modelling code from the hub")
+    attn_implementation: str = _f("sdpa", "sdpa | eager | flex_attention (GPU): the training forward's packed mask")
+    torch_dtype: str = _f("float32", "dtype the weights are loaded in: float32 | bfloat16 | float16 | auto")
+    bf16: Union[bool, str] = _f("auto", "bf16 autocast of the training forward: auto | true | false")
+    gradient_checkpointing: bool = _f(False, "recompute activations in backward")
+    disable_dropout: bool = _f(True, "set every dropout to 0 (the ratio must compare deterministic policies)")
+
+    # LoRA (PEFT)
+    use_peft: bool = _f(False, "train LoRA adapters; the KL reference is then the base model (disable_adapter)")
+    lora_r: int = _f(16, "LoRA rank")
+    lora_alpha: int = _f(32, "LoRA alpha")
+    lora_dropout: float = _f(0.0, "LoRA dropout (0: keep the policy deterministic)")
+    lora_target_modules: list[str] = _f(["all-linear"], "modules that get adapters ('all-linear' or names)")
+    lora_modules_to_save: list[str] = _f([], "modules trained in full (SFT already trained the tag embeddings)")
+    merge_lora: bool = _f(True, "final model: merge the adapter into the weights (adapter kept in final/adapter)")
+
+    # data
+    train_data: str | None = _f(None, "prompts: JSONL/JSON/parquet/csv, save_to_disk folder or `datasets` name; "
+                                      "a record holds the prompt and the task's columns (nums, target, ...)")
+    eval_data: str | None = _f(None, "held-out prompts for accuracy/speedup evaluation (same forms)")
+    data_config: str | None = _f(None, "`datasets` config name")
+    train_split: str = _f("train", "split of train_data (`datasets` sources)")
+    eval_split: str = _f("validation", "split of eval_data (`datasets` sources)")
+    prompt_field: str = _f("prompt", "record field holding the prompt (text or chat messages); without it the "
+                                     "task's prompt(**columns) is used")
+    task: str = _f("countdown", "task of the correctness reward when the data has no 'task' column")
+    apply_chat_template: bool = _f(False, "render string prompts with the tokenizer's chat template (as SFT did)")
+    generate_data: str | None = _f(None, "recipes/grpo.py: data_gen module that writes train_data (split train) and "
+                                         "eval_data (split test) when they are missing (e.g. countdown)")
+    generate_train_n: int = _f(2000, "recipes/grpo.py: prompts generated for train_data")
+    generate_eval_n: int = _f(200, "recipes/grpo.py: prompts generated for eval_data")
+    generate_seed: int = _f(1, "recipes/grpo.py: generator seed (differs from SFT's so RL sees other problems)")
+    max_train_samples: int | None = _f(None, "use only the first N training prompts")
+    max_eval_samples: int | None = _f(None, "use only the first N held-out prompts")
+
+    # rollouts
+    parallel: bool = _f(True, "false: the sequential baseline (plain GRPO: tags are ordinary tokens, no fork)")
+    num_generations: int = _f(8, "G: rollouts per prompt (one advantage group)")
+    prompts_per_step: int = _f(4, "prompts per process per step")
+    generation_batch_size: int = _f(8, "prompts the runner decodes at once (each with its G samples)")
+    max_new_tokens: int = _f(512, "sampled-token budget of a rollout (all threads together)")
+    max_thread_tokens: int | None = _f(None, "sampled-token budget of one thread")
+    max_width: int | None = _f(8, "most threads of a block")
+    max_depth: int | None = _f(2, "deepest block nesting")
+    join: str = _f("concat", "join mode (runner and packed graph)")
+    temperature: float = _f(1.0, "sampling temperature of training rollouts")
+    top_p: float = _f(1.0, "nucleus sampling")
+    top_k: int = _f(0, "top-k sampling (0: off)")
+
+    # objective
+    epsilon_low: float = _f(0.2, "PPO clip below: ratio >= 1 - epsilon_low")
+    epsilon_high: float = _f(0.28, "PPO clip above (DAPO clip-higher): ratio <= 1 + epsilon_high")
+    loss_normalization: str = _f("token", "token (DAPO) | sequence (GRPO) | constant (Dr.GRPO); TRL names "
+                                          "dapo | grpo | dr_grpo are accepted")
+    max_tokens_norm: int | None = _f(None, "constant normalisation: tokens per rollout (default max_new_tokens)")
+    scale_rewards: str = _f("none", "none (mean-centring only) | group | batch: divide advantages by that std")
+    num_iterations: int = _f(1, "optimisation passes over each batch of rollouts (PPO epochs)")
+    mini_batch_size: int | None = _f(None, "rollouts per optimiser step (default: all of the step); must divide "
+                                           "prompts_per_step * num_generations")
+    micro_batch_size: int | None = _f(None, "rollouts per forward (default: the mini-batch); must divide it")
+    old_logprobs: str = _f("runner", "runner: the sampling log-probs recorded on the graph | recompute: a no-grad "
+                                     "forward before the first update")
+    beta: float = _f(0.0, "KL coefficient (k3 estimator) to the reference model; 0: no reference")
+    ref_model: str = _f("auto", "auto | copy (frozen copy of the initial model) | disable_adapter (LoRA base)")
+
+    # rewards (parallel_reason.rewards)
+    rewards: list[str] = _f(["correctness", "acceleration"], "reward functions: correctness | acceleration | format")
+    reward_weights: list[float] | None = _f(None, "one weight per reward (default 1.0 each)")
+    acceleration_factor: float = _f(0.5, "acceleration = factor * min(1 - critical_path/total_tokens, clip)")
+    acceleration_clip: float = _f(0.2, "upper bound of 1 - critical_path/total_tokens in the acceleration reward")
+    format_valid: float = _f(1.0, "format reward of a well-formed completion")
+    format_invalid: float = _f(0.0, "format reward of a malformed one (or one the runner stopped on a violation)")
+    format_truncated: float = _f(0.0, "format reward of a rollout that hit a token budget")
+    format_no_block: float | None = _f(None, "format reward of a well-formed completion without any block "
+                                             "(None: same as format_valid)")
+
+    # optimiser
+    optim: str = _f("adamw", "adamw | sgd")
+    learning_rate: float = _f(1e-6, "peak learning rate")
+    lr_scheduler_type: str = _f("constant", "transformers scheduler name")
+    warmup_steps: int = _f(0, "warmup optimiser steps")
+    weight_decay: float = _f(0.0, "weight decay (not on biases and norms)")
+    adam_beta1: float = _f(0.9, "AdamW beta1")
+    adam_beta2: float = _f(0.99, "AdamW beta2")
+    adam_epsilon: float = _f(1e-8, "AdamW epsilon")
+    max_grad_norm: float = _f(1.0, "gradient clipping (0: off)")
+
+    # run
+    output_dir: str = _f("runs/grpo", "checkpoints, final model, metrics.jsonl, samples.jsonl")
+    overwrite_output_dir: bool = _f(False, "delete existing checkpoints instead of refusing to start")
+    seed: int = _f(42, "seed of the prompt order and the rollouts")
+    max_steps: int = _f(100, "training steps (one step = one batch of rollouts)")
+    logging_steps: int = _f(1, "log every N steps")
+    num_samples_to_log: int = _f(4, "completions per logged step written to samples.jsonl (and a wandb Table)")
+    eval_steps: int = _f(0, "evaluate every N steps (0: only at start and end)")
+    eval_on_start: bool = _f(True, "evaluate before the first step (when eval_data is set)")
+    eval_num_prompts: int | None = _f(None, "held-out prompts per evaluation (default: all)")
+    eval_temperature: float = _f(0.0, "evaluation sampling temperature (0: greedy)")
+    eval_batch_size: int = _f(16, "held-out prompts per runner call")
+    save_steps: int = _f(0, "checkpoint every N steps (0: none, only the final model)")
+    save_total_limit: int | None = _f(2, "keep the last N checkpoints")
+    resume_from_checkpoint: str | None = _f(None, "auto (latest in output_dir, if any) | path to a checkpoint")
+    save_final_model: bool = _f(True, "write output_dir/final with the model card")
+    report_to: list[str] = _f(["none"], "none | tensorboard | wandb (list)")
+    project: str = _f("parallel-reason", "tracker project name")
+    run_name: str | None = _f(None, "tracker run name (default: basename of output_dir)")
+    log_level: str = _f("info", "python logging level of the main process")
+    model_card_name: str | None = _f(None, "title of the model card")
+
+    def validate(self) -> "GRPOConfig":
+        def bad(msg):
+            raise ValueError(f"config: {msg}")
+
+        self.loss_normalization = TRL_LOSS_TYPES.get(self.loss_normalization, self.loss_normalization)
+        if self.loss_normalization not in NORMALIZATIONS:
+            bad(f"loss_normalization must be one of {NORMALIZATIONS} (or TRL's {sorted(TRL_LOSS_TYPES)}), "
+                f"got {self.loss_normalization!r}")
+        choices = {"scale_rewards": ("none", "group", "batch"), "old_logprobs": ("runner", "recompute"),
+                   "ref_model": ("auto", "copy", "disable_adapter"), "optim": ("adamw", "sgd"),
+                   "torch_dtype": ("float32", "bfloat16", "float16", "auto"),
+                   "attn_implementation": ("sdpa", "eager", "flex_attention")}
+        for k, allowed in choices.items():
+            if getattr(self, k) not in allowed:
+                bad(f"{k} must be one of {allowed}, got {getattr(self, k)!r}")
+        if self.bf16 not in (True, False, "auto"):
+            bad(f"bf16 must be true, false or auto, got {self.bf16!r}")
+        for k in ("num_generations", "prompts_per_step", "num_iterations", "generation_batch_size",
+                  "max_new_tokens", "logging_steps", "eval_batch_size"):
+            if getattr(self, k) < 1:
+                bad(f"{k} must be >= 1, got {getattr(self, k)}")
+        for k in ("max_steps", "eval_steps", "save_steps", "warmup_steps", "num_samples_to_log"):
+            if getattr(self, k) < 0:
+                bad(f"{k} must be >= 0, got {getattr(self, k)}")
+        if self.epsilon_low < 0 or self.epsilon_high < 0 or self.epsilon_low >= 1:
+            bad("need 0 <= epsilon_low < 1 and epsilon_high >= 0")
+        if self.beta < 0:
+            bad(f"beta must be >= 0, got {self.beta}")
+        if self.temperature <= 0:
+            bad("temperature of training rollouts must be > 0 (greedy groups have no variance)")
+        n = self.rollouts_per_step
+        mb, micro = self.mini_batch_size or n, self.micro_batch_size or (self.mini_batch_size or n)
+        if mb < 1 or n % mb:
+            bad(f"mini_batch_size {mb} must divide prompts_per_step * num_generations = {n}")
+        if micro < 1 or mb % micro:
+            bad(f"micro_batch_size {micro} must divide the mini-batch ({mb})")
+        trackers = [r for r in self.report_to if r != "none"]
+        for r in trackers:
+            if r not in ("wandb", "tensorboard"):
+                bad(f"report_to: unknown tracker {r!r} (none | tensorboard | wandb)")
+        if len(self.rewards) == 0:
+            bad("rewards: at least one reward function")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
+            bad(f"{len(self.reward_weights)} reward_weights for {len(self.rewards)} rewards")
+        return self
+
+    @property
+    def rollouts_per_step(self) -> int:
+        return self.prompts_per_step * self.num_generations
+
+    @property
+    def mini_batch(self) -> int:
+        return self.mini_batch_size or self.rollouts_per_step
+
+    @property
+    def micro_batch(self) -> int:
+        return self.micro_batch_size or self.mini_batch
+
+    @property
+    def optimizer_steps_per_step(self) -> int:
+        return self.num_iterations * (self.rollouts_per_step // self.mini_batch)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "config") -> "GRPOConfig":
+        from .sft import coerce
+
+        hints = _hints(cls)
+        kw = {}
+        for k, v in (d or {}).items():
+            if k not in hints:
+                raise ValueError(_unknown(k, hints, where))
+            kw[k] = coerce(k, v, hints[k], where)
+        return cls(**kw).validate()
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, overrides: Sequence[str] = ()) -> "GRPOConfig":
+        return parse_args(["--config", str(path), *overrides])
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _hints(cls) -> dict:
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unknown(key: str, hints: dict, where: str) -> str:
+    near = difflib.get_close_matches(key, list(hints), n=1)
+    hint = f"; did you mean {near[0]!r}?" if near else ""
+    return f"{where}: unknown config field {key!r}{hint} (run with --help to list the fields)"
+
+
+def config_help() -> str:
+    lines = ["usage: recipes/grpo.py --config FILE.yaml [--field value ...]", "",
+             "Every field of the config can be given in the YAML file and overridden here:", ""]
+    hints = _hints(GRPOConfig)
+    for f in dataclasses.fields(GRPOConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        tname = getattr(hints[f.name], "__name__", str(hints[f.name]))
+        lines.append(f"  --{f.name} ({tname}, default {default!r})\n      {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> GRPOConfig:
+    """``--config FILE`` (optional) then ``--field value`` / ``--field=value`` overrides,
+    exactly as :func:`parallel_reason.sft.parse_args` (values converted by its
+    :func:`~parallel_reason.sft.coerce`); a bool field given alone means true."""
+    import sys
+
+    from .sft import coerce
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    hints = _hints(GRPOConfig)
+    cfg_path = None
+    overrides: list[tuple[str, Any]] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("-h", "--help"):
+            print(config_help())
+            raise SystemExit(0)
+        if not a.startswith("--"):
+            raise ValueError(f"command line: unexpected argument {a!r} (expected --field value)")
+        key, eq, val = a[2:].partition("=")
+        key = key.replace("-", "_")
+        if key == "config":
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise ValueError("command line: --config needs a file")
+                val = argv[i + 1]
+                i += 1
+            cfg_path = val
+            i += 1
+            continue
+        if key not in hints:
+            raise ValueError(_unknown(key, hints, "command line"))
+        if not eq:
+            if hints[key] is bool and (i + 1 >= len(argv) or argv[i + 1].startswith("--")):
+                val = "true"
+            else:
+                if i + 1 >= len(argv):
+                    raise ValueError(f"command line: --{key} needs a value")
+                val = argv[i + 1]
+                i += 1
+        overrides.append((key, val))
+        i += 1
+    data: dict = {}
+    if cfg_path is not None:
+        import yaml
+
+        p = Path(cfg_path)
+        if not p.is_file():
+            raise ValueError(f"config file {cfg_path} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"config file {cfg_path}: invalid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {cfg_path}: expected a mapping of fields, got {type(data).__name__}")
+        for k in data:
+            if k not in hints:
+                raise ValueError(_unknown(k, hints, f"config file {cfg_path}"))
+        data = {k: coerce(k, v, hints[k], f"config file {cfg_path}") for k, v in data.items()}
+    for k, v in overrides:
+        data[k] = coerce(k, v, hints[k], f"command line --{k}")
+    return GRPOConfig(**data).validate()
+
+
+# ---------------------------------------------------------------------------
+# Advantages and the loss (pure functions: the trainer and the tests use these)
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "none", eps: float = 1e-4) -> torch.Tensor:
+    """Advantages of rewards laid out group after group (``[P * G]``): reward minus
+    its group mean; ``scale="group"`` divides by the group std (unbiased, as TRL),
+    ``"batch"`` by the std of the whole batch."""
+    r = rewards.to(torch.float32).view(-1, group_size)
+    adv = r - r.mean(dim=1, keepdim=True)
+    if scale == "group":
+        std = r.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(r[:, :1])
+        adv = adv / (std + eps)
+    elif scale == "batch":
+        std = r.flatten().std() if r.numel() > 1 else torch.zeros(())
+        adv = adv / (std + eps)
+    elif scale != "none":
+        raise ValueError(f"unknown scale {scale!r}")
+    return adv.flatten()
+
+
+def token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+               epsilon_low: float, epsilon_high: float, beta: float = 0.0,
+               ref_logp: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """Per-token PPO-clip loss ``[B, L]`` (0 off the mask) and per-token diagnostics.
+
+    ``loss = -min(r A, clip(r, 1 - eps_low, 1 + eps_high) A) + beta * KL_k3`` with
+    ``r = exp(logp - old_logp)`` and ``KL_k3 = exp(ref - logp) - (ref - logp) - 1``."""
+    m = mask.to(logp.dtype)
+    log_ratio = torch.where(mask, logp - old_logp, torch.zeros_like(logp))
+    ratio = torch.exp(log_ratio)
+    adv = advantages.to(logp.dtype)[:, None]
+    clipped = torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high)
+    loss = -torch.min(ratio * adv, clipped * adv)
+    info = {
+        "clip_low": ((ratio < 1.0 - epsilon_low) & (adv < 0) & mask).detach(),
+        "clip_high": ((ratio > 1.0 + epsilon_high) & (adv > 0) & mask).detach(),
+        "ratio": (ratio * m).detach(),
+    }
+    if ref_logp is not None:
+        d = torch.where(mask, ref_logp - logp, torch.zeros_like(logp))
+        kl = torch.exp(d) - d - 1.0
+        info["kl"] = (kl * m).detach()
+        if beta:
+            loss = loss + beta * kl
+    return loss * m, info
+
+
+def reduce_loss(per_token: torch.Tensor, mask: torch.Tensor, normalization: str, num_tokens: float,
+                num_rollouts: float, max_tokens: float | None = None) -> torch.Tensor:
+    """This micro-batch's share of the mini-batch loss. ``num_tokens`` and
+    ``num_rollouts`` are the totals of the whole mini-batch (all micro-batches and
+    processes), so the shares add up to the exact mini-batch loss."""
+    if normalization == "token":
+        return per_token.sum() / max(float(num_tokens), 1.0)
+    if normalization == "sequence":
+        n = mask.sum(dim=1).clamp(min=1).to(per_token.dtype)
+        return (per_token.sum(dim=1) / n).sum() / max(float(num_rollouts), 1.0)
+    if normalization == "constant":
+        if not max_tokens:
+            raise ValueError("constant normalisation needs max_tokens")
+        return per_token.sum() / (max(float(num_rollouts), 1.0) * float(max_tokens))
+    raise ValueError(f"unknown normalisation {normalization!r}")
+
+
+def _pad_rows(rows: Sequence[torch.Tensor | None], L: int, device, dtype=torch.float32) -> torch.Tensor:
+    out = torch.zeros(len(rows), L, dtype=dtype, device=device)
+    for b, r in enumerate(rows):
+        if r is not None:
+            out[b, :r.shape[0]] = r.to(device=device, dtype=dtype)
+    return out
+
+
+def grpo_loss(model, graphs: Sequence[PackedGraph], advantages: torch.Tensor,
+              old_logprobs: Sequence[torch.Tensor] | None = None, ref_logprobs: Sequence[torch.Tensor] | None = None,
+              *, epsilon_low: float = 0.2, epsilon_high: float = 0.28, beta: float = 0.0,
+              normalization: str = "token", max_tokens: int | None = None, num_tokens: float | None = None,
+              num_rollouts: float | None = None, pad_id: int = 0,
+              scale: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """Loss of a micro-batch of rollouts (their packed graphs) and summed diagnostics.
+
+    ``old_logprobs`` (one ``[L_i]`` tensor per graph, aligned with graph nodes) are
+    the behaviour log-probs; None means "the current policy" (ratio 1, the gradient
+    of on-policy GRPO). ``num_tokens``/``num_rollouts`` default to this micro-batch's
+    own counts. ``scale`` multiplies the loss (the trainer passes the number of
+    processes to undo DDP's gradient averaging)."""
+    dev = next(model.parameters()).device
+    batch = collate(graphs, pad_id=pad_id)
+    batch = {k: v.to(dev) for k, v in batch.items()}
+    mask = batch["loss_mask"]
+    L = mask.shape[1]
+    logp, ent = packed_logprobs(model, batch, return_entropy=True)
+    old = logp.detach() if old_logprobs is None else _pad_rows(old_logprobs, L, dev, logp.dtype)
+    ref = None if ref_logprobs is None else _pad_rows(ref_logprobs, L, dev, logp.dtype)
+    adv = advantages.to(dev)
+    per_tok, info = token_loss(logp, old, adv, mask, epsilon_low, epsilon_high, beta, ref)
+    n_tok = float(mask.sum()) if num_tokens is None else num_tokens
+    n_roll = float(len(graphs)) if num_rollouts is None else num_rollouts
+    loss = reduce_loss(per_tok, mask, normalization, n_tok, n_roll, max_tokens) * scale
+    m = mask.float()
+    stats = {
+        "tokens": float(m.sum()),
+        "clip_low": float(info["clip_low"].sum()),
+        "clip_high": float(info["clip_high"].sum()),
+        "ratio": float(info["ratio"].sum()),
+        "entropy": float((ent.detach() * m).sum()),
+        "loss": float(loss.detach()) / scale if scale else 0.0,
+    }
+    if "kl" in info:
+        stats["kl"] = float(info["kl"].sum())
+    return loss, stats
+
+
+# ---------------------------------------------------------------------------
+# Rollout batches
+
+
+@dataclass
+class RolloutBatch:
+    """The rollouts of one step, flat in prompt order (G consecutive per prompt)."""
+
+    rollouts: list
+    graphs: list[PackedGraph]
+    rewards: torch.Tensor  # [N]
+    advantages: torch.Tensor  # [N]
+    components: dict[str, list[float]] = field(default_factory=dict)
+    old_logprobs: list[torch.Tensor | None] | None = None  # per rollout [L_i]
+    ref_logprobs: list[torch.Tensor] | None = None
+    texts: list[str] | None = None  # completion texts the rewards read
+
+
+def graph_of(rollout) -> PackedGraph:
+    g = getattr(rollout, "graph", None)
+    if g is None:
+        raise TypeError(f"rollout {type(rollout).__name__} has no packed graph")
+    return g
+
+
+# ---------------------------------------------------------------------------
+# Data
+
+
+def load_prompts(source, split: str = "train", config: str | None = None,
+                 max_samples: int | None = None) -> list[dict]:
+    """Prompt records of any source :mod:`parallel_reason.data` reads (JSONL, JSON,
+    parquet/csv, save_to_disk folders, `datasets` names); unlike SFT examples they
+    need no completion. Each record keeps its origin under ``_origin``."""
+    from .data import DataError, _rows
+
+    rows = _rows(source, split, config)
+    if not rows:
+        raise DataError(f"{source}: no records")
+    if max_samples is not None and max_samples >= 0:
+        rows = rows[:max_samples]
+    return [{**rec, "_origin": origin} for origin, rec in rows]
+
+
+class PromptOrder:
+    """Seeded, resumable prompt order: epoch ``e`` is a permutation drawn from
+    ``(seed, e)`` only (:func:`parallel_reason.data.epoch_permutation`); step ``s``
+    takes the ``s``-th slice of ``per_step * world`` indices of the endless
+    concatenation of epochs, and process ``rank`` its own part. The order depends
+    only on (seed, step): resuming at a step reproduces it."""
+
+    def __init__(self, n: int, per_step: int, seed: int, rank: int = 0, world: int = 1):
+        if n < 1:
+            raise ValueError("no prompts")
+        self.n, self.per_step, self.seed, self.rank, self.world = n, per_step, seed, rank, world
+        self._cache: tuple[int, list[int]] | None = None
+
+    def _epoch(self, e: int) -> list[int]:
+        from .data import epoch_permutation
+
+        if self._cache is None or self._cache[0] != e:
+            self._cache = (e, epoch_permutation(self.n, self.seed, e))
+        return self._cache[1]
+
+    def indices(self, step: int) -> list[int]:
+        glob = self.per_step * self.world
+        start = step * glob + self.rank * self.per_step
+        out = []
+        for k in range(start, start + self.per_step):
+            e, i = divmod(k, self.n)
+            out.append(self._epoch(e)[i])
+        return out
+
+
+def step_seeds(seed: int, step: int, rank: int, per_step: int) -> list[int]:
+    """Runner seed of each prompt of one process at one step: a function of the
+    prompt's global position in the step, so 2 processes x 1 prompt sample exactly
+    what 1 process x 2 prompts samples."""
+    base = (int(seed) * 1_000_003 + int(step) * 65_537) % (2**31 - 1)
+    return [base + rank * per_step + i for i in range(per_step)]
+
+
+# ---------------------------------------------------------------------------
+# The trainer
+
+
+class GRPOTrainer:
+    """The accelerate loop; see the module docstring.
+
+    ``model``/``tokenizer`` (tests, notebooks) override loading
+    ``model_name_or_path``; ``train_rows``/``eval_rows`` (dicts with a prompt and the
+    task's columns) override the data sources; ``reward_funcs`` (TRL signature, with
+    ``reward_weights``) override the configured rewards; ``runner_factory(model,
+    tokenizer, config)`` builds the rollout engine (default: the HF fork/join runner)."""
+
+    def __init__(self, cfg: GRPOConfig, model=None, tokenizer=None, train_rows: Sequence[dict] | None = None,
+                 eval_rows: Sequence[dict] | None = None, reward_funcs: Sequence[Callable] | None = None,
+                 reward_weights: Sequence[float] | None = None, runner_factory: Callable | None = None):
+        from transformers import get_scheduler
+
+        from .sft import list_checkpoints, make_accelerator, make_optimizer, resolve_resume, setup_logging
+
+        self.cfg = cfg = cfg.validate()
+        n_micro = cfg.mini_batch // cfg.micro_batch
+        # accelerate divides each micro-batch loss by the accumulation steps and calls
+        # optimizer.step() for real only at the end of a window of n_micro micro-batches
+        self.acc = acc = make_accelerator(SimpleNamespace(
+            gradient_accumulation_steps=n_micro, bf16=cfg.bf16, report_to=cfg.report_to, output_dir=cfg.output_dir,
+            per_device_train_batch_size=cfg.micro_batch, max_grad_norm=cfg.max_grad_norm))
+        self.n_micro = n_micro
+        setup_logging(acc, cfg.log_level)
+        from accelerate.utils import set_seed
+
+        set_seed(cfg.seed)
+        self.out = out = Path(cfg.output_dir)
+        if cfg.overwrite_output_dir and cfg.resume_from_checkpoint is None and acc.is_main_process:
+            for p in list_checkpoints(out, complete_only=False) + [out / "final"]:
+                shutil.rmtree(p, ignore_errors=True)
+            for name in (METRICS_NAME, SAMPLES_NAME):
+                (out / name).unlink(missing_ok=True)
+        acc.wait_for_everyone()
+        self.resume_dir = resolve_resume(cfg)
+        if acc.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+
+        # data
+        if train_rows is None:
+            if not cfg.train_data:
+                raise ValueError("config: train_data is not set")
+            train_rows = load_prompts(cfg.train_data, cfg.train_split, cfg.data_config, cfg.max_train_samples)
+        if eval_rows is None and cfg.eval_data:
+            eval_rows = load_prompts(cfg.eval_data, cfg.eval_split, cfg.data_config, cfg.max_eval_samples)
+        self.train_rows = list(train_rows)
+        self.eval_rows = list(eval_rows) if eval_rows else None
+
+        # model
+        if model is None or tokenizer is None:
+            tokenizer, model = self._load(model, tokenizer)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.tokenizer = tokenizer
+        if cfg.disable_dropout:
+            from trl.trainer.utils import disable_dropout_in_model
+
+            disable_dropout_in_model(model)
+        self.ref_mode = None
+        ref = None
+        if cfg.beta > 0:
+            self.ref_mode = cfg.ref_model
+            if self.ref_mode == "auto":
+                self.ref_mode = "disable_adapter" if (cfg.use_peft or _is_peft(model)) else "copy"
+            if self.ref_mode == "copy":
+                ref = copy.deepcopy(model).eval().requires_grad_(False)
+        if cfg.use_peft and not _is_peft(model):
+            from .sft import apply_peft
+
+            model = apply_peft(model, cfg)
+            if acc.is_main_process:
+                n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+                n_all = sum(p.numel() for p in model.parameters())
+                log.info("LoRA: %d of %d parameters trainable (%.2f%%)", n_train, n_all, 100 * n_train / n_all)
+        if self.ref_mode == "disable_adapter" and not _is_peft(model):
+            raise ValueError("config: ref_model disable_adapter needs a LoRA policy (use_peft: true)")
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if _is_peft(model) and hasattr(model, "enable_input_require_grads"):
+                model.enable_input_require_grads()
+        if getattr(model, "config", None) is not None:
+            model.config.use_cache = False
+        model.train()
+
+        # optimiser and schedule: one scheduler step per optimiser step
+        total = max(cfg.max_steps * cfg.optimizer_steps_per_step, 1)
+        from accelerate.utils import DistributedType
+
+        def make_opt(m):
+            if cfg.optim == "sgd":
+                return torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=cfg.learning_rate,
+                                       weight_decay=cfg.weight_decay)
+            return make_optimizer(m, cfg)
+
+        if acc.distributed_type == DistributedType.FSDP:  # optimiser over the wrapped parameters
+            model = acc.prepare(model)
+            optimizer = make_opt(model)
+            scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=cfg.warmup_steps,
+                                      num_training_steps=total)
+            optimizer, scheduler = acc.prepare(optimizer, scheduler)
+        else:
+            optimizer = make_opt(model)
+            scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=cfg.warmup_steps,
+                                      num_training_steps=total)
+            model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        if ref is not None:
+            if acc.distributed_type == DistributedType.DEEPSPEED:
+                from trl.models.utils import prepare_deepspeed
+
+                ref = prepare_deepspeed(ref, acc)
+            else:
+                ref = acc.prepare_model(ref, evaluation_mode=True)
+        self.ref_model = ref
+
+        # rewards and rollouts
+        if reward_funcs is None:
+            from .metrics import tokenizer_counter
+
+            self.reward_funcs, self.reward_weights = R.build_reward_funcs(cfg, count=tokenizer_counter(tokenizer))
+        else:
+            self.reward_funcs = list(reward_funcs)
+            self.reward_weights = [float(w) for w in reward_weights] if reward_weights is not None \
+                else [1.0] * len(self.reward_funcs)
+            if len(self.reward_weights) != len(self.reward_funcs):
+                raise ValueError(f"{len(self.reward_weights)} reward weights for {len(self.reward_funcs)} rewards")
+        self.runner_factory = runner_factory or default_runner_factory
+        self.order = PromptOrder(len(self.train_rows), cfg.prompts_per_step, cfg.seed, acc.process_index,
+                                 acc.num_processes)
+        self.global_step = 0
+        self.log_history: list[dict] = []
+        if self.resume_dir is not None:
+            self._load_state(self.resume_dir)
+        trackers = [r for r in cfg.report_to if r != "none"]
+        if trackers:
+            run_name = cfg.run_name or out.name
+            acc.init_trackers(cfg.project, config=_tracker_config(cfg),
+                              init_kwargs={"wandb": {"name": run_name, "dir": cfg.output_dir}})
+
+    # -- setup --------------------------------------------------------------------
+
+    def _load(self, model, tokenizer):
+        """Tokenizer and model from ``model_name_or_path``; control tokens are added
+        (embeddings resized) if the tokenizer lacks them."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from .tokens import add_control_tokens
+
+        cfg = self.cfg
+        if not cfg.model_name_or_path:
+            raise ValueError("config: model_name_or_path is not set")
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_name_or_path or cfg.model_name_or_path,
+                                                      revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+        if model is None:
+            dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                     "auto": "auto"}[cfg.torch_dtype]
+            model = AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path, revision=cfg.revision,
+                                                         trust_remote_code=cfg.trust_remote_code, dtype=dtype,
+                                                         attn_implementation=cfg.attn_implementation)
+        added = add_control_tokens(tokenizer, model)
+        if added:
+            log.warning("the policy's tokenizer lacked control tokens %s: added (untrained rows); GRPO normally "
+                        "starts from an SFT model that knows them", added)
+        return tokenizer, model
+
+    @property
+    def unwrapped(self):
+        return self.acc.unwrap_model(self.model)
+
+    # -- rollouts ----------------------------------------------------------------
+
+    def prompt_of(self, row: dict) -> str:
+        """The prompt text of a record: its prompt field (text or chat messages,
+        rendered like SFT did by :func:`parallel_reason.data.render_prompt`), or the
+        task's ``prompt(**columns)``."""
+        from .data import render_prompt
+
+        p = row.get(self.cfg.prompt_field)
+        if p is None:
+            from .tasks import get_task
+
+            task = get_task(row.get("task") or self.cfg.task)
+            names = list(inspect.signature(task.prompt).parameters)
+            p = task.prompt(**{k: row[k] for k in names})
+        return render_prompt(p, self.tokenizer, self.cfg.apply_chat_template, row.get("_origin", ""))
+
+    def generate(self, rows: Sequence[dict], n: int, temperature: float, seed: int | Sequence[int]) -> list:
+        """``n`` rollouts per record with the current policy: unwrapped (ZeRO-3
+        parameters gathered, FSDP-1 root parameters summoned, as TRL does for its own
+        HF generation), eval mode, no grad."""
+        from trl.distributed import DistributedBackend
+        from trl.models.utils import unwrap_model_for_generation
+
+        prompts = [self.prompt_of(r) for r in rows]
+        with unwrap_model_for_generation(self.model, self.acc) as unwrapped, torch.no_grad(), \
+                DistributedBackend(self.acc).summon_full_params(self.model, recurse=False):
+            was_training = unwrapped.training
+            unwrapped.eval()
+            try:
+                runner = self.runner_factory(unwrapped, self.tokenizer, self.cfg)
+                rollouts = runner.generate(prompts, n=n, temperature=temperature, top_p=self.cfg.top_p,
+                                           top_k=self.cfg.top_k, seed=seed)
+            finally:
+                unwrapped.train(was_training)
+        if len(rollouts) != n * len(rows):
+            raise RuntimeError(f"runner returned {len(rollouts)} rollouts for {len(rows)} prompts x {n}")
+        return rollouts
+
+    def text_of(self, rollout) -> str:
+        """The completion text the rewards read: the completion ids decoded without
+        special tokens (EOS, padding; control tags are ordinary added tokens and stay)."""
+        ids = getattr(rollout, "completion_ids", None)
+        if ids is not None:
+            return self.tokenizer.decode(ids, skip_special_tokens=True)
+        return _completion_of(rollout)
+
+    def score(self, rows: Sequence[dict], rollouts: list, n: int,
+              texts: list[str] | None = None) -> tuple[torch.Tensor, dict]:
+        """Weighted reward per rollout and each component (unweighted) by name; the
+        records' columns are passed as keyword lists, the rollouts as ``rollouts``."""
+        prompts = [self.prompt_of(r) for r in rows for _ in range(n)]
+        completions = texts if texts is not None else [self.text_of(ro) for ro in rollouts]
+        keys = sorted({k for r in rows for k in r if not k.startswith("_")} - {"prompts", "completions", "rollouts"})
+        columns = {k: [r.get(k) for r in rows for _ in range(n)] for k in keys}
+        if "task" not in columns:
+            columns["task"] = [self.cfg.task] * len(completions)
+        total, parts = R.score(self.reward_funcs, self.reward_weights, prompts, completions,
+                               rollouts=rollouts, **columns)
+        return torch.tensor(total, dtype=torch.float32), parts
+
+    def make_batch(self, rows: Sequence[dict], rollouts: list) -> RolloutBatch:
+        """Rewards and group advantages of ``num_generations`` rollouts per record."""
+        G = self.cfg.num_generations
+        texts = [self.text_of(ro) for ro in rollouts]
+        rewards, parts = self.score(rows, rollouts, G, texts)
+        adv = group_advantages(rewards, G, self.cfg.scale_rewards)
+        return RolloutBatch(rollouts=list(rollouts), graphs=[graph_of(r) for r in rollouts], rewards=rewards,
+                            advantages=adv, components=parts, texts=texts)
+
+    # -- optimisation -------------------------------------------------------------
+
+    @torch.no_grad()
+    def _logprobs(self, model, graphs: Sequence[PackedGraph]) -> list[torch.Tensor]:
+        """Per-graph log-probs ``[L_i]`` of the sampled tokens (no grad), micro-batched."""
+        out: list[torch.Tensor] = []
+        dev = self.acc.device
+        mb = self.cfg.micro_batch
+        for k in range(0, len(graphs), mb):
+            gs = graphs[k:k + mb]
+            b = {key: v.to(dev) for key, v in collate(gs, pad_id=self.tokenizer.pad_token_id).items()}
+            lp = packed_logprobs(model, b).cpu()
+            out += [lp[j, :len(g)] for j, g in enumerate(gs)]
+        return out
+
+    def prepare_old_and_ref(self, batch: RolloutBatch) -> None:
+        """Behaviour log-probs (the runner's, or recomputed) and reference log-probs."""
+        if batch.old_logprobs is None:
+            if self.cfg.old_logprobs == "runner" and all(g.sample_logprobs is not None for g in batch.graphs):
+                batch.old_logprobs = [g.sample_logprobs for g in batch.graphs]
+            else:
+                if self.cfg.old_logprobs == "runner":
+                    log.warning("rollouts carry no sampling log-probs: recomputing the old log-probs")
+                batch.old_logprobs = self._logprobs(self.model, batch.graphs)
+        if self.cfg.beta > 0 and batch.ref_logprobs is None:
+            if self.ref_mode == "disable_adapter":
+                with self.unwrapped.disable_adapter():
+                    batch.ref_logprobs = self._logprobs(self.model, batch.graphs)
+            else:
+                batch.ref_logprobs = self._logprobs(self.ref_model, batch.graphs)
+
+    def optimize(self, batch: RolloutBatch) -> dict:
+        """``num_iterations`` passes over the batch, one optimiser step per mini-batch."""
+        cfg, acc, model = self.cfg, self.acc, self.model
+        model.train()
+        self.prepare_old_and_ref(batch)
+        N = len(batch.graphs)
+        if N != cfg.rollouts_per_step:
+            raise ValueError(f"batch of {N} rollouts, config expects {cfg.rollouts_per_step}")
+        mb, micro = cfg.mini_batch, cfg.micro_batch
+        max_tokens = cfg.max_tokens_norm or cfg.max_new_tokens
+        W = acc.num_processes
+        sums: dict[str, float] = {}
+        grad_norms: list[float] = []
+        for _ in range(cfg.num_iterations):
+            for start in range(0, N, mb):
+                idx = list(range(start, start + mb))
+                counts = torch.tensor([float(sum(int(batch.graphs[i].loss_mask.sum()) for i in idx)), float(mb)],
+                                      device=acc.device)
+                counts = acc.reduce(counts, reduction="sum") if W > 1 else counts
+                n_tok, n_roll = float(counts[0]), float(counts[1])
+                for k in range(0, mb, micro):
+                    sl = idx[k:k + micro]
+                    with acc.accumulate(model):
+                        loss, st = grpo_loss(
+                            model, [batch.graphs[i] for i in sl], batch.advantages[sl],
+                            [batch.old_logprobs[i] for i in sl],
+                            None if batch.ref_logprobs is None else [batch.ref_logprobs[i] for i in sl],
+                            epsilon_low=cfg.epsilon_low, epsilon_high=cfg.epsilon_high, beta=cfg.beta,
+                            normalization=cfg.loss_normalization, max_tokens=max_tokens, num_tokens=n_tok,
+                            num_rollouts=n_roll, pad_id=self.tokenizer.pad_token_id,
+                            # x W: DDP averages gradients over processes; x n_micro: accelerate
+                            # divides by the accumulation steps. The sum over micro-batches and
+                            # processes is then exactly the mini-batch loss.
+                            scale=float(W * self.n_micro))
+                        acc.backward(loss)
+                        if acc.sync_gradients and cfg.max_grad_norm > 0:
+                            gn = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                            if gn is not None:
+                                grad_norms.append(float(gn))
+                        self.optimizer.step()
+                        if acc.sync_gradients:
+                            self.scheduler.step()
+                        self.optimizer.zero_grad(set_to_none=True)
+                    for key, v in st.items():
+                        sums[key] = sums.get(key, 0.0) + v
+                if not acc.sync_gradients:  # full windows by construction; guard the invariant
+                    raise RuntimeError("gradient accumulation window ended without an optimiser step")
+        if W > 1:  # token-weighted diagnostics over all processes; the loss shares add up
+            keys = sorted(sums)
+            tot = acc.reduce(torch.tensor([sums[k] for k in keys], device=acc.device, dtype=torch.float64), "sum")
+            sums = dict(zip(keys, tot.tolist()))
+        tok = max(sums.get("tokens", 0.0), 1.0)
+        out = {
+            "loss": sums.get("loss", 0.0) / max(cfg.optimizer_steps_per_step, 1),
+            "clip_fraction": (sums.get("clip_low", 0.0) + sums.get("clip_high", 0.0)) / tok,
+            "clip_fraction_low": sums.get("clip_low", 0.0) / tok,
+            "clip_fraction_high": sums.get("clip_high", 0.0) / tok,
+            "ratio_mean": sums.get("ratio", 0.0) / tok,
+            "entropy": sums.get("entropy", 0.0) / tok,
+            "lr": self.scheduler.get_last_lr()[0],
+        }
+        if "kl" in sums:
+            out["kl"] = sums["kl"] / tok
+        if grad_norms:
+            out["grad_norm"] = sum(grad_norms) / len(grad_norms)
+        return out
+
+    # -- metrics -------------------------------------------------------------------
+
+    def rollout_metrics(self, batch: RolloutBatch) -> dict:
+        """Rewards (total and per component), accuracy, format-valid rate, blocks and
+        threads per rollout, total tokens, critical path, speedup (mean of per-rollout
+        ``total / critical_path``), finish reasons."""
+        texts = batch.texts or [self.text_of(r) for r in batch.rollouts]
+        st = [R.rollout_stats(r, t) for r, t in zip(batch.rollouts, texts)]
+        n = max(len(st), 1)
+        G = self.cfg.num_generations
+        grp = batch.rewards.view(-1, G)
+        out: dict[str, float] = {
+            "reward": float(batch.rewards.mean()),
+            "reward_std": float(grp.std(dim=1).mean()) if G > 1 else 0.0,
+            "frac_groups_zero_std": float((grp.std(dim=1) < 1e-6).float().mean()) if G > 1 else 1.0,
+            "total_tokens": sum(s["total_tokens"] for s in st) / n,
+            "critical_path": sum(s["critical_path"] for s in st) / n,
+            "speedup": sum(s["speedup"] for s in st) / n,
+            "blocks_per_rollout": sum(s["blocks"] for s in st) / n,
+            "threads_per_rollout": sum(s["threads"] for s in st) / n,
+            "truncated_rate": sum(s["truncated"] for s in st) / n,
+        }
+        for name, vals in batch.components.items():
+            out[f"rewards/{name}"] = sum(vals) / max(len(vals), 1)
+        if "correctness" in batch.components:
+            out["accuracy"] = sum(v > 0 for v in batch.components["correctness"]) / n
+        lim = Limits(self.cfg.max_depth, self.cfg.max_width)
+        out["format_valid"] = sum(R.format_outcome(t, r, lim).valid and not R.is_truncated(r)
+                                  for r, t in zip(batch.rollouts, texts)) / n
+        reasons: dict[str, int] = {}
+        for r in batch.rollouts:
+            k = str(getattr(r, "finish_reason", "unknown"))
+            reasons[k] = reasons.get(k, 0) + 1
+        for k in FINISH_KEYS:
+            out[f"finish/{k}"] = reasons.get(k, 0) / n
+        return out
+
+    def _mean_over_processes(self, metrics: dict) -> dict:
+        acc = self.acc
+        if acc.num_processes == 1:
+            return metrics
+        keys = sorted(metrics)
+        t = torch.tensor([float(metrics[k]) for k in keys], device=acc.device, dtype=torch.float64)
+        t = acc.reduce(t, reduction="mean")
+        return dict(zip(keys, t.tolist()))
+
+    # -- logging -------------------------------------------------------------------
+
+    def _log(self, entry: dict) -> None:
+        """One line of metrics.jsonl (main process), the trackers, the python log."""
+        self.log_history.append(entry)
+        acc = self.acc
+        if [r for r in self.cfg.report_to if r != "none"]:
+            acc.log({(k if k.startswith("eval/") else f"train/{k}"): v for k, v in entry.items()
+                     if k != "step" and v is not None}, step=entry["step"])
+        if acc.is_main_process:
+            with open(self.out / METRICS_NAME, "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry) + "\n")
+            keys = ("reward", "accuracy", "speedup", "format_valid", "total_tokens", "critical_path", "kl",
+                    "clip_fraction", "entropy", "eval/accuracy", "eval/speedup_mean_of_ratios", "eval/format_valid",
+                    "eval/total_tokens", "time/rollout_s", "time/train_s")
+            log.info("step %d: %s", entry["step"], " ".join(
+                f"{k}={entry[k]:.4g}" for k in keys if isinstance(entry.get(k), float)))
+
+    def log_samples(self, rows: Sequence[dict], batch: RolloutBatch, step: int) -> None:
+        """The first rollout of the first ``num_samples_to_log`` groups: samples.jsonl
+        always, a wandb Table when wandb is on."""
+        k = self.cfg.num_samples_to_log
+        if k <= 0 or not self.acc.is_main_process:
+            return
+        G = self.cfg.num_generations
+        records = []
+        for i in list(range(0, len(batch.rollouts), G))[:k]:
+            ro = batch.rollouts[i]
+            text = batch.texts[i] if batch.texts else self.text_of(ro)
+            st = R.rollout_stats(ro, text)
+            records.append({"step": step, "prompt": self.prompt_of(rows[i // G]), "completion": text,
+                            "reward": float(batch.rewards[i]), "advantage": float(batch.advantages[i]),
+                            **{f"reward/{n}": float(v[i]) for n, v in batch.components.items()},
+                            "total_tokens": st["total_tokens"], "critical_path": st["critical_path"],
+                            "blocks": st["blocks"], "finish_reason": str(getattr(ro, "finish_reason", ""))})
+        with open(self.out / SAMPLES_NAME, "a", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec) + "\n")
+        if "wandb" in self.cfg.report_to and records:
+            cols = list(records[0])
+            self.acc.get_tracker("wandb").log_table("samples", columns=cols,
+                                                    data=[[r.get(c) for c in cols] for r in records], step=step)
+
+    # -- the loop --------------------------------------------------------------------
+
+    def train_step(self) -> dict:
+        """Generate, score, optimise: one step. Returns its metrics (mean over processes)."""
+        cfg, acc = self.cfg, self.acc
+        rows = [self.train_rows[i] for i in self.order.indices(self.global_step)]
+        t0 = time.perf_counter()
+        rollouts = self.generate(rows, cfg.num_generations, cfg.temperature,
+                                 step_seeds(cfg.seed, self.global_step, acc.process_index, cfg.prompts_per_step))
+        t1 = time.perf_counter()
+        batch = self.make_batch(rows, rollouts)
+        metrics = self.rollout_metrics(batch)
+        t2 = time.perf_counter()
+        metrics.update(self.optimize(batch))
+        t3 = time.perf_counter()
+        metrics.update({"time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/train_s": t3 - t2,
+                        "rollout_wall_s_mean": sum(getattr(r, "wall_s", 0.0) for r in rollouts) / len(rollouts)})
+        self.global_step += 1
+        metrics = self._mean_over_processes(metrics)
+        if self.global_step % cfg.logging_steps == 0:
+            self._log({"step": self.global_step, **metrics})
+            self.log_samples(rows, batch, self.global_step)
+        return metrics
+
+    def train(self) -> GRPOResult:
+        """Train until ``max_steps`` (from the resumed step), evaluating and
+        checkpointing as configured; writes the final model."""
+        cfg, acc = self.cfg, self.acc
+        log.info("GRPO: %d prompts, %d processes x %d prompts x %d generations per step, %d optimiser steps "
+                 "per step, %s rollouts, %d steps", len(self.train_rows), acc.num_processes, cfg.prompts_per_step,
+                 cfg.num_generations, cfg.optimizer_steps_per_step, "parallel" if cfg.parallel else "sequential",
+                 cfg.max_steps)
+        if self.eval_rows and cfg.eval_on_start and self.global_step == 0:
+            self._log({"step": 0, **{f"eval/{k}": v for k, v in self.evaluate().items()}})
+        last_eval = 0 if (self.eval_rows and cfg.eval_on_start) else -1
+        while self.global_step < cfg.max_steps:
+            self.train_step()
+            if self.eval_rows and cfg.eval_steps and self.global_step % cfg.eval_steps == 0:
+                self._log({"step": self.global_step, **{f"eval/{k}": v for k, v in self.evaluate().items()}})
+                last_eval = self.global_step
+            if cfg.save_steps and self.global_step % cfg.save_steps == 0:
+                self.save_checkpoint()
+        metrics = {}
+        if self.eval_rows:
+            if last_eval != self.global_step:
+                self._log({"step": self.global_step, **{f"eval/{k}": v for k, v in self.evaluate().items()}})
+            metrics = {k: v for k, v in self.log_history[-1].items() if k.startswith("eval/")}
+        final = self.save_final(metrics) if cfg.save_final_model else None
+        acc.end_training()
+        return GRPOResult(self.global_step, list(self.log_history), str(final) if final else None)
+
+    # -- evaluation -------------------------------------------------------------------
+
+    def evaluate(self, rows: Sequence[dict] | None = None) -> dict:
+        """One rollout per held-out prompt at ``eval_temperature`` (0: greedy):
+        accuracy, format-valid rate, tokens, critical path and speedup (mean of
+        per-problem ratios and ratio of means), sharded over processes (every process
+        runs the same number of runner calls: ZeRO-3 gathers are collective)."""
+        from .data import eval_shards
+
+        rows = list(rows if rows is not None else (self.eval_rows or []))
+        if self.cfg.eval_num_prompts:
+            rows = rows[:self.cfg.eval_num_prompts]
+        acc = self.acc
+        lim = Limits(self.cfg.max_depth, self.cfg.max_width)
+        sums = torch.zeros(8, dtype=torch.float64)
+        for k, (idx, w) in enumerate(eval_shards(len(rows), self.cfg.eval_batch_size, acc.process_index,
+                                                 acc.num_processes)):
+            chunk = [rows[i] for i in idx]
+            ros = self.generate(chunk, 1, self.cfg.eval_temperature,
+                                step_seeds(self.cfg.seed + 1, k, acc.process_index, len(chunk)))
+            texts = [self.text_of(ro) for ro in ros]
+            _, parts = self.score(chunk, ros, 1, texts)
+            correct = parts.get("correctness")
+            if correct is None:  # custom rewards: verify with the task when the records allow it
+                try:
+                    correct = R.Correctness(self.cfg.task)(
+                        [""] * len(ros), texts, **{c: [r.get(c) for r in chunk] for c in chunk[0] if not c.startswith("_")})
+                except ValueError:
+                    correct = [0.0] * len(ros)
+            for j, ro in enumerate(ros):
+                s = R.rollout_stats(ro, texts[j])
+                valid = R.format_outcome(texts[j], ro, lim).valid and not s["truncated"]
+                sums += w[j] * torch.tensor([1.0, float(correct[j] > 0), float(valid), s["total_tokens"],
+                                             max(s["critical_path"], 1), s["speedup"], s["blocks"],
+                                             float(s["truncated"])], dtype=torch.float64)
+        if acc.num_processes > 1:
+            sums = acc.reduce(sums.to(acc.device), reduction="sum").cpu()
+        n = max(float(sums[0]), 1.0)
+        return {"n": float(sums[0]), "accuracy": float(sums[1]) / n, "format_valid": float(sums[2]) / n,
+                "total_tokens": float(sums[3]) / n, "critical_path": float(sums[4]) / n,
+                "speedup_mean_of_ratios": float(sums[5]) / n,
+                "speedup_ratio_of_means": float(sums[3]) / max(float(sums[4]), 1.0),
+                "blocks_per_rollout": float(sums[6]) / n, "truncated_rate": float(sums[7]) / n}
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def _state(self) -> dict:
+        return {"global_step": self.global_step, "num_train_prompts": len(self.train_rows),
+                "num_processes": self.acc.num_processes, "prompts_per_step": self.cfg.prompts_per_step,
+                "seed": self.cfg.seed, "log_history": self.log_history, "config": self.cfg.to_dict()}
+
+    def _load_state(self, ckpt: Path) -> None:
+        from .sft import ACCEL_STATE_DIR, STATE_NAME
+
+        st = json.loads((ckpt / STATE_NAME).read_text(encoding="utf-8"))
+        expect = (("num_train_prompts", len(self.train_rows)), ("num_processes", self.acc.num_processes),
+                  ("prompts_per_step", self.cfg.prompts_per_step), ("seed", self.cfg.seed))
+        mismatch = [(k, st.get(k), v) for k, v in expect if st.get(k) != v]
+        if mismatch:
+            raise ValueError(f"cannot resume exactly from {ckpt}: " + ", ".join(
+                f"{k} was {a}, is now {b}" for k, a, b in mismatch) + " (same prompts and step layout needed)")
+        self.acc.load_state(str(ckpt / ACCEL_STATE_DIR))
+        self.global_step = int(st["global_step"])
+        self.log_history = [e for e in st.get("log_history", []) if e.get("step", 0) <= self.global_step]
+        if self.acc.is_main_process:  # drop lines a crashed run wrote after this checkpoint
+            for name in (METRICS_NAME, SAMPLES_NAME):
+                p = self.out / name
+                if p.exists():
+                    keep = [l for l in p.read_text(encoding="utf-8").splitlines()
+                            if l.strip() and json.loads(l).get("step", 0) <= self.global_step]
+                    p.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
+        log.info("resumed from %s at step %d", ckpt, self.global_step)
+
+    def _full_state_dict(self):
+        from accelerate.utils import DistributedType
+
+        if self.acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+            return self.acc.get_state_dict(self.model)  # collective: every rank
+        return None
+
+    def save_checkpoint(self) -> Path:
+        """``checkpoint-N/``: accelerate state (model, optimiser, scheduler, RNG of
+        every process) in ``accelerate_state/``, the model + card, and
+        ``trainer_state.json`` (written last: marks the checkpoint complete) with the
+        step counter, which fixes the prompt order and the rollout seeds."""
+        from .sft import ACCEL_STATE_DIR, CHECKPOINT_PREFIX, STATE_NAME
+
+        acc = self.acc
+        ckpt = self.out / f"{CHECKPOINT_PREFIX}{self.global_step}"
+        acc.wait_for_everyone()
+        acc.save_state(str(ckpt / ACCEL_STATE_DIR))
+        sd = self._full_state_dict()
+        if acc.is_main_process:
+            hub.save_checkpoint(acc.unwrap_model(self.model), self.tokenizer, ckpt, self.model_card(), state_dict=sd)
+            hub.write_json(ckpt / STATE_NAME, self._state())
+            self._rotate()
+        acc.wait_for_everyone()
+        return ckpt
+
+    def _rotate(self) -> None:
+        from .sft import list_checkpoints
+
+        k = self.cfg.save_total_limit
+        if k is None:
+            return
+        cks = list_checkpoints(self.out, complete_only=False)
+        for p in cks[:-k] if len(cks) > k else []:
+            shutil.rmtree(p, ignore_errors=True)
+
+    def save_final(self, metrics: dict | None = None) -> Path:
+        """``output_dir/final``: weights (LoRA: adapter in ``final/adapter`` and, with
+        ``merge_lora``, the merged model in ``final``), tokenizer and model card
+        through :func:`parallel_reason.hub.save_checkpoint`."""
+        from .sft import STATE_NAME
+
+        acc = self.acc
+        final = self.out / "final"
+        acc.wait_for_everyone()
+        sd = self._full_state_dict()
+        if acc.is_main_process:
+            if final.exists():
+                shutil.rmtree(final)
+            model = acc.unwrap_model(self.model)
+            card = self.model_card(metrics)
+            if _is_peft(model):
+                from accelerate.utils import DistributedType
+
+                hub.save_checkpoint(model, self.tokenizer, final / "adapter", card, state_dict=sd)
+                zero3 = acc.distributed_type == DistributedType.DEEPSPEED and \
+                    acc.state.deepspeed_plugin.zero_stage == 3
+                if self.cfg.merge_lora and not zero3:
+                    hub.save_checkpoint(copy.deepcopy(model), self.tokenizer, final, card, state_dict=sd,
+                                        merge_peft=True)
+                elif self.cfg.merge_lora:
+                    log.warning("ZeRO-3: the adapter is saved in final/adapter but not merged (parameters are sharded)")
+            else:
+                hub.save_checkpoint(model, self.tokenizer, final, card, state_dict=sd)
+            hub.write_json(self.out / STATE_NAME, self._state())
+        acc.wait_for_everyone()
+        return final
+
+    def model_card(self, metrics: dict | None = None) -> dict:
+        """Card for :func:`parallel_reason.hub.render_model_card`."""
+        cfg = self.cfg
+        rewards = " + ".join(f"{w:g} x {R.reward_name(f)}" for f, w in zip(self.reward_funcs, self.reward_weights))
+        summary = (f"Trained with P-GRPO (parallel_reason): groups of {cfg.num_generations} fork/join rollouts per "
+                   f"prompt from the runner, PPO-clipped token loss (clip {cfg.epsilon_low}/{cfg.epsilon_high}, "
+                   f"{cfg.loss_normalization} normalisation) on the packed graph of every rollout; "
+                   f"reward = {rewards}.") if cfg.parallel else (
+                   f"Sequential GRPO baseline (parallel_reason, parallel: false): plain causal rollouts, the same "
+                   f"loss code; reward = {rewards}.")
+        return {"model_name": cfg.model_card_name or self.out.name, "stage": "grpo",
+                "base_model": cfg.model_name_or_path or None,
+                "datasets": [d for d in (cfg.train_data,) if d], "mode": "parallel" if cfg.parallel else "sequential",
+                "join": cfg.join, "summary": summary, "metrics": metrics or {}, "config": cfg.to_dict(),
+                "extra": {"GRPO steps": self.global_step, "processes": self.acc.num_processes, "task": cfg.task}}
+
+
+@dataclass
+class GRPOResult:
+    global_step: int
+    log_history: list
+    final_dir: str | None
+
+    def series(self, key: str) -> list[float]:
+        return [e[key] for e in self.log_history if key in e]
+
+
+def _is_peft(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(model, PeftModel)
+
+
+def _completion_of(rollout) -> str:
+    v = getattr(rollout, "completion", None)
+    return v if isinstance(v, str) else ""
+
+
+def _tracker_config(cfg: GRPOConfig) -> dict:
+    return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in cfg.to_dict().items()}
+
+
+def default_runner_factory(model, tokenizer, cfg: GRPOConfig):
+    """The HF fork/join runner configured from ``cfg`` (``parallel: false``: the
+    sequential baseline, control tags are ordinary tokens)."""
+    from .runner import Runner
+
+    return Runner(model, tokenizer, max_new_tokens=cfg.max_new_tokens, max_thread_tokens=cfg.max_thread_tokens,
+                  max_width=cfg.max_width, max_depth=cfg.max_depth, join=cfg.join,
+                  batch_size=cfg.generation_batch_size, parallel=cfg.parallel)
+
+
+def train(cfg: GRPOConfig, **kwargs) -> GRPOResult:
+    """Run GRPO with ``cfg`` (keyword arguments go to :class:`GRPOTrainer`)."""
+    return GRPOTrainer(cfg, **kwargs).train()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import sys
+
+    from .data import DataError
+
+    try:
+        cfg = parse_args(argv)
+    except (ValueError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    result = train(cfg)
+    if result.final_dir:
+        print(f"final model: {result.final_dir}", file=sys.stderr)
+    return 0
+
+
+__all__ = [
+    "GRPOConfig", "GRPOResult", "GRPOTrainer", "NORMALIZATIONS", "PromptOrder", "RolloutBatch",
+    "default_runner_factory", "graph_of", "group_advantages", "grpo_loss", "load_prompts", "main", "parse_args",
+    "reduce_loss", "step_seeds", "token_loss", "train",
+]

@@ -1,0 +1,693 @@
+"""Hugging Face backend of the fork/join runner.
+
+KV layout
+---------
+One KV cache (a ``transformers`` ``DynamicCache`` subclass whose layers write into
+preallocated slabs grown by doubling, instead of concatenating the whole cache
+every step) holds the batch. Row ``b`` is one prompt with its ``n`` rollouts; its
+cache row is a flat *packed graph* buffer: every slot holds the keys/values of one
+token of the prompt, of a rollout's sequential text, of a thread, or of a join's
+re-read, in the order they were fed. Each slot carries a segment id
+(``kseg[b, slot]``, 0 = padding or reclaimed) and each row a segment-ancestry matrix
+``anc[b, s, t]`` (segment ``s`` sees all of segment ``t``; a segment is one
+:class:`~.scheduler.Context`: it stops growing when it gets children, so "all of an
+ancestor" is always right).
+
+Every decode step feeds, for every row, the pending tokens of every live lane (one
+token per active lane in steady state; the openers at a fork; the re-read of
+threads 2..n plus the closer at a join; the prompt at admission), padded to the
+longest row, with
+
+- position ids from the graph (a thread continues from its fork point, the re-read
+  from the end of thread 1: exactly ``layout.build_graph``'s positions), and
+- a 4D boolean mask ``[B, 1, new, cached + new]``: ``anc[b, seg(query), seg(key)]``
+  and causal order for keys fed in the same step; padding slots are never visible,
+  a padding query sees only itself (no empty softmax row). ``transformers`` 5
+  returns a 4D mask as-is (``masking_utils._preprocess_mask_arguments``), with or
+  without a cache; ``eager`` gets the additive float form. When the mask is plain
+  causal (no fork open, no dead slot: ordinary decoding) no mask is passed, so
+  sdpa keeps its fused kernel and native grouped-query attention.
+
+So a fork costs nothing (children attend to the parent's slots, nothing is
+recomputed), the ``n`` samples of a prompt share one prefill of the prompt, and a
+concat join is one batched prefill of the re-read. When a few rows prefill many
+tokens (a join, an admitted prompt) while the others decode, the step runs as two
+forwards (heavy rows, light rows) on copies of their cache rows instead of padding
+every row to the longest. Slots nobody can see any more (threads 2..n after their
+join, finished rollouts, the other group's slots of a split step) are marked 0 and
+the cache is compacted (per-row gather) once live slots fall under
+``compact_ratio`` of its width. Rows whose rollouts are all done leave the batch
+(their cache rows are dropped) and queued prompts are admitted in their place
+(continuous batching: a new row is left-filled with dead slots and its prompt is
+fed with the next step).
+
+Sampling is done here, from the logits of every active lane: greedy, or
+temperature / top-k / top-p (Hugging Face semantics and order) with one
+``torch.Generator`` per rollout, seeded from ``(seed of the prompt, sample index)``,
+so a rollout does not depend on which other prompts share its batch. Two
+log-probs are recorded per sampled token: the model's (temperature 1, unfiltered:
+what ``packed_logprobs`` recomputes, stored in the token tree and the packed graph)
+and the log-prob under the distribution actually sampled from
+(``Rollout.sampler_logprobs``; 0 for greedy, equal to the model's for replay).
+
+Attention implementations: ``sdpa`` and ``eager`` (the mask is dense: CPU and
+moderate lengths). Flash-attention takes no custom masks; models with sliding-window
+or linear-attention layers are refused (the mask would be wrong for them). The
+model is put in eval mode while decoding (dropout off) and restored afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+
+from ..attention import float_mask
+from ..layout import JOIN_MODES, Run, encode, linear_ids, tokenize_trajectory
+from ..logprobs import _unwrap, attn_implementation_of
+from .scheduler import (ACTIVE, Context, Lane, RunLimits, RolloutState, Rollout, Row, Script, TagSet,
+                        to_rollout)
+
+
+@dataclass
+class BackendStats:
+    """Counters of the last ``generate``/``replay`` call."""
+
+    forward_calls: int = 0
+    tokens_fed: int = 0  # real tokens fed to the model (each graph node at most once)
+    pad_fed: int = 0  # padding positions fed (batch shape overhead)
+    compactions: int = 0
+    split_steps: int = 0  # steps run as two forwards (heavy prefill rows apart from decoding rows)
+    max_slots: int = 0  # widest cache row seen
+    wall_s: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _slab_classes():
+    """The KV cache classes (built lazily: transformers is imported on first use)."""
+    global _SlabCache
+    if _SlabCache is not None:
+        return _SlabCache
+    from transformers import DynamicCache
+    from transformers.cache_utils import Cache, DynamicLayer
+
+    class SlabLayer(DynamicLayer):
+        """A DynamicLayer whose keys/values live in a preallocated slab grown by
+        doubling: ``update`` writes in place instead of concatenating the whole cache
+        every step. ``keys``/``values`` are views of the filled part."""
+
+        def lazy_initialization(self, key_states, value_states) -> None:
+            self.dtype, self.device = key_states.dtype, key_states.device
+            self._k = key_states.new_empty((*key_states.shape[:2], 0, key_states.shape[3]))
+            self._v = value_states.new_empty((*value_states.shape[:2], 0, value_states.shape[3]))
+            self.n = 0
+            self.keys, self.values = self._k, self._v
+            self.is_initialized = True
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            need = self.n + key_states.shape[-2]
+            if need > self._k.shape[2]:
+                cap = max(64, 2 * need)
+                k = key_states.new_empty((*self._k.shape[:2], cap, self._k.shape[3]))
+                v = value_states.new_empty((*self._v.shape[:2], cap, self._v.shape[3]))
+                k[:, :, :self.n] = self._k[:, :, :self.n]
+                v[:, :, :self.n] = self._v[:, :, :self.n]
+                self._k, self._v = k, v
+            self._k[:, :, self.n:need] = key_states
+            self._v[:, :, self.n:need] = value_states
+            self.n = need
+            self.keys, self.values = self._k[:, :, :need], self._v[:, :, :need]
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.n if self.is_initialized else 0
+
+        def set(self, keys, values) -> None:
+            """Replace the content (after a row selection, admission or compaction)."""
+            self.dtype, self.device = keys.dtype, keys.device
+            self._k, self._v = keys, values
+            self.n = keys.shape[2]
+            self.keys, self.values = keys, values
+            self.is_initialized = True
+
+    class SlabCache(DynamicCache):
+        def __init__(self, num_layers: int):
+            Cache.__init__(self, layers=[SlabLayer() for _ in range(num_layers)])
+
+    _SlabCache = SlabCache
+    return SlabCache
+
+
+_SlabCache = None
+
+
+class _RowState:
+    __slots__ = ("nseg", "version", "live")
+
+    def __init__(self):
+        self.nseg = 1  # segment 0 is padding
+        self.version = -1
+        self.live = 0  # live (visible to some future token) slots of the row
+
+
+class HFBackend:
+    """Batched packed-graph decoding (see module docstring). Interface used by
+    :class:`Runner` (and described in :mod:`.scheduler`): ``add(rows)``, ``step()``,
+    ``release()``, ``reclaim()``, ``reset()``; counters in ``stats``."""
+
+    def __init__(self, model, pad_id: int, compact_min_slots: int = 128, compact_ratio: float = 0.75):
+        inner = _unwrap(model)
+        self.model = model
+        self.config = inner.config
+        impl = attn_implementation_of(inner)
+        if impl not in ("sdpa", "eager"):
+            raise ValueError(f"the HF runner needs attn_implementation 'sdpa' or 'eager' (custom 4D masks), "
+                             f"got {impl!r}")
+        text_cfg = self.config.get_text_config(decoder=True) if hasattr(self.config, "get_text_config") else self.config
+        layer_types = getattr(text_cfg, "layer_types", None) or []
+        bad = sorted({t for t in layer_types if t != "full_attention"})
+        if bad or getattr(text_cfg, "use_sliding_window", False) and getattr(text_cfg, "sliding_window", None):
+            raise ValueError(f"the HF runner supports full-attention layers only, found {bad or 'sliding_window'}")
+        self.impl = impl
+        self.num_layers = int(text_cfg.num_hidden_layers)
+        h = getattr(text_cfg, "hidden_size", 1024)
+        kv = getattr(text_cfg, "num_key_value_heads", None) or getattr(text_cfg, "num_attention_heads", 16)
+        hd = getattr(text_cfg, "head_dim", None) or h // max(getattr(text_cfg, "num_attention_heads", 16), 1)
+        self._slot_cost = (kv * hd * 8) / (12 * h * h)
+        p = next(inner.parameters())
+        self.dtype, self.device = p.dtype, p.device
+        self.pad_id = int(pad_id)
+        self.compact_min_slots = compact_min_slots
+        self.compact_ratio = compact_ratio
+        self.reset()
+
+    # ------------------------------------------------------------------ batch
+    def reset(self) -> None:
+        self.rows: list[Row] = []
+        self.cache = None
+        self.kseg = torch.zeros(0, 0, dtype=torch.long, device=self.device)
+        self.anc = torch.zeros(0, 16, 16, dtype=torch.bool, device=self.device)
+        self.stats = BackendStats()
+
+    def _layers(self):
+        if self.cache is None:
+            return []
+        return [l for l in self.cache.layers if l.is_initialized and l.n > 0]
+
+    def _new_cache(self, kv=None):
+        cache = _slab_classes()(self.num_layers)
+        if kv is not None:
+            for layer, (k, v) in zip(cache.layers, kv):
+                layer.set(k, v)
+        return cache
+
+    def add(self, rows: Sequence[Row]) -> None:
+        """Admit rows; their prompts are fed with the next step."""
+        R = len(rows)
+        if R == 0:
+            return
+        T = self.kseg.shape[1]
+        for row in rows:
+            row.handle = _RowState()
+            for ro in row.rollouts:
+                ro.start()
+        for layer in self._layers():
+            layer.set(torch.cat([layer.keys, layer.keys.new_zeros(R, *layer.keys.shape[1:])]),
+                      torch.cat([layer.values, layer.values.new_zeros(R, *layer.values.shape[1:])]))
+        self.kseg = torch.cat([self.kseg, self.kseg.new_zeros(R, T)])
+        self.anc = torch.cat([self.anc, self.anc.new_zeros(R, *self.anc.shape[1:])])
+        self.rows.extend(rows)
+
+    def release(self) -> list[Row]:
+        """Drop the rows whose rollouts have all finished; returns them."""
+        keep = [b for b, r in enumerate(self.rows) if not r.finished]
+        if len(keep) == len(self.rows):
+            return []
+        gone = [r for r in self.rows if r.finished]
+        if not keep:
+            stats = self.stats
+            self.reset()
+            self.stats = stats
+            return gone
+        idx = torch.tensor(keep, device=self.device)
+        for layer in self._layers():
+            layer.set(layer.keys.index_select(0, idx), layer.values.index_select(0, idx))
+        self.kseg = self.kseg.index_select(0, idx)
+        self.anc = self.anc.index_select(0, idx)
+        self.rows = [self.rows[b] for b in keep]
+        return gone
+
+    # ------------------------------------------------------------------ segments
+    def _new_seg(self, b: int, row: Row, ctx: Context) -> int:
+        st = row.handle
+        s = st.nseg
+        st.nseg += 1
+        S = self.anc.shape[1]
+        if s >= S:
+            S2 = 2 * S
+            anc = self.anc.new_zeros(self.anc.shape[0], S2, S2)
+            anc[:, :S, :S] = self.anc
+            self.anc = anc
+        if ctx.parent is not None:
+            if ctx.parent.handle is None:
+                raise RuntimeError("a context was fed before its parent")
+            self.anc[b, s] = self.anc[b, ctx.parent.handle]
+        self.anc[b, s, s] = True
+        ctx.handle = s
+        return s
+
+    # ------------------------------------------------------------------ step
+    def step(self) -> tuple[list[Lane], torch.Tensor | None]:
+        """One batched forward over every pending token; logits [M, V] (float32) for the
+        M active lanes, in row / rollout / lane order."""
+        rows_ids, rows_pos, rows_seg, rows_keep = [], [], [], []
+        lanes: list[Lane] = []
+        want: list[tuple[int, int]] = []  # (row, index in that row's keep list) per lane
+        touched: list[Context] = []
+        simple: list[bool] = []  # the row's live lanes all share one context
+        for b, row in enumerate(self.rows):
+            ids: list[int] = []
+            pos: list[int] = []
+            seg: list[int] = []
+            keep: list[int] = []
+            one = None
+            single = True
+            for ro in row.rollouts:
+                if ro.finished:
+                    continue
+                for lane in ro.lanes:
+                    c = lane.ctx
+                    if one is None:
+                        one = c
+                    elif c is not one:
+                        single = False
+                    if c.done < len(c.tokens):
+                        s = c.handle if c.handle is not None else self._new_seg(b, row, c)
+                        new = c.tokens[c.done:]
+                        ids += new
+                        pos.extend(range(c.start + c.done, c.start + len(c.tokens)))
+                        seg += [s] * len(new)
+                        c.done = len(c.tokens)
+                        c.last = len(ids) - 1
+                        touched.append(c)
+                    if lane.state == ACTIVE:
+                        if c.last < 0:
+                            raise RuntimeError("an active lane has nothing to feed")
+                        lanes.append(lane)
+                        want.append((b, len(keep)))
+                        keep.append(c.last)
+            rows_ids.append(ids)
+            rows_pos.append(pos)
+            rows_seg.append(seg)
+            rows_keep.append(keep)
+            simple.append(single)
+        self._simple = simple
+        for c in touched:
+            c.last = -1
+        ns = [len(x) for x in rows_ids]
+        if max(ns, default=0) == 0:
+            return lanes, None
+        groups = self._plan(ns)
+        T = self.kseg.shape[1]
+        if len(groups) == 1:
+            out, qseg = self._forward(groups[0], rows_ids, rows_pos, rows_seg, rows_keep, self.cache)
+            self.cache = self._cache_out
+            self.kseg = torch.cat([self.kseg, qseg], 1)
+            outs = [out]
+        else:
+            outs = self._forward_split(groups, rows_ids, rows_pos, rows_seg, rows_keep, T)
+            self.stats.split_steps += 1
+        logits = None
+        if want and len(groups) == 1 and len(want) == len(ns) and outs[0].shape[1] == 1:
+            logits = outs[0][:, 0].float()  # one lane per row (ordinary decoding)
+        elif want and len(groups) == 1:
+            dev = self.device
+            logits = outs[0][torch.tensor([b for b, _ in want], device=dev),
+                             torch.tensor([j for _, j in want], device=dev)].float()
+        elif want:
+            where = {b: (k, r) for k, g in enumerate(groups) for r, b in enumerate(g)}
+            logits = torch.stack([outs[where[b][0]][where[b][1], j] for b, j in want]).float()
+        st = self.stats
+        st.forward_calls += len(groups)
+        fed = sum(ns)
+        st.tokens_fed += fed
+        st.pad_fed += sum(len(g) * max(ns[b] for b in g) for g in groups) - fed
+        for b, row in enumerate(self.rows):
+            row.handle.live += ns[b]
+        st.max_slots = max(st.max_slots, self.kseg.shape[1])
+        return lanes, logits
+
+    def _plan(self, ns: list[int]) -> list[list[int]]:
+        """Rows per forward. One forward pads every row to the longest; when a few rows
+        prefill many tokens (a join's re-read, an admitted prompt) while the others
+        decode one token per lane, two forwards (heavy rows, light rows) feed far
+        fewer padding positions, at the price of copying the cache rows once."""
+        B = len(ns)
+        order = sorted(range(B), key=lambda b: ns[b])
+        one = B * ns[order[-1]]
+        best, cut = one, None
+        for k in range(1, B):  # light = order[:k], heavy = order[k:]
+            cost = k * ns[order[k - 1]] + (B - k) * ns[order[-1]]
+            if cost < best:
+                best, cut = cost, k
+        # the split costs a second forward and a few copies of the cache (B x T slots):
+        # a slot copy is worth ~kv_dim*8 / (12*hidden^2) of a token's forward, x20 for safety
+        saved = one - best
+        copy = B * self.kseg.shape[1] * self._slot_cost * 20
+        if cut is None or saved < max(64, 0.5 * one, copy):
+            return [list(range(B))]
+        return [sorted(order[:cut]), sorted(order[cut:])]
+
+    def _forward(self, idx: list[int], rows_ids, rows_pos, rows_seg, rows_keep, cache):
+        """Forward of rows ``idx`` (with their cache ``cache``); returns the kept logits
+        ``[len(idx), M, V]`` and the new slots' segments ``[len(idx), N]``. The cache after
+        the call is left in ``self._cache_out``."""
+        dev = self.device
+        N = max(len(rows_ids[b]) for b in idx)
+        M = max(max(len(rows_keep[b]) for b in idx), 1)
+        inp = torch.tensor([rows_ids[b] + [self.pad_id] * (N - len(rows_ids[b])) for b in idx], dtype=torch.long,
+                           device=dev)
+        posT = torch.tensor([rows_pos[b] + [0] * (N - len(rows_pos[b])) for b in idx], dtype=torch.long, device=dev)
+        qseg = torch.tensor([rows_seg[b] + [0] * (N - len(rows_seg[b])) for b in idx], dtype=torch.long, device=dev)
+        G = len(idx)
+        if G == self.kseg.shape[0]:
+            kseg, anc = self.kseg, self.anc
+        else:
+            it = torch.tensor(idx, device=dev)
+            kseg, anc = self.kseg.index_select(0, it), self.anc.index_select(0, it)
+        T = kseg.shape[1]
+        # plain causal batch (ordinary decoding: one context per row, every cached slot
+        # live, no padding): pass no mask, so sdpa keeps its fused kernel and native GQA.
+        # Every live slot is then an ancestor of the row's one context (dead slots are
+        # marked by reclaim() after every step that ended a thread or a rollout).
+        plain = all(self._simple[b] and self.rows[b].handle.live == T and len(rows_ids[b]) == N for b in idx)
+        if plain:
+            mask = None
+        else:
+            kall = torch.cat([kseg, qseg], 1)  # [G, T + N]
+            bidx = torch.arange(G, device=dev)[:, None, None]
+            mask = anc[bidx, qseg[:, :, None], kall[:, None, :]]  # [G, N, T + N]
+            if N > 1:
+                mask[:, :, T:] &= torch.ones(N, N, dtype=torch.bool, device=dev).tril()
+            pad = qseg == 0
+            if bool(pad.any()):
+                mask[:, :, T:] |= pad[:, :, None] & torch.eye(N, dtype=torch.bool, device=dev)
+            mask = mask[:, None]
+            if self.impl == "eager":
+                mask = float_mask(mask, self.dtype)
+        if cache is None:
+            cache = self._new_cache()
+        if M == 1 and all(rows_keep[b] == [N - 1] for b in idx):
+            ltk = 1  # every row wants its last position: plain slicing
+        else:
+            ltk = torch.tensor([rows_keep[b] + [0] * (M - len(rows_keep[b])) for b in idx], dtype=torch.long,
+                               device=dev)
+        out = self.model(input_ids=inp, attention_mask=mask, position_ids=posT, past_key_values=cache,
+                         use_cache=True, logits_to_keep=ltk)
+        self._cache_out = out.past_key_values if out.past_key_values is not None else cache
+        return out.logits, qseg
+
+    def _forward_split(self, groups, rows_ids, rows_pos, rows_seg, rows_keep, T):
+        """One forward per group of rows, each on a copy of its cache rows; the results
+        are merged so that every row gets the new slots of every group (the slots of
+        the other groups are dead for it: segment 0, reclaimed by the next compaction)."""
+        B = len(rows_ids)
+        dev = self.device
+        old = self._layers()
+        res = []
+        for g in groups:
+            it = torch.tensor(g, device=dev)
+            sub = self._new_cache([(l.keys.index_select(0, it), l.values.index_select(0, it)) for l in old]) \
+                if old else None
+            logits, qseg = self._forward(g, rows_ids, rows_pos, rows_seg, rows_keep, sub)
+            res.append((it, logits, qseg, self._cache_out))
+        W = T + sum(q.shape[1] for _, _, q, _ in res)
+        kseg = self.kseg.new_zeros(B, W)
+        kseg[:, :T] = self.kseg
+        off = T
+        for it, _, qseg, _ in res:
+            kseg[it, off:off + qseg.shape[1]] = qseg
+            off += qseg.shape[1]
+        merged = []
+        for li in range(len(res[0][3].layers)):
+            kv = []
+            for name in ("keys", "values"):
+                ref = getattr(res[0][3].layers[li], name)
+                full = ref.new_zeros(B, ref.shape[1], W, ref.shape[3])
+                if old and T > 0:
+                    full[:, :, :T] = getattr(old[li], name)
+                off = T
+                for it, _, qseg, c in res:
+                    w = qseg.shape[1]
+                    full[it, :, off:off + w] = getattr(c.layers[li], name)[:, :, T:]
+                    off += w
+                kv.append(full)
+            merged.append(tuple(kv))
+        self.cache = self._new_cache(merged)
+        self.kseg = kseg
+        return [logits for _, logits, _, _ in res]
+
+    # ------------------------------------------------------------------ memory
+    def reclaim(self) -> None:
+        """Mark slots nobody can see any more (after joins and finished rollouts) and
+        compact the cache when live slots are a small share of its width."""
+        for b, row in enumerate(self.rows):
+            v = sum(ro.version for ro in row.rollouts)
+            if v == row.handle.version:
+                continue
+            row.handle.version = v
+            live = torch.zeros(self.anc.shape[1], dtype=torch.bool, device=self.device)
+            for ro in row.rollouts:
+                if ro.finished:
+                    continue
+                for c in ro.live_contexts():
+                    while c is not None and c.handle is None:
+                        c = c.parent
+                    if c is not None:
+                        live |= self.anc[b, c.handle]
+            ks = self.kseg[b]
+            ks = torch.where(live[ks], ks, torch.zeros_like(ks))
+            self.kseg[b] = ks
+            row.handle.live = int((ks > 0).sum())
+        T = self.kseg.shape[1]
+        if T < self.compact_min_slots or not self.rows:
+            return
+        if max(r.handle.live for r in self.rows) > self.compact_ratio * T:
+            return
+        alive = self.kseg > 0
+        cnt = alive.sum(1)
+        T2 = int(cnt.max())
+        B = self.kseg.shape[0]
+        order = torch.argsort((~alive).to(torch.int8), dim=1, stable=True)[:, :T2]  # live slots first, in order
+        ks = self.kseg.gather(1, order)
+        ks[torch.arange(T2, device=self.device)[None, :] >= cnt[:, None]] = 0
+        self.kseg = ks
+        for layer in self._layers():
+            k, v = layer.keys, layer.values
+            layer.set(k.gather(2, order[:, None, :, None].expand(B, k.shape[1], T2, k.shape[3])),
+                      v.gather(2, order[:, None, :, None].expand(B, v.shape[1], T2, v.shape[3])))
+        self.stats.compactions += 1
+
+
+# ---------------------------------------------------------------------- sampling
+
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Temperature, then top-k, then top-p (nucleus), as Hugging Face's logits warpers."""
+    x = logits / temperature
+    V = x.shape[-1]
+    if top_k and 0 < top_k < V:
+        kth = torch.topk(x, top_k, dim=-1).values[..., -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_x, sorted_idx = torch.sort(x, descending=False, dim=-1)
+        cum = sorted_x.softmax(-1).cumsum(-1)
+        remove = cum <= (1 - top_p)
+        remove[..., -1:] = False  # keep at least one token
+        x = x.masked_fill(remove.scatter(-1, sorted_idx, remove), float("-inf"))
+    return x
+
+
+def rollout_seed(seed: int, sample_index: int) -> int:
+    """Seed of the generator of sample ``sample_index`` of a prompt whose seed is ``seed``."""
+    return (int(seed) * 1_000_003 + int(sample_index) * 7_919 + 12_345) % (2**63 - 1)
+
+
+# ---------------------------------------------------------------------- runner
+
+
+class Runner:
+    """Fork/join decoding with a Hugging Face causal LM.
+
+    ``Runner(model, tokenizer, max_new_tokens=512, max_thread_tokens=None, max_width=8,
+    max_depth=2, join="concat", batch_size=8)``; ``generate(prompts, n, temperature,
+    top_p, top_k, seed)`` and ``replay(prompts, completions)`` return one
+    :class:`~.scheduler.Rollout` per (prompt, sample), in prompt order.
+
+    ``batch_size`` is the number of prompts (rows) decoded at once; each row carries
+    its ``n`` samples. With ``parallel=False`` control tags are ordinary tokens
+    (plain sequential decoding: the baseline).
+    """
+
+    def __init__(self, model, tokenizer, max_new_tokens: int = 512, max_thread_tokens: int | None = None,
+                 max_width: int | None = 8, max_depth: int | None = 2, join: str = "concat",
+                 batch_size: int = 8, parallel: bool = True, compact_min_slots: int = 128,
+                 compact_ratio: float = 0.75):
+        if join not in JOIN_MODES:
+            raise ValueError(f"join mode {join!r} is not available; choose one of {JOIN_MODES}")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.join = join
+        self.batch_size = batch_size
+        self.parallel = parallel
+        self.limits = RunLimits(max_new_tokens=max_new_tokens, max_thread_tokens=max_thread_tokens,
+                             max_width=max_width, max_depth=max_depth)
+        self.tags = TagSet(tokenizer)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.backend = HFBackend(model, pad if pad is not None else 0, compact_min_slots, compact_ratio)
+        self.stats = BackendStats()
+
+    # ------------------------------------------------------------------ inputs
+    def _prompt_ids(self, p) -> list[int]:
+        ids = encode(self.tokenizer, p) if isinstance(p, str) else [int(t) for t in p]
+        if not ids:
+            raise ValueError("empty prompt: the first token needs a context")
+        return ids
+
+    # ------------------------------------------------------------------ API
+    def generate(self, prompts: Sequence[str] | Sequence[Sequence[int]], n: int = 1, temperature: float = 0.0,
+                 top_p: float = 1.0, top_k: int = 0, seed: int | Sequence[int] = 0) -> list[Rollout]:
+        """Sample ``n`` rollouts per prompt (flattened in prompt order). ``temperature=0``
+        is greedy. ``seed`` is one int (prompt ``i`` uses ``seed + i``) or one per prompt."""
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+            raise ValueError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
+        seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
+        if len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        rows = []
+        for i, p in enumerate(prompts):
+            ctx = Context(None, self._prompt_ids(p))
+            rs = []
+            for j in range(n):
+                g = None
+                if temperature > 0:
+                    g = torch.Generator(device=self.backend.device)
+                    g.manual_seed(rollout_seed(seeds[i], j))
+                rs.append(RolloutState(ctx, self.tags, self.limits, self.parallel, None, i, j, g))
+            rows.append(Row(ctx, rs))
+
+        def choose(lanes: list[Lane], logits: torch.Tensor) -> None:
+            lp_all = torch.log_softmax(logits, -1)
+            if temperature == 0:
+                toks = logits.argmax(-1)
+                slp = None
+            else:
+                x = filter_logits(logits, temperature, top_k, top_p)
+                probs = torch.softmax(x, -1)
+                toks = torch.empty(len(lanes), dtype=torch.long, device=logits.device)
+                i = 0
+                while i < len(lanes):
+                    ro = lanes[i].rollout
+                    j = i + 1
+                    while j < len(lanes) and lanes[j].rollout is ro:
+                        j += 1
+                    toks[i:j] = torch.multinomial(probs[i:j], 1, generator=ro.generator)[:, 0]
+                    i = j
+                slp = torch.log_softmax(x, -1).gather(1, toks[:, None])[:, 0].tolist()
+            lp = lp_all.gather(1, toks[:, None])[:, 0].tolist()
+            self._advance(lanes, toks.tolist(), lp, slp if slp is not None else [0.0] * len(lanes))
+
+        return self._run(rows, choose)
+
+    def replay(self, prompts: Sequence[str] | Sequence[Sequence[int]], completions: Sequence,
+               eos: bool = True) -> list[Rollout]:
+        """Force given completions through the same machinery, recording the log-probs
+        of the forced tokens. A completion is text (a well-formed trajectory, tokenized
+        with ``layout.tokenize_trajectory``; ``eos`` appends EOS), a token tree
+        (list of ``Run``/``TBlock``), or a list of ids (forced as one sampled run: the
+        scheduler then reacts to whatever tags it holds). With ``parallel=False`` the
+        linear ids of the trajectory are forced as one chain (the sequential baseline)."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
+        rows = []
+        for i, (p, comp) in enumerate(zip(prompts, completions)):
+            if isinstance(comp, str):
+                items = tokenize_trajectory(comp, self.tokenizer, eos=eos)
+            elif len(comp) == 0 or isinstance(comp[0], int):
+                items = [Run([int(t) for t in comp], True)] if len(comp) else []
+            else:
+                items = list(comp)
+            if not self.parallel:
+                ids = linear_ids(items)
+                items = [Run(ids, True)] if ids else []
+            ctx = Context(None, self._prompt_ids(p))
+            rows.append(Row(ctx, [RolloutState(ctx, self.tags, self.limits, self.parallel, Script(items), i, 0)]))
+
+        def choose(lanes: list[Lane], logits: torch.Tensor) -> None:
+            forced = []
+            for lane in lanes:
+                t = lane.script.next()
+                forced.append(-1 if t is None else t)
+            idx = torch.tensor([max(t, 0) for t in forced], device=logits.device)
+            lp = torch.log_softmax(logits, -1).gather(1, idx[:, None])[:, 0].tolist()
+            for k, lane in enumerate(lanes):
+                ro = lane.rollout
+                if ro.finished or lane.state != ACTIVE:
+                    continue
+                if forced[k] < 0:
+                    where = f"thread {lane.number} at depth {lane.depth}" if lane.is_thread else "the main sequence"
+                    ro.finish("replay_end", f"no forced token left for {where}")
+                else:
+                    ro.advance(lane, forced[k], lp[k], lp[k])
+
+        return self._run(rows, choose)
+
+    # ------------------------------------------------------------------ loop
+    @staticmethod
+    def _advance(lanes, toks, lps, slps) -> None:
+        for k, lane in enumerate(lanes):
+            ro = lane.rollout
+            if ro.finished or lane.state != ACTIVE:
+                continue
+            ro.advance(lane, toks[k], lps[k], slps[k])
+
+    def _run(self, rows: list[Row], choose) -> list[Rollout]:
+        be = self.backend
+        be.reset()
+        t0 = time.perf_counter()
+        queue = deque(rows)
+        refill = max(1, self.batch_size // 4)
+        was_training = getattr(self.model, "training", False)
+        if was_training:
+            self.model.eval()  # no dropout while sampling; restored afterwards
+        try:
+            with torch.inference_mode():
+                while queue or be.rows:
+                    free = self.batch_size - len(be.rows)
+                    if queue and free > 0 and (not be.rows or free >= refill or len(queue) <= free):
+                        be.add([queue.popleft() for _ in range(min(free, len(queue)))])
+                    lanes, logits = be.step()
+                    if lanes:
+                        choose(lanes, logits)
+                    be.release()
+                    be.reclaim()
+        finally:
+            if was_training:
+                self.model.train()
+            self.stats = be.stats
+            self.stats.wall_s = time.perf_counter() - t0
+            be.reset()
+        return [to_rollout(ro, self.tokenizer, self.join) for row in rows for ro in row.rollouts]

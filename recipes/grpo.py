@@ -1,0 +1,69 @@
+"""GRPO recipe: parse a config, make sure its prompts exist, train.
+
+    accelerate launch recipes/grpo.py --config configs/grpo/countdown_tiny.yaml [--field value ...]
+    accelerate launch --config_file configs/accelerate/ddp.yaml recipes/grpo.py --config configs/grpo/countdown_qwen.yaml
+    python recipes/grpo.py --config configs/grpo/countdown_tiny.yaml --max_steps 20   # one process
+    python recipes/grpo.py --config configs/grpo/countdown_tiny.yaml --parallel false  # sequential baseline
+    python recipes/grpo.py --help                                                     # every field
+
+When ``generate_data`` names a generator (``countdown``) and ``train_data`` /
+``eval_data`` are missing, they are written first with
+``python -m data_gen.<generator> --split train|test --seed <generate_seed>`` (main
+process only; the others wait). Everything else lives in :mod:`parallel_reason.grpo`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from parallel_reason.grpo import GRPOConfig, parse_args, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ensure_data(cfg: GRPOConfig) -> None:
+    """Generate missing prompt files with ``data_gen.<cfg.generate_data>``."""
+    if not cfg.generate_data:
+        return
+    mode = "parallel" if cfg.parallel else "sequential"  # the prompts do not depend on it
+    for path, split, n in ((cfg.train_data, "train", cfg.generate_train_n), (cfg.eval_data, "test", cfg.generate_eval_n)):
+        if not path or Path(path).exists():
+            continue
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", f"data_gen.{cfg.generate_data}", "--n", str(n), "--seed", str(cfg.generate_seed),
+               "--split", split, "--mode", mode, "--out", str(path), "--no-progress"]
+        print("generating data:", " ".join(cmd), file=sys.stderr, flush=True)
+        subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def main(argv=None) -> int:
+    try:
+        cfg = parse_args(argv)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+    if rank == 0:
+        ensure_data(cfg)
+    else:  # wait for rank 0 to write the files (no process group exists yet)
+        paths = [p for p in (cfg.train_data, cfg.eval_data) if p and cfg.generate_data]
+        for _ in range(3600):
+            if all(Path(p).exists() for p in paths):
+                break
+            time.sleep(1)
+    if cfg.model_name_or_path and not Path(cfg.model_name_or_path).exists() and cfg.model_name_or_path.startswith(("runs/", "./", "/")):
+        print(f"error: model_name_or_path {cfg.model_name_or_path} does not exist; GRPO starts from an SFT model: "
+              "run recipes/sft.py first (see the config's header)", file=sys.stderr)
+        return 2
+    result = train(cfg)
+    if result.final_dir:
+        print(f"final model: {result.final_dir}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
