@@ -87,20 +87,22 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import inspect
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Sequence, Union, get_type_hints
+from typing import Callable, Sequence, Union
 
 import torch
 
 from . import hub
+from .config import config_field, config_from_dict, parse_config
+from .config import config_help as _config_help
 from . import rewards as R
 from .attention import collate
 from .format import Limits
@@ -123,10 +125,7 @@ FINISH_KEYS = ("eos", "max_new_tokens", "unclosed_thread", "max_thread_tokens", 
 # Configuration (same YAML + ``--field value`` pattern as parallel_reason.sft)
 
 
-def _f(default, help: str):
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+_f = config_field
 
 
 @dataclass
@@ -247,6 +246,12 @@ class GRPOConfig:
     log_level: str = _f("info", "python logging level of the main process")
     model_card_name: str | None = _f(None, "title of the model card")
 
+    # Hugging Face Hub
+    push_to_hub: bool = _f(False, "after training, publish output_dir/final with parallel_reason.hub.push "
+                                  "(token: HF_TOKEN or the stored login; needs save_final_model)")
+    hub_model_id: str | None = _f(None, "hub repo of push_to_hub, namespace/name (created when missing)")
+    hub_private: bool = _f(False, "push_to_hub: create the repo private")
+
     def validate(self) -> "GRPOConfig":
         def bad(msg):
             raise ValueError(f"config: {msg}")
@@ -291,6 +296,11 @@ class GRPOConfig:
             bad("rewards: at least one reward function")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
             bad(f"{len(self.reward_weights)} reward_weights for {len(self.rewards)} rewards")
+        if self.push_to_hub and not self.save_final_model:
+            bad("push_to_hub needs save_final_model: true (it publishes output_dir/final)")
+        from .sft import check_hub_fields
+
+        check_hub_fields(self)
         return self
 
     @property
@@ -311,15 +321,7 @@ class GRPOConfig:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "config") -> "GRPOConfig":
-        from .sft import coerce
-
-        hints = _hints(cls)
-        kw = {}
-        for k, v in (d or {}).items():
-            if k not in hints:
-                raise ValueError(_unknown(k, hints, where))
-            kw[k] = coerce(k, v, hints[k], where)
-        return cls(**kw).validate()
+        return config_from_dict(cls, d, where)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, overrides: Sequence[str] = ()) -> "GRPOConfig":
@@ -329,91 +331,13 @@ class GRPOConfig:
         return dataclasses.asdict(self)
 
 
-def _hints(cls) -> dict:
-    hints = get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def _unknown(key: str, hints: dict, where: str) -> str:
-    near = difflib.get_close_matches(key, list(hints), n=1)
-    hint = f"; did you mean {near[0]!r}?" if near else ""
-    return f"{where}: unknown config field {key!r}{hint} (run with --help to list the fields)"
-
-
 def config_help() -> str:
-    lines = ["usage: recipes/grpo.py --config FILE.yaml [--field value ...]", "",
-             "Every field of the config can be given in the YAML file and overridden here:", ""]
-    hints = _hints(GRPOConfig)
-    for f in dataclasses.fields(GRPOConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        tname = getattr(hints[f.name], "__name__", str(hints[f.name]))
-        lines.append(f"  --{f.name} ({tname}, default {default!r})\n      {f.metadata.get('help', '')}")
-    return "\n".join(lines)
+    return _config_help(GRPOConfig, "recipes/grpo.py --config FILE.yaml [--field value ...]")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> GRPOConfig:
-    """``--config FILE`` (optional) then ``--field value`` / ``--field=value`` overrides,
-    exactly as :func:`parallel_reason.sft.parse_args` (values converted by its
-    :func:`~parallel_reason.sft.coerce`); a bool field given alone means true."""
-    import sys
-
-    from .sft import coerce
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    hints = _hints(GRPOConfig)
-    cfg_path = None
-    overrides: list[tuple[str, Any]] = []
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a in ("-h", "--help"):
-            print(config_help())
-            raise SystemExit(0)
-        if not a.startswith("--"):
-            raise ValueError(f"command line: unexpected argument {a!r} (expected --field value)")
-        key, eq, val = a[2:].partition("=")
-        key = key.replace("-", "_")
-        if key == "config":
-            if not eq:
-                if i + 1 >= len(argv):
-                    raise ValueError("command line: --config needs a file")
-                val = argv[i + 1]
-                i += 1
-            cfg_path = val
-            i += 1
-            continue
-        if key not in hints:
-            raise ValueError(_unknown(key, hints, "command line"))
-        if not eq:
-            if hints[key] is bool and (i + 1 >= len(argv) or argv[i + 1].startswith("--")):
-                val = "true"
-            else:
-                if i + 1 >= len(argv):
-                    raise ValueError(f"command line: --{key} needs a value")
-                val = argv[i + 1]
-                i += 1
-        overrides.append((key, val))
-        i += 1
-    data: dict = {}
-    if cfg_path is not None:
-        import yaml
-
-        p = Path(cfg_path)
-        if not p.is_file():
-            raise ValueError(f"config file {cfg_path} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"config file {cfg_path}: invalid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {cfg_path}: expected a mapping of fields, got {type(data).__name__}")
-        for k in data:
-            if k not in hints:
-                raise ValueError(_unknown(k, hints, f"config file {cfg_path}"))
-        data = {k: coerce(k, v, hints[k], f"config file {cfg_path}") for k, v in data.items()}
-    for k, v in overrides:
-        data[k] = coerce(k, v, hints[k], f"command line --{k}")
-    return GRPOConfig(**data).validate()
+    """``--config FILE`` then ``--field value`` overrides (:func:`parallel_reason.config.parse_config`)."""
+    return parse_config(GRPOConfig, argv, "recipes/grpo.py --config FILE.yaml [--field value ...]")
 
 
 # ---------------------------------------------------------------------------
@@ -1092,6 +1016,8 @@ class GRPOTrainer:
             metrics = {k: v for k, v in self.log_history[-1].items() if k.startswith("eval/")}
         final = self.save_final(metrics) if cfg.save_final_model else None
         acc.end_training()
+        if final is not None and cfg.push_to_hub and acc.is_main_process:  # after the last barrier
+            hub.push_trained(final, cfg.hub_model_id, private=cfg.hub_private)
         return GRPOResult(self.global_step, list(self.log_history), str(final) if final else None)
 
     # -- evaluation -------------------------------------------------------------------

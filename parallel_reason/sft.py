@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import json
 import logging
 import math
@@ -59,14 +58,15 @@ import os
 import shutil
 import sys
 import time
-import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence, Union, get_args, get_origin, get_type_hints
+from typing import Sequence, Union
 
 import torch
 
 from . import hub
+from .config import coerce, config_field, config_from_dict, parse_config
+from .config import config_help as _config_help
 from .attention import collate
 from .data import (DataError, Example, build_graphs, corpus, epoch_windows, eval_shards, load_examples,
                    split_holdout, steps_per_epoch)
@@ -84,10 +84,7 @@ TINY = "tiny"
 # Config
 
 
-def _f(default, help: str, **kw):
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
+_f = config_field
 
 
 @dataclass
@@ -179,6 +176,12 @@ class SFTConfig:
     log_level: str = _f("info", "python logging level of the main process")
     model_card_name: str | None = _f(None, "title of the model card")
 
+    # Hugging Face Hub
+    push_to_hub: bool = _f(False, "after training, publish output_dir/final with parallel_reason.hub.push "
+                                  "(token: HF_TOKEN or the stored login)")
+    hub_model_id: str | None = _f(None, "hub repo of push_to_hub, namespace/name (created when missing)")
+    hub_private: bool = _f(False, "push_to_hub: create the repo private")
+
     def validate(self) -> "SFTConfig":
         def bad(msg):
             raise ValueError(f"config: {msg}")
@@ -213,17 +216,12 @@ class SFTConfig:
                 bad(f"report_to: unknown tracker {r!r} (none | tensorboard | wandb)")
         if "none" in self.report_to and trackers:
             bad("report_to: 'none' cannot be combined with trackers")
+        check_hub_fields(self)
         return self
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "config") -> "SFTConfig":
-        hints = _hints(cls)
-        kw = {}
-        for k, v in (d or {}).items():
-            if k not in hints:
-                raise ValueError(_unknown(k, hints, where))
-            kw[k] = coerce(k, v, hints[k], where)
-        return cls(**kw).validate()
+        return config_from_dict(cls, d, where)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, overrides: Sequence[str] = ()) -> "SFTConfig":
@@ -233,168 +231,29 @@ class SFTConfig:
         return dataclasses.asdict(self)
 
 
-def _hints(cls) -> dict:
-    return {f.name: get_type_hints(cls)[f.name] for f in dataclasses.fields(cls)}
+def check_hub_fields(cfg) -> None:
+    """``ValueError`` when ``push_to_hub`` is on without a valid ``hub_model_id``
+    (shared by the SFT and GRPO configs: checked before any training step)."""
+    if not cfg.push_to_hub:
+        return
+    if not cfg.hub_model_id or not str(cfg.hub_model_id).strip():
+        raise ValueError("config: push_to_hub is true but hub_model_id is not set; give the hub repo "
+                         "(hub_model_id: namespace/name) or set push_to_hub: false")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-
-def _unknown(key: str, hints: dict, where: str) -> str:
-    near = difflib.get_close_matches(key, list(hints), n=1)
-    hint = f"; did you mean {near[0]!r}?" if near else ""
-    return f"{where}: unknown config field {key!r}{hint} (run with --help to list the fields)"
-
-
-_TRUE = {"true", "yes", "y", "on", "1"}
-_FALSE = {"false", "no", "n", "off", "0"}
-_NONE = {"none", "null", "~", ""}
-
-
-def coerce(name: str, value: Any, tp: Any, where: str = "config") -> Any:
-    """``value`` (from YAML or the command line) converted to the field type ``tp``;
-    ``ValueError`` naming the field otherwise."""
-    origin, args = get_origin(tp), get_args(tp)
-    if origin is Union or (hasattr(types, "UnionType") and origin is types.UnionType):
-        if type(None) in args and (value is None or (isinstance(value, str) and value.strip().lower() in _NONE)):
-            return None
-        errs = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return coerce(name, value, a, where)
-            except ValueError as e:
-                errs.append(str(e))
-        raise ValueError(f"{where}: field {name!r}: cannot use {value!r} ({'; '.join(errs)})")
-    if value is None:
-        raise ValueError(f"{where}: field {name!r} cannot be null")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise ValueError(f"{where}: field {name!r} expects true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ValueError(f"{where}: field {name!r} expects an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                try:
-                    f = float(value)
-                except ValueError:
-                    f = None
-                if f is not None and f.is_integer():
-                    return int(f)
-        raise ValueError(f"{where}: field {name!r} expects an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ValueError(f"{where}: field {name!r} expects a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise ValueError(f"{where}: field {name!r} expects a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ValueError(f"{where}: field {name!r} expects a string, got {value!r}")
-    if origin is list:
-        (elem,) = args or (str,)
-        if isinstance(value, str):
-            s = value.strip()
-            if s.startswith("["):
-                import yaml
-
-                value = yaml.safe_load(s)
-            else:
-                value = [p.strip() for p in s.split(",") if p.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: field {name!r} expects a list, got {value!r}")
-        return [coerce(name, v, elem, where) for v in value]
-    raise ValueError(f"{where}: field {name!r} has an unsupported type {tp}")
+    try:
+        validate_repo_id(str(cfg.hub_model_id))
+    except HFValidationError as e:
+        raise ValueError(f"config: hub_model_id {cfg.hub_model_id!r} is not a valid repo id: {e}") from None
 
 
 def config_help() -> str:
-    lines = ["usage: recipes/sft.py --config FILE.yaml [--field value ...]", "",
-             "Every field of the config can be given in the YAML file and overridden here:", ""]
-    hints = _hints(SFTConfig)
-    for f in dataclasses.fields(SFTConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        tname = getattr(hints[f.name], "__name__", str(hints[f.name]))
-        lines.append(f"  --{f.name} ({tname}, default {default!r})\n      {f.metadata.get('help', '')}")
-    return "\n".join(lines)
+    return _config_help(SFTConfig, "recipes/sft.py --config FILE.yaml [--field value ...]")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> SFTConfig:
-    """``--config FILE`` (optional) then ``--field value`` / ``--field=value`` overrides;
-    a bool field given alone (``--use_peft``) means true. Unknown fields, unknown
-    YAML keys and unconvertible values raise ``ValueError`` naming them."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    hints = _hints(SFTConfig)
-    cfg_path = None
-    overrides: list[tuple[str, Any]] = []
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a in ("-h", "--help"):
-            print(config_help())
-            raise SystemExit(0)
-        if not a.startswith("--"):
-            raise ValueError(f"command line: unexpected argument {a!r} (expected --field value)")
-        key, eq, val = a[2:].partition("=")
-        key = key.replace("-", "_")
-        if key == "config":
-            if not eq:
-                if i + 1 >= len(argv):
-                    raise ValueError("command line: --config needs a file")
-                val = argv[i + 1]
-                i += 1
-            cfg_path = val
-            i += 1
-            continue
-        if key not in hints:
-            raise ValueError(_unknown(key, hints, "command line"))
-        if not eq:
-            if hints[key] is bool and (i + 1 >= len(argv) or argv[i + 1].startswith("--")):
-                val = "true"
-            else:
-                if i + 1 >= len(argv):
-                    raise ValueError(f"command line: --{key} needs a value")
-                val = argv[i + 1]
-                i += 1
-        overrides.append((key, val))
-        i += 1
-    data: dict = {}
-    if cfg_path is not None:
-        import yaml
-
-        p = Path(cfg_path)
-        if not p.is_file():
-            raise ValueError(f"config file {cfg_path} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"config file {cfg_path}: invalid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {cfg_path}: expected a mapping of fields, got {type(data).__name__}")
-        for k in data:
-            if k not in hints:
-                raise ValueError(_unknown(k, hints, f"config file {cfg_path}"))
-        data = {k: coerce(k, v, hints[k], f"config file {cfg_path}") for k, v in data.items()}
-    for k, v in overrides:
-        data[k] = coerce(k, v, hints[k], f"command line --{k}")
-    return SFTConfig(**data).validate()
+    """``--config FILE`` then ``--field value`` overrides (:func:`parallel_reason.config.parse_config`)."""
+    return parse_config(SFTConfig, argv, "recipes/sft.py --config FILE.yaml [--field value ...]")
 
 
 # ---------------------------------------------------------------------------
@@ -938,6 +797,8 @@ class PackedSFTTrainer:
             metrics["train_loss"] = losses[-1]
         final = self.save_final(metrics)
         acc.end_training()
+        if cfg.push_to_hub and acc.is_main_process:  # after the last barrier: other ranks are not kept waiting
+            hub.push_trained(final, cfg.hub_model_id, private=cfg.hub_private)
         return SFTResult(global_step=self.global_step, log_history=list(self.log_history), final_dir=str(final),
                          train_stats=self.train_stats.as_dict(),
                          eval_stats=self.eval_stats.as_dict() if self.eval_stats else None)
@@ -967,4 +828,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = ["SFTConfig", "SFTResult", "PackedSFTTrainer", "parse_args", "train", "main", "coerce",
-           "load_model_and_tokenizer", "apply_peft", "make_accelerator", "list_checkpoints"]
+           "check_hub_fields", "load_model_and_tokenizer", "apply_peft", "make_accelerator", "list_checkpoints"]

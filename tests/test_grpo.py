@@ -515,6 +515,9 @@ def test_two_process_gloo_matches_single_process(tiny_tokenizer, tmp_path):
         for k in ("reward", "total_tokens", "loss", "clip_fraction", "entropy"):
             assert abs(x[k] - y[k]) < 1e-4, (x["step"], k, x[k], y[k])
     wa, wb = load_file(two / "final" / "model.safetensors"), load_file(one / "final" / "model.safetensors")
-    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5
+    # Adam divides by sqrt(v): on coordinates whose gradient is ~0, the all-reduce's
+    # different float32 summation order (~1e-8) moves the update direction, so weights
+    # agree to ~1e-3 of the step size (lr 1e-2 x 3 steps), not to float eps.
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
     st = json.loads((two / "trainer_state.json").read_text())
     assert st["num_processes"] == 2

@@ -58,6 +58,7 @@ model is put in eval mode while decoding (dropout off) and restored afterwards.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -409,9 +410,10 @@ class HFBackend:
         else:
             ltk = torch.tensor([rows_keep[b] + [0] * (M - len(rows_keep[b])) for b in idx], dtype=torch.long,
                                device=dev)
-        out = self.model(input_ids=inp, attention_mask=mask, position_ids=posT, past_key_values=cache,
-                         use_cache=True, logits_to_keep=ltk)
-        self._cache_out = out.past_key_values if out.past_key_values is not None else cache
+        out = self.model(input_ids=inp, attention_mask=mask, position_ids=posT, use_cache=True, logits_to_keep=ltk,
+                         **{_cache_kwarg(self.model): cache})
+        new_cache = out.get("cache", None) if "cache" in out else out.get("past_key_values", None)
+        self._cache_out = new_cache if new_cache is not None else cache
         return out.logits, qseg
 
     def _forward_split(self, groups, rows_ids, rows_pos, rows_seg, rows_keep, T):
@@ -497,6 +499,27 @@ class HFBackend:
 
 
 # ---------------------------------------------------------------------- sampling
+
+
+def _cache_kwarg(model) -> str:
+    """Name of the KV-cache argument of ``model.forward``: transformers 5.x renamed
+    ``past_key_values`` to ``cache`` (the old name is deprecated, then removed)."""
+    name = getattr(model, "_pr_cache_kwarg", None)
+    if name is None:
+        inner = _unwrap(model)  # wrappers forward **kwargs to the HF model
+        if hasattr(inner, "get_base_model"):  # PEFT
+            inner = inner.get_base_model()
+        fwd = getattr(inner, "forward", None)
+        try:
+            params = inspect.signature(fwd).parameters
+        except (TypeError, ValueError):  # pragma: no cover
+            params = {}
+        name = "cache" if "cache" in params else "past_key_values"
+        try:
+            model._pr_cache_kwarg = name
+        except AttributeError:  # pragma: no cover
+            pass
+    return name
 
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:

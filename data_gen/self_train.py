@@ -1,0 +1,659 @@
+"""Self-training data: sample K fork/join trajectories per problem with the runner,
+keep the correct, well-formed, parallel ones, write them as SFT data.
+
+    python -m data_gen.self_train --model runs/demo/sft/final --input train.jsonl \\
+        --k 8 --out runs/self_train/kept.jsonl
+    python -m data_gen.self_train --model DIR --input train.jsonl --k 16 --temperature 1.0 \\
+        --min-speedup 1.5 --keep all --n 2000 --out kept.jsonl
+    python -m data_gen.self_train --model DIR --task math --input openai/gsm8k --config main \\
+        --split train --k 8 --out gsm8k_kept.jsonl
+    python recipes/sft.py --config configs/sft/countdown_tiny.yaml --train_data kept.jsonl \\
+        --model_name_or_path DIR          # the output trains as it is
+
+Sampling
+--------
+Problems are read and prompted exactly as :mod:`eval.benchmark` does
+(:func:`eval.benchmark.load_problems`: a local JSONL/JSON/parquet/CSV file, a
+``save_to_disk`` folder or a ``datasets`` source; the record's ``prompt`` field or
+the task's ``prompt()``; Countdown needs ``nums``/``target``, math an answer field)
+and decoded in chunks of ``--chunk-size`` problems by
+:class:`parallel_reason.runner.Runner` in parallel mode (the runner writes the
+thread openers and the join). Each problem gets ``--k`` samples; the generator of
+sample ``j`` is seeded from ``--seed``, the problem id and ``j``
+(:func:`eval.benchmark.problem_seed`), so the samples do not depend on batching,
+chunking or resuming. Samples are scored by :func:`eval.benchmark.score_sample`
+(the task's verifier, :func:`parallel_reason.rewards.rollout_stats` on the runner's
+token tree, the strict grammar with the width/depth limits).
+
+Filter
+------
+A sample is kept when all of these hold; otherwise its *reason* is the first that
+fails, in this order:
+
+===================== ==========================================================
+``finish:<reason>``    the runner did not end it with EOS on the main sequence
+                       (``max_new_tokens``, ``malformed``, ``eos_in_thread``... see
+                       :data:`parallel_reason.runner.FINISH_REASONS`)
+``malformed``          it ended with EOS but the text fails the strict grammar
+                       (:func:`parallel_reason.format.validate` with
+                       ``--max-depth``/``--max-width``: outline numbering, text
+                       between tags, ...)
+``no_answer``          no answer could be extracted
+``incorrect``          the task's verifier rejects the answer
+``no_block``           no ``<Parallel>`` block (only when ``--min-speedup > 1``)
+``below_speedup``      speedup = total sampled tokens / critical path
+                       < ``--min-speedup``
+``retokenize_mismatch`` (only with ``--require-same-tokens``) see below
+``duplicate``          the same completion text as a kept-eligible earlier sample
+                       of the same problem
+``not_best``           (``--keep best``) another eligible sample of the problem
+                       was chosen
+===================== ==========================================================
+
+``--keep best`` (default) writes one record per problem: the eligible sample with
+the highest speedup (ties: fewer sampled tokens, then the lower sample index).
+One record per problem keeps easy problems (which pass with most samples) from
+dominating the set, and the choice pushes the next round towards more
+parallelism. ``--keep all`` writes every eligible distinct sample (more data,
+weighted towards easy problems).
+
+Re-tokenization
+---------------
+SFT trains on text: :func:`parallel_reason.layout.graph_from_text` re-tokenizes the
+kept completion. For every sample that ended with EOS and is well formed, the
+packed graph built from its text (prompt + completion + EOS) is compared with the
+graph the runner sampled (``Rollout.graph``: ids, predecessors, positions, loss
+mask; runner-written openers and join are untrained in both). A mismatch means
+the model sampled a token sequence that the tokenizer would not produce for the
+same text (a non-canonical split, or byte tokens that are not valid UTF-8 and
+decode to U+FFFD, counted apart); SFT would then train other tokens than those
+sampled. Mismatches are counted in the statistics and flagged per record
+(``retokenize_match``); ``--require-same-tokens`` rejects them.
+
+Output
+------
+- ``OUT`` (JSONL, the prompt-completion form of ``data_gen.countdown``, read by
+  :func:`parallel_reason.data.load_examples` and ``recipes/sft.py``): one record per
+  kept sample with ``id`` (``<problem id>/<sample index>``), ``problem_id``,
+  ``task``, ``prompt``, ``completion`` (runner-written openers/join included, EOS
+  removed), the problem's fields (``nums``, ``target`` / math: ``answer`` = the
+  reference), ``answer`` (Countdown: the model's expression, as in
+  ``data_gen.countdown``), ``model_answer``, ``mode`` ("parallel"), ``source``
+  ("self_train"), ``model``, ``sample_index``, ``seed``, ``total_tokens``,
+  ``critical_path``, ``speedup``, ``blocks``, ``threads``, ``retokenize_match``.
+  With ``--chat-template`` a string prompt is stored as one user message, so SFT
+  renders it with the same chat template.
+- ``OUT.progress.jsonl``: the settings (first line), then one line per finished
+  problem: the verdict of each of its samples (reason, finish reason, correct,
+  speedup, tokens...). Records of a chunk are appended and synced to ``OUT``
+  before its progress lines, so a rerun of the same command skips every finished
+  problem; records of an unfinished problem (a run killed mid-chunk) and truncated
+  lines are dropped and that problem is sampled again. A different configuration
+  is refused (``--overwrite`` starts afresh).
+- ``OUT.stats.json``: over the problems of this invocation's input (``--n``):
+  problems, samples, kept, kept rate per sample, problems with at least one kept
+  sample, accuracy and well-formed rate of all samples, speedup (mean, median,
+  ratio of means), mean total tokens and critical path of the kept samples, the
+  reason and finish-reason histograms, re-tokenization mismatches, wall-clock,
+  settings. A short table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+log = logging.getLogger("data_gen.self_train")
+
+TASK_NAMES = ("countdown", "math")
+KEEP = ("best", "all")
+SOURCE = "self_train"
+
+#: rejection reasons (in the order they are checked); ``finish:<reason>`` for every
+#: runner finish reason other than ``eos``
+REASONS = ("finish:<reason>", "malformed", "no_answer", "incorrect", "no_block", "below_speedup",
+           "retokenize_mismatch", "duplicate", "not_best")
+KEPT = "kept"
+
+#: settings that decide the output: a resumed run must match them
+CONFIG_KEYS = ("task", "model", "input", "split", "config", "prompt_field", "question_field", "answer_field",
+               "answer_pattern", "prompt_template", "chat_template", "k", "temperature", "top_p", "top_k", "seed",
+               "max_new_tokens", "max_thread_tokens", "max_width", "max_depth", "join", "min_speedup", "keep",
+               "require_same_tokens")
+
+
+def side_paths(out: str | Path) -> tuple[Path, Path]:
+    """``(OUT.progress.jsonl, OUT.stats.json)``."""
+    out = Path(out)
+    return out.with_name(out.name + ".progress.jsonl"), out.with_name(out.name + ".stats.json")
+
+
+# ---------------------------------------------------------------------------
+# Filtering
+
+
+def same_tokens(rollout, prompt_text: str, completion: str, tokenizer, join: str = "concat") -> bool:
+    """Does SFT's packed graph of ``prompt_text`` + ``completion`` (+ EOS), re-tokenized
+    from text by :func:`parallel_reason.layout.graph_from_text`, equal the graph the
+    runner sampled (ids, predecessors, positions, loss mask)?"""
+    from parallel_reason.layout import graph_from_text
+
+    try:
+        g = graph_from_text(prompt_text, completion, tokenizer, join=join, eos=True)
+    except ValueError:  # FormatError included: the text does not parse strictly
+        return False
+    r = rollout.graph
+    return all(getattr(g, f).shape == getattr(r, f).shape and bool((getattr(g, f) == getattr(r, f)).all())
+               for f in ("input_ids", "pred", "position_ids", "loss_mask"))
+
+
+def judge(score: dict, min_speedup: float) -> str | None:
+    """The first failed filter of a scored sample (see the module docstring), or None
+    when it passes the per-sample filters (duplicates and the keep policy are decided
+    per problem by :func:`select`)."""
+    if score["finish_reason"] != "eos":
+        return f"finish:{score['finish_reason']}"
+    if not score["format_valid"]:
+        return "malformed"
+    if score["answer"] is None:
+        return "no_answer"
+    if not score["correct"]:
+        return "incorrect"
+    if min_speedup > 1 and score["blocks"] == 0:
+        return "no_block"
+    if score["speedup"] < min_speedup:
+        return "below_speedup"
+    return None
+
+
+def select(scores: Sequence[dict], min_speedup: float, keep: str = "best",
+           require_same_tokens: bool = False) -> list[str]:
+    """Verdict of every sample of one problem: ``"kept"`` or its rejection reason.
+    ``scores`` are :func:`eval.benchmark.score_sample` dicts with ``retokenize_match``
+    added (None where not checked)."""
+    if keep not in KEEP:
+        raise ValueError(f"keep must be one of {KEEP}, got {keep!r}")
+    verdicts: list[str] = []
+    seen: set[str] = set()
+    eligible: list[int] = []
+    for i, s in enumerate(scores):
+        reason = judge(s, min_speedup)
+        if reason is None and require_same_tokens and not s.get("retokenize_match"):
+            reason = "retokenize_mismatch"
+        if reason is None and s["completion"] in seen:
+            reason = "duplicate"
+        if reason is None:
+            seen.add(s["completion"])
+            eligible.append(i)
+            reason = KEPT
+        verdicts.append(reason)
+    if keep == "best" and len(eligible) > 1:
+        best = max(eligible, key=lambda i: (scores[i]["speedup"], -scores[i]["total_tokens"], -i))
+        for i in eligible:
+            if i != best:
+                verdicts[i] = "not_best"
+    return verdicts
+
+
+def sft_prompt(problem: dict, chat_template: bool):
+    """The prompt as stored for SFT: rendered by ``parallel_reason.data.render_prompt``
+    into the same text the runner was given."""
+    p = problem["prompt"]
+    if chat_template and isinstance(p, str):
+        return [{"role": "user", "content": p}]
+    return p
+
+
+def make_record(task: str, problem: dict, score: dict, seed: int | None, model: str, chat_template: bool) -> dict:
+    """One SFT record of a kept sample (see the module docstring)."""
+    rec = {
+        "id": f"{problem['id']}/{score['sample_index']}",
+        "problem_id": problem["id"],
+        "task": task,
+        "prompt": sft_prompt(problem, chat_template),
+        "completion": score["completion"],
+    }
+    rec.update(problem["args"])  # countdown: nums, target; math: answer (the reference)
+    if task == "countdown":
+        rec["answer"] = score["answer"]
+    rec.update({
+        "model_answer": score["answer"],
+        "mode": "parallel",
+        "source": SOURCE,
+        "model": model,
+        "sample_index": score["sample_index"],
+        "seed": seed,
+        "total_tokens": score["total_tokens"],
+        "critical_path": score["critical_path"],
+        "speedup": score["speedup"],
+        "blocks": score["blocks"],
+        "threads": score["threads"],
+        "retokenize_match": score["retokenize_match"],
+    })
+    return rec
+
+
+_MARK_FIELDS = ("sample_index", "finish_reason", "correct", "format_valid", "blocks", "threads", "total_tokens",
+                "critical_path", "speedup", "retokenize_match", "replacement_char")
+
+
+def make_marker(problem: dict, scores: Sequence[dict], verdicts: Sequence[str], seed: int | None,
+                amortized_s: float) -> dict:
+    """The progress line of a finished problem."""
+    samples = []
+    for s, v in zip(scores, verdicts):
+        d = {k: s[k] for k in _MARK_FIELDS}
+        d["verdict"] = v
+        if v == "malformed":
+            d["format_problems"] = s["format_problems"]
+        elif v in ("incorrect", "no_answer"):
+            d["reason"] = s["verdict"]
+        samples.append(d)
+    return {"id": problem["id"], "seed": seed, "kept": sum(v == KEPT for v in verdicts),
+            "wall_clock_amortized_s": amortized_s, "samples": samples}
+
+
+# ---------------------------------------------------------------------------
+# Files
+
+
+def _read_lines(path: Path) -> tuple[list[dict], int]:
+    """JSON objects of a JSONL file and the number of unreadable lines."""
+    if not path.exists():
+        return [], 0
+    out, bad = [], 0
+    for line in path.read_bytes().split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            bad += 1
+            continue
+        if isinstance(obj, dict):
+            out.append(obj)
+        else:
+            bad += 1
+    return out, bad
+
+
+def _dump(rows: Sequence[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def _clean(path: Path, bad: int) -> bool:
+    """True when a JSONL file has no unreadable line and ends with a newline (or is empty)."""
+    return not bad and (not path.exists() or path.read_bytes()[-1:] in (b"", b"\n"))
+
+
+def read_progress(path: Path) -> tuple[dict | None, dict[str, dict]]:
+    """``(settings, {problem id: marker})`` of a progress file (unreadable lines dropped;
+    a repeated id keeps its first marker)."""
+    rows, _ = _read_lines(path)
+    cfg = None
+    marks: dict[str, dict] = {}
+    for r in rows:
+        if "config" in r and "id" not in r:
+            cfg = cfg or r["config"]
+        elif "id" in r and isinstance(r.get("samples"), list):
+            marks.setdefault(str(r["id"]), r)
+    return cfg, marks
+
+
+def prepare_files(out: Path, cfg: dict, overwrite: bool) -> dict[str, dict]:
+    """Check (or start) the output files for a run with settings ``cfg``; returns the
+    markers of the finished problems. Makes ``OUT`` and the progress file agree:
+    records of problems without a marker, truncated lines, and problems whose record
+    count differs from their marker are dropped (those problems are sampled again)."""
+    from eval.benchmark import _atomic_write
+
+    progress, stats = side_paths(out)
+    if overwrite:
+        for p in (out, progress, stats):
+            if p.exists():
+                p.unlink()
+    old_cfg, marks = read_progress(progress)
+    if old_cfg is not None:
+        diff = {k: (old_cfg.get(k), cfg.get(k)) for k in sorted(set(cfg) | set(old_cfg))
+                if old_cfg.get(k) != cfg.get(k)}
+        if diff:
+            lines = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+            raise SystemExit(f"{out} holds self-training data of a different configuration ({lines}); "
+                             f"use another --out or --overwrite")
+    elif out.exists() and out.stat().st_size > 0:
+        raise SystemExit(f"{out} exists but {progress.name} does not describe it; use another --out or --overwrite")
+    raw, bad = _read_lines(out)
+    records = [r for r in raw if "problem_id" in r and "id" in r]
+    bad += len(raw) - len(records)
+    have = Counter(str(r["problem_id"]) for r in records)
+    done = {pid: m for pid, m in marks.items() if have.get(pid, 0) == int(m.get("kept", -1))}
+    if len(done) != len(marks):
+        log.warning("%s: %d finished problem(s) lack some of their records; they are sampled again",
+                    out, len(marks) - len(done))
+    keep = [r for r in records if str(r["problem_id"]) in done]
+    if not _clean(out, bad) or len(keep) != len(records):
+        if bad or len(keep) != len(records):
+            log.warning("%s: dropped %d unreadable line(s) and %d record(s) of unfinished problems",
+                        out, bad, len(records) - len(keep))
+        _atomic_write(out, _dump(keep))
+    if old_cfg is None or len(done) != len(marks) or not _clean(progress, _read_lines(progress)[1]):
+        _atomic_write(progress, _dump([{"config": cfg}] + list(done.values())))
+    if not out.exists():
+        out.touch()
+    return done
+
+
+# ---------------------------------------------------------------------------
+# Statistics
+
+
+def summarize(markers: Sequence[dict], records: Sequence[dict], meta: dict | None = None) -> dict:
+    """Statistics of a self-training run (see the module docstring)."""
+    from parallel_reason.metrics import aggregate
+
+    out: dict = {}
+    samples = [s for m in markers for s in m["samples"]]
+    n = len(samples)
+    out["problems"] = len(markers)
+    out["samples"] = n
+    out["kept"] = len(records)
+    out["kept_rate"] = len(records) / n if n else 0.0
+    eligible = sum(1 for s in samples if s["verdict"] in (KEPT, "not_best"))
+    out["eligible"] = eligible  # pass every filter (distinct); keep=best writes one per problem
+    out["eligible_rate"] = eligible / n if n else 0.0
+    with_kept = sum(1 for m in markers if m["kept"] > 0)
+    out["problems_with_kept"] = with_kept
+    out["problems_with_kept_rate"] = with_kept / len(markers) if markers else 0.0
+    if n:
+        out["accuracy"] = sum(1 for s in samples if s["correct"]) / n
+        out["well_formed_rate"] = sum(1 for s in samples if s["format_valid"] and s["finish_reason"] == "eos") / n
+        out["parallel_rate"] = sum(1 for s in samples if s["blocks"] > 0) / n
+        out["speedup_all_mean"] = sum(s["speedup"] for s in samples) / n
+        correct = [s for s in samples if s["correct"]]
+        if correct:
+            out["speedup_correct_mean"] = sum(s["speedup"] for s in correct) / len(correct)
+    if records:
+        agg = aggregate(records)
+        out["speedup_kept_mean"] = agg["speedup_mean_of_ratios"]
+        out["speedup_kept_median"] = statistics.median(r["speedup"] for r in records)
+        out["speedup_kept_ratio_of_means"] = agg["speedup_ratio_of_means"]
+        out["total_tokens_kept_mean"] = agg["total_tokens_mean"]
+        out["critical_path_kept_mean"] = agg["critical_path_mean"]
+        out["blocks_kept_mean"] = agg.get("blocks_mean", 0.0)
+        out["threads_kept_mean"] = agg.get("threads_mean", 0.0)
+    out["reasons"] = dict(Counter(s["verdict"] for s in samples).most_common())
+    out["finish_reasons"] = dict(Counter(s["finish_reason"] for s in samples).most_common())
+    checked = [s for s in samples if s["retokenize_match"] is not None]
+    out["retokenize"] = {
+        "checked": len(checked),  # samples that ended with EOS and are well formed
+        "mismatches": sum(1 for s in checked if not s["retokenize_match"]),
+        "mismatches_kept": sum(1 for r in records if not r["retokenize_match"]),
+        # mismatches whose text holds U+FFFD: the model sampled byte tokens that are not valid UTF-8
+        "mismatches_replacement_char": sum(1 for s in checked if not s["retokenize_match"]
+                                           and s.get("replacement_char")),
+    }
+    out["decode_wall_clock_s"] = sum(float(m.get("wall_clock_amortized_s", 0.0)) for m in markers)
+    if meta:
+        out.update(meta)
+    return out
+
+
+_TABLE = [
+    ("problems", "problems", "{:d}"),
+    ("samples", "samples", "{:d}"),
+    ("kept", "kept records", "{:d}"),
+    ("kept_rate", "kept / samples", "{:.3f}"),
+    ("eligible_rate", "eligible (pass every filter) / samples", "{:.3f}"),
+    ("problems_with_kept_rate", "problems with >= 1 kept", "{:.3f}"),
+    ("accuracy", "accuracy (all samples)", "{:.3f}"),
+    ("well_formed_rate", "well formed: EOS + strict grammar (all samples)", "{:.3f}"),
+    ("speedup_kept_mean", "speedup of kept, mean", "{:.3f}"),
+    ("speedup_kept_median", "speedup of kept, median", "{:.3f}"),
+    ("total_tokens_kept_mean", "total tokens of kept, mean", "{:.1f}"),
+    ("critical_path_kept_mean", "critical path of kept, mean", "{:.1f}"),
+    ("decode_wall_clock_s", "decoding wall-clock (s)", "{:.1f}"),
+]
+
+
+def format_table(stats: dict) -> str:
+    rows = [(label, fmt.format(stats[key])) for key, label, fmt in _TABLE if key in stats]
+    rows.append(("reasons", ", ".join(f"{k} {v}" for k, v in stats.get("reasons", {}).items()) or "-"))
+    rt = stats.get("retokenize", {})
+    rows.append(("re-tokenization mismatches", f"{rt.get('mismatches', 0)} of {rt.get('checked', 0)} checked "
+                                               f"({rt.get('mismatches_replacement_char', 0)} with U+FFFD, "
+                                               f"{rt.get('mismatches_kept', 0)} kept)"))
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+
+# ---------------------------------------------------------------------------
+# Run
+
+
+def config_of(args) -> dict:
+    cfg = {k: getattr(args, k) for k in CONFIG_KEYS}
+    cfg["model"] = os.path.abspath(args.model) if os.path.exists(args.model) else args.model
+    cfg["input"] = os.path.abspath(args.input) if os.path.exists(args.input) else args.input
+    return cfg
+
+
+def load(args) -> list[dict]:
+    """The problems of ``--input`` (:func:`eval.benchmark.load_problems`); a record the
+    task cannot use raises :class:`parallel_reason.data.DataError` naming it."""
+    from eval.benchmark import load_problems
+    from parallel_reason.data import DataError, _rows
+
+    try:
+        return load_problems(args.input, args.task, args.split, args.config, args.n, args.prompt_field or None,
+                             args.question_field, args.answer_field, args.prompt_template)
+    except DataError:
+        raise
+    except (ValueError, TypeError) as e:
+        # a field of the wrong type (load_problems converts without naming the record): find it
+        if args.task == "countdown":
+            rows = _rows(args.input, args.split, args.config)
+            for origin, rec in rows[:args.n] if args.n is not None and args.n >= 0 else rows:
+                try:
+                    [int(x) for x in rec["nums"]], int(rec["target"])
+                except (ValueError, TypeError) as e2:
+                    raise DataError(f"{origin}: 'nums' must be a list of integers and 'target' an integer "
+                                    f"(nums={rec.get('nums')!r}, target={rec.get('target')!r}): {e2}") from None
+        raise DataError(f"{args.input}: {type(e).__name__}: {e}") from e
+
+
+def run(args, argv: Sequence[str] | None = None) -> dict:
+    """Sample, filter and write (or resume); returns the statistics (also written)."""
+    from eval.benchmark import _atomic_write, load_model, problem_seed, score_sample
+    from parallel_reason.data import render_prompt
+    from parallel_reason.format import Limits
+    from parallel_reason.runner import Runner
+    from parallel_reason.tasks import get_task
+
+    t_start = time.perf_counter()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    progress_path, stats_path = side_paths(out)
+    cfg = config_of(args)
+    task_mod = get_task(args.task)
+    problems = load(args)
+    done = prepare_files(out, cfg, args.overwrite)
+    todo = [p for p in problems if p["id"] not in done]
+    log.info("%d problems, %d already done, %d to sample", len(problems), len(problems) - len(todo), len(todo))
+
+    decoded = 0
+    if todo:
+        tok, model = load_model(args.model, args.dtype, args.device, args.attn)
+        for p in todo:
+            p["text"] = render_prompt(p["prompt"], tok, args.chat_template, p["origin"])
+        runner = Runner(model, tok, max_new_tokens=args.max_new_tokens, max_thread_tokens=args.max_thread_tokens,
+                        max_width=args.max_width, max_depth=args.max_depth, join=args.join,
+                        batch_size=args.batch_size, parallel=True)
+        limits = Limits(max_depth=args.max_depth, max_width=args.max_width)
+        chunk = args.chunk_size or 4 * args.batch_size
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(problems), initial=len(problems) - len(todo), unit="problem",
+                   desc=f"self-train {args.task}", disable=args.no_progress, file=sys.stderr)
+        try:
+            with open(out, "a", encoding="utf-8", newline="\n") as fo, \
+                    open(progress_path, "a", encoding="utf-8", newline="\n") as fp:
+                for start in range(0, len(todo), chunk):
+                    batch = todo[start:start + chunk]
+                    seeds = [problem_seed(args.seed, p["id"]) for p in batch]
+                    t0 = time.perf_counter()
+                    rollouts = runner.generate([p["text"] for p in batch], n=args.k, temperature=args.temperature,
+                                               top_p=args.top_p, top_k=args.top_k, seed=seeds)
+                    elapsed = time.perf_counter() - t0
+                    if len(rollouts) != len(batch) * args.k:
+                        raise RuntimeError(f"runner returned {len(rollouts)} rollouts for {len(batch)} prompts "
+                                           f"x {args.k}")
+                    recs, marks = [], []
+                    for i, p in enumerate(batch):
+                        ros = rollouts[i * args.k:(i + 1) * args.k]
+                        scores = []
+                        for ro in ros:
+                            s = score_sample(task_mod, p, ro, limits, args.answer_pattern, tok)
+                            ok = s["finish_reason"] == "eos" and s["format_valid"]
+                            s["retokenize_match"] = (same_tokens(ro, p["text"], s["completion"], tok, args.join)
+                                                     if ok else None)
+                            # invalid UTF-8 byte tokens decode to U+FFFD: the text lost what was sampled
+                            s["replacement_char"] = "\ufffd" in s["completion"]
+                            scores.append(s)
+                        verdicts = select(scores, args.min_speedup, args.keep, args.require_same_tokens)
+                        seed = seeds[i] if args.temperature > 0 else None
+                        recs += [make_record(args.task, p, s, seed, cfg["model"], args.chat_template)
+                                 for s, v in zip(scores, verdicts) if v == KEPT]
+                        marks.append(make_marker(p, scores, verdicts, seed, elapsed / len(batch)))
+                    # records first, then the markers that declare their problems finished
+                    fo.write(_dump(recs))
+                    fo.flush()
+                    os.fsync(fo.fileno())
+                    fp.write(_dump(marks))
+                    fp.flush()
+                    os.fsync(fp.fileno())
+                    for m in marks:
+                        done[m["id"]] = m
+                    decoded += len(batch)
+                    bar.update(len(batch))
+        finally:
+            bar.close()
+
+    wanted = {p["id"] for p in problems}
+    markers = [done[p["id"]] for p in problems if p["id"] in done]
+    all_records, _ = _read_lines(out)
+    records = [r for r in all_records if r.get("problem_id") in wanted]
+    argv = list(sys.argv[1:] if argv is None else argv)
+    meta = {
+        "settings": cfg | {"n": args.n, "batch_size": args.batch_size, "chunk_size": args.chunk_size,
+                           "dtype": args.dtype},
+        "command": "python -m data_gen.self_train " + shlex.join(argv),
+        "decoded_this_run": decoded,
+        "wall_clock_this_run_s": time.perf_counter() - t_start,
+        "records_in_file": len(all_records),
+        "files": {"out": str(out), "progress": str(progress_path), "stats": str(stats_path)},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    stats = summarize(markers, records, meta)
+    _atomic_write(stats_path, json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+    return stats
+
+
+# ---------------------------------------------------------------------------
+# CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from eval.benchmark import _opt_int
+
+    p = argparse.ArgumentParser(prog="python -m data_gen.self_train",
+                                description="Sample K fork/join trajectories per problem, keep the correct, "
+                                            "well-formed, parallel ones as SFT data (resumable).")
+    p.add_argument("--model", required=True, help="model directory (or hub id already in the local cache)")
+    p.add_argument("--input", "--data", dest="input", required=True,
+                   help="problems: JSONL/JSON/parquet/CSV file, save_to_disk folder or datasets source")
+    p.add_argument("--task", choices=TASK_NAMES, default="countdown")
+    p.add_argument("--out", required=True, help="output JSONL (side files OUT.progress.jsonl, OUT.stats.json)")
+    p.add_argument("--k", type=int, default=8, help="samples per problem (default 8)")
+    p.add_argument("--n", type=int, default=None, help="the first N problems (default all)")
+    p.add_argument("--min-speedup", type=float, default=1.2,
+                   help="keep samples with total/critical-path >= this (default 1.2; <= 1 also keeps "
+                        "trajectories without a <Parallel> block)")
+    p.add_argument("--keep", choices=KEEP, default="best",
+                   help="best: the eligible sample with the highest speedup per problem (default); "
+                        "all: every eligible distinct sample")
+    p.add_argument("--require-same-tokens", action="store_true",
+                   help="reject samples whose re-tokenized text differs from the sampled tokens")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0; 0 = greedy)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=1024, help="sampled-token budget per rollout")
+    p.add_argument("--max-thread-tokens", type=_opt_int, default=None)
+    p.add_argument("--max-width", type=_opt_int, default=8)
+    p.add_argument("--max-depth", type=_opt_int, default=2)
+    p.add_argument("--join", default="concat")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts decoded at once (each with its K samples)")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="problems per runner call, written after each (default 4 x batch size)")
+    p.add_argument("--split", default="train", help="split of a datasets source (default train)")
+    p.add_argument("--config", default=None, help="configuration name of a datasets source")
+    p.add_argument("--prompt-field", default="prompt", help="record field holding a ready prompt ('' = always build)")
+    p.add_argument("--question-field", default=None, help="math: question field (default question|problem|query)")
+    p.add_argument("--answer-field", default=None, help="math: answer field (default answer|solution|final_answer)")
+    p.add_argument("--answer-pattern", default=None, help="math: answer regex or alias instead of \\boxed{}")
+    p.add_argument("--prompt-template", default=None, help="math: prompt template with {question}")
+    p.add_argument("--chat-template", action="store_true", help="render prompts with the tokenizer's chat template")
+    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"))
+    p.add_argument("--overwrite", action="store_true", help="discard OUT and its side files first")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def validate_args(p: argparse.ArgumentParser, args) -> None:
+    if args.k < 1:
+        p.error("--k must be >= 1")
+    if args.k > 1 and args.temperature == 0:
+        p.error("--k > 1 needs --temperature > 0 (greedy samples are identical)")
+    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
+        p.error("need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0")
+    if args.batch_size < 1 or (args.chunk_size is not None and args.chunk_size < 1):
+        p.error("--batch-size and --chunk-size must be >= 1")
+    if args.max_new_tokens < 1:
+        p.error("--max-new-tokens must be >= 1")
+    if args.task != "math" and (args.answer_pattern or args.prompt_template):
+        p.error("--answer-pattern and --prompt-template apply to --task math only")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from parallel_reason.data import DataError
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    p = build_parser()
+    args = p.parse_args(argv)
+    validate_args(p, args)
+    try:
+        stats = run(args, argv)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(stats))
+    print(f"wrote {args.out} ({stats['records_in_file']} records) and {side_paths(args.out)[1]}", file=sys.stderr)
+    return 0
+
+
+__all__ = ["CONFIG_KEYS", "REASONS", "format_table", "judge", "make_marker", "make_record", "main",
+           "prepare_files", "read_progress", "run", "same_tokens", "select", "side_paths", "summarize"]
+
+if __name__ == "__main__":
+    sys.exit(main())
