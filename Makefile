@@ -4,6 +4,8 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+DS_STAMP := $(VENV)/.installed-deepspeed
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
@@ -11,10 +13,12 @@ PYTEST_ARGS ?=
 .PHONY: demo test test-slow install bench clean
 
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV); $(PY) -m venv $(VENV); }
 	$(BIN)/python -m pip install -q --upgrade pip
-	# CPU torch first (a bare torch requirement could pull a multi-GB CUDA build)
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	# torch first, pinned, so nothing later resolves a newer (multi-GB CUDA) build. On the
+	# CI/dev machines pip finds the CPU wheel of torch 2.13.0 locally; elsewhere set
+	# TORCH_INDEX=https://download.pytorch.org/whl/cpu for the CPU build, or bring your own torch.
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
@@ -27,8 +31,11 @@ test: $(STAMP)
 	WANDB_MODE=offline $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 # multi-process runs (DDP over gloo, DeepSpeed ZeRO-2/3 on the CPU accelerator)
-test-slow: $(STAMP)
-	$(BIN)/python -m pip install -q -e ".[test,deepspeed]"
+$(DS_STAMP): $(STAMP)
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q -e ".[test,deepspeed]"
+	touch $(DS_STAMP)
+
+test-slow: $(DS_STAMP)
 	WANDB_MODE=offline $(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 bench: $(STAMP)

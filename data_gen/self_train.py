@@ -1,7 +1,7 @@
 """Self-training data: sample K fork/join trajectories per problem with the runner,
 keep the correct, well-formed, parallel ones, write them as SFT data.
 
-    python -m data_gen.self_train --model runs/demo/sft/final --input train.jsonl \\
+    python -m data_gen.self_train --model runs/demo/models/sft_parallel/final --input train.jsonl \\
         --k 8 --out runs/self_train/kept.jsonl
     python -m data_gen.self_train --model DIR --input train.jsonl --k 16 --temperature 1.0 \\
         --min-speedup 1.5 --keep all --n 2000 --out kept.jsonl

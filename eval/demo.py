@@ -25,9 +25,10 @@ stage can be rerun or scaled up by hand, e.g. with a real model id for GPU users
 7. ``report``: ``eval.compare`` writes ``report/compare.md`` and the plots; this
    script adds ``report/README.md`` with the stage times and commands.
 
-Two independent commands run side by side (``--jobs 2``, one torch thread each:
-tiny models gain little from a second intra-op thread, and two processes with two
-threads each on two cores oversubscribe). Each command's output goes to
+Two independent commands run side by side (``--jobs 2``), each with its share of
+the cores as torch threads (one each on a 2-core machine: tiny models gain little
+from a second intra-op thread, and two processes with two threads each on two cores
+oversubscribe). Each command's output goes to
 ``OUT/logs/<stage>.log``; a heartbeat prints the last line of each running log.
 
 Interrupting loses little: a finished stage is skipped on rerun (its output
@@ -166,7 +167,7 @@ def build(args) -> tuple[Pipeline, list[tuple[str, list[Job]]]]:
     base_job = Job("base", [py, "recipes/init_tiny_model.py", "--data", str(d / "train.parallel.jsonl"),
                             str(d / "train.sequential.jsonl"), "--out", str(base), "--hidden-size", str(args.hidden),
                             "--layers", str(args.layers), "--intermediate-size", str(2 * args.hidden),
-                            "--seed", str(args.seed)], done=base / "config.json")
+                            "--seed", str(args.seed)], done=base / "tokenizer_config.json")  # written last
 
     def sft(mode: str) -> Job:
         o = m / f"sft_{mode}"
@@ -177,7 +178,7 @@ def build(args) -> tuple[Pipeline, list[tuple[str, list[Job]]]]:
                                    "--num_train_epochs", str(args.sft_epochs), "--learning_rate", str(args.sft_lr),
                                    "--per_device_train_batch_size", "16", "--eval_steps", "0",
                                    "--save_steps", "100", "--logging_steps", "25", "--seed", str(args.seed),
-                                   "--disable_tqdm", "true"], done=o / "final" / "model.safetensors")
+                                   "--disable_tqdm", "true"], done=o / "final" / "README.md")  # the model card is written last
 
     def bench(model: Path, mode: str, name: str) -> Job:
         o = out / "eval" / name
@@ -203,7 +204,7 @@ def build(args) -> tuple[Pipeline, list[tuple[str, list[Job]]]]:
                                     "--micro_batch_size", str(k * args.grpo_g),
                                     "--learning_rate", str(args.grpo_lr), "--save_steps", "10",
                                     "--num_samples_to_log", "1", "--seed", str(args.seed)],
-                   done=o / "final" / "model.safetensors")
+                   done=o / "final" / "README.md")  # the model card is written last
 
     runs = ["sft_sequential", "sft_parallel"] + (["grpo_sequential", "grpo_parallel"] if args.grpo_steps > 0 else [])
     report = out / "report"

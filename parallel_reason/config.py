@@ -121,6 +121,11 @@ def coerce(name: str, value: Any, tp: Any, where: str = "config") -> Any:
     raise ValueError(f"{where}: field {name!r} has an unsupported type {tp}")
 
 
+def _takes_bool(tp) -> bool:
+    """``bool`` or a union with ``bool`` (e.g. ``bf16: bool | str``)."""
+    return tp is bool or bool in get_args(tp)
+
+
 def config_help(cls, usage: str) -> str:
     """``--help`` text: every field with its type, default and help."""
     lines = [f"usage: {usage}", "", "Every field of the config can be given in the YAML file and overridden here:", ""]
@@ -161,12 +166,15 @@ def parse_config(cls, argv: Sequence[str] | None = None, usage: str = "--config 
         if key not in hints:
             raise ValueError(_unknown(key, hints, "command line"))
         if not eq:
-            if hints[key] is bool and (i + 1 >= len(argv) or argv[i + 1].startswith("--")):
-                val = "true"
-            else:
-                if i + 1 >= len(argv):
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            nxt_is_flag = nxt is not None and nxt.startswith("--") and \
+                nxt[2:].partition("=")[0].replace("-", "_") in (*hints, "config")
+            if nxt is None or nxt_is_flag:
+                if not _takes_bool(hints[key]):
                     raise ValueError(f"command line: --{key} needs a value")
-                val = argv[i + 1]
+                val = "true"  # a bool field given alone
+            else:
+                val = nxt
                 i += 1
         overrides.append((key, val))
         i += 1

@@ -564,6 +564,8 @@ class GRPOTrainer:
             per_device_train_batch_size=cfg.micro_batch, max_grad_norm=cfg.max_grad_norm))
         self.n_micro = n_micro
         setup_logging(acc, cfg.log_level)
+        if cfg.push_to_hub and acc.is_main_process:
+            hub.require_token()  # fail now, not after training
         from accelerate.utils import set_seed
 
         set_seed(cfg.seed)

@@ -598,6 +598,11 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 #: any of these holds the vocabulary of a tokenizer
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
 GENERATION_CONFIG = "generation_config.json"
+#: files of an earlier push to the same repo that this upload replaces (removed first
+#: when the new folder does not have them): a stale adapter_config.json would make
+#: transformers load the repo as an adapter, a stale shard index would shadow the weights
+REPLACED_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "adapter_config.json", "adapter_model.*",
+                     GENERATION_CONFIG]
 
 
 def upload_files(model_dir: str | os.PathLike) -> list[str]:
@@ -808,11 +813,22 @@ def push(model_dir: str | os.PathLike, repo_id: str, private: bool = False, toke
     message = commit_message or f"Upload {check.kind} with parallel_reason.hub ({len(files)} files)"
     log.info("uploading %d files of %s to %s%s", len(files), root, repo_id, f"@{revision}" if revision else "")
     info = api.upload_folder(folder_path=str(root), repo_id=repo_id, repo_type="model", revision=revision,
-                             commit_message=message, create_pr=create_pr, ignore_patterns=list(IGNORE_PATTERNS))
+                             commit_message=message, create_pr=create_pr, ignore_patterns=list(IGNORE_PATTERNS),
+                             delete_patterns=list(REPLACED_PATTERNS))
     result.url = getattr(info, "pr_url", None) or getattr(info, "commit_url", None) or \
         f"https://huggingface.co/{repo_id}"
     log.info("pushed %s: %s", repo_id, result.url)
     return result
+
+
+def require_token() -> None:
+    """Raise :class:`PushError` now when no Hugging Face token is available (trainers
+    call it before training with ``push_to_hub: true``, not hours later)."""
+    from huggingface_hub import get_token
+
+    if not get_token():
+        raise PushError("push_to_hub: no Hugging Face token: set HF_TOKEN or log in with `hf auth login` "
+                        "(or turn push_to_hub off and push later with python -m parallel_reason.hub push)")
 
 
 def push_trained(final_dir: str | os.PathLike, repo_id: str, private: bool = False) -> PushResult:

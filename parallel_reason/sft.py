@@ -483,6 +483,8 @@ class PackedSFTTrainer:
         self.cfg = cfg.validate()
         self.acc = acc = make_accelerator(cfg)
         setup_logging(acc, cfg.log_level)
+        if cfg.push_to_hub and acc.is_main_process:
+            hub.require_token()  # fail now, not after training
         from accelerate.utils import set_seed
 
         set_seed(cfg.seed)

@@ -503,18 +503,39 @@ class HFBackend:
 
 def _cache_kwarg(model) -> str:
     """Name of the KV-cache argument of ``model.forward``: transformers 5.x renamed
-    ``past_key_values`` to ``cache`` (the old name is deprecated, then removed)."""
+    ``past_key_values`` to ``cache`` (the old name is deprecated, then removed).
+
+    Read from the innermost model's signature (DDP/DeepSpeed ``.module``,
+    ``torch.compile``'s ``._orig_mod`` and PEFT are looked through); when the forward
+    names neither (``**kwargs`` only), the installed transformers decides: ``cache``
+    where its model outputs have a ``cache`` field."""
     name = getattr(model, "_pr_cache_kwarg", None)
     if name is None:
-        inner = _unwrap(model)  # wrappers forward **kwargs to the HF model
-        if hasattr(inner, "get_base_model"):  # PEFT
-            inner = inner.get_base_model()
-        fwd = getattr(inner, "forward", None)
+        inner = model
+        for _ in range(8):
+            if hasattr(inner, "_orig_mod"):
+                inner = inner._orig_mod
+            elif hasattr(inner, "get_base_model"):  # PEFT
+                inner = inner.get_base_model()
+            elif hasattr(inner, "module"):
+                inner = inner.module
+            else:
+                break
         try:
-            params = inspect.signature(fwd).parameters
-        except (TypeError, ValueError):  # pragma: no cover
+            params = inspect.signature(inner.forward).parameters
+        except (TypeError, ValueError, AttributeError):  # pragma: no cover
             params = {}
-        name = "cache" if "cache" in params else "past_key_values"
+        if "cache" in params:
+            name = "cache"
+        elif "past_key_values" in params:
+            name = "past_key_values"
+        else:
+            import dataclasses
+
+            from transformers.modeling_outputs import CausalLMOutputWithPast
+
+            fields = {f.name for f in dataclasses.fields(CausalLMOutputWithPast)}
+            name = "cache" if "cache" in fields else "past_key_values"
         try:
             model._pr_cache_kwarg = name
         except AttributeError:  # pragma: no cover
