@@ -314,7 +314,7 @@ def prepare_files(out: Path, cfg: dict, overwrite: bool) -> dict[str, dict]:
     markers of the finished problems. Makes ``OUT`` and the progress file agree:
     records of problems without a marker, truncated lines, and problems whose record
     count differs from their marker are dropped (those problems are sampled again)."""
-    from eval.benchmark import _atomic_write
+    from eval.benchmark import atomic_write
 
     progress, stats = side_paths(out)
     if overwrite:
@@ -344,9 +344,9 @@ def prepare_files(out: Path, cfg: dict, overwrite: bool) -> dict[str, dict]:
         if bad or len(keep) != len(records):
             log.warning("%s: dropped %d unreadable line(s) and %d record(s) of unfinished problems",
                         out, bad, len(records) - len(keep))
-        _atomic_write(out, _dump(keep))
+        atomic_write(out, _dump(keep))
     if old_cfg is None or len(done) != len(marks) or not _clean(progress, _read_lines(progress)[1]):
-        _atomic_write(progress, _dump([{"config": cfg}] + list(done.values())))
+        atomic_write(progress, _dump([{"config": cfg}] + list(done.values())))
     if not out.exists():
         out.touch()
     return done
@@ -450,7 +450,7 @@ def load(args) -> list[dict]:
     """The problems of ``--input`` (:func:`eval.benchmark.load_problems`); a record the
     task cannot use raises :class:`parallel_reason.data.DataError` naming it."""
     from eval.benchmark import load_problems
-    from parallel_reason.data import DataError, _rows
+    from parallel_reason.data import DataError, read_records
 
     try:
         return load_problems(args.input, args.task, args.split, args.config, args.n, args.prompt_field or None,
@@ -460,7 +460,7 @@ def load(args) -> list[dict]:
     except (ValueError, TypeError) as e:
         # a field of the wrong type (load_problems converts without naming the record): find it
         if args.task == "countdown":
-            rows = _rows(args.input, args.split, args.config)
+            rows = read_records(args.input, args.split, args.config)
             for origin, rec in rows[:args.n] if args.n is not None and args.n >= 0 else rows:
                 try:
                     [int(x) for x in rec["nums"]], int(rec["target"])
@@ -472,7 +472,7 @@ def load(args) -> list[dict]:
 
 def run(args, argv: Sequence[str] | None = None) -> dict:
     """Sample, filter and write (or resume); returns the statistics (also written)."""
-    from eval.benchmark import _atomic_write, load_model, problem_seed, score_sample
+    from eval.benchmark import atomic_write, load_model, problem_seed, score_sample
     from parallel_reason.data import render_prompt
     from parallel_reason.format import Limits
     from parallel_reason.runner import Runner
@@ -563,7 +563,7 @@ def run(args, argv: Sequence[str] | None = None) -> dict:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     stats = summarize(markers, records, meta)
-    _atomic_write(stats_path, json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+    atomic_write(stats_path, json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
     return stats
 
 
@@ -572,7 +572,7 @@ def run(args, argv: Sequence[str] | None = None) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from eval.benchmark import _opt_int
+    from eval.benchmark import add_runner_args
 
     p = argparse.ArgumentParser(prog="python -m data_gen.self_train",
                                 description="Sample K fork/join trajectories per problem, keep the correct, "
@@ -592,47 +592,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "all: every eligible distinct sample")
     p.add_argument("--require-same-tokens", action="store_true",
                    help="reject samples whose re-tokenized text differs from the sampled tokens")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0; 0 = greedy)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-new-tokens", type=int, default=1024, help="sampled-token budget per rollout")
-    p.add_argument("--max-thread-tokens", type=_opt_int, default=None)
-    p.add_argument("--max-width", type=_opt_int, default=8)
-    p.add_argument("--max-depth", type=_opt_int, default=2)
-    p.add_argument("--join", default="concat")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts decoded at once (each with its K samples)")
-    p.add_argument("--chunk-size", type=int, default=None,
-                   help="problems per runner call, written after each (default 4 x batch size)")
-    p.add_argument("--split", default="train", help="split of a datasets source (default train)")
-    p.add_argument("--config", default=None, help="configuration name of a datasets source")
-    p.add_argument("--prompt-field", default="prompt", help="record field holding a ready prompt ('' = always build)")
-    p.add_argument("--question-field", default=None, help="math: question field (default question|problem|query)")
-    p.add_argument("--answer-field", default=None, help="math: answer field (default answer|solution|final_answer)")
-    p.add_argument("--answer-pattern", default=None, help="math: answer regex or alias instead of \\boxed{}")
-    p.add_argument("--prompt-template", default=None, help="math: prompt template with {question}")
-    p.add_argument("--chat-template", action="store_true", help="render prompts with the tokenizer's chat template")
-    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"))
     p.add_argument("--overwrite", action="store_true", help="discard OUT and its side files first")
-    p.add_argument("--no-progress", action="store_true")
+    add_runner_args(p, split="train", temperature=1.0, temperature_help="sampling temperature (default 1.0; 0 = greedy)")
     return p
 
 
 def validate_args(p: argparse.ArgumentParser, args) -> None:
-    if args.k < 1:
-        p.error("--k must be >= 1")
-    if args.k > 1 and args.temperature == 0:
-        p.error("--k > 1 needs --temperature > 0 (greedy samples are identical)")
-    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
-        p.error("need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0")
-    if args.batch_size < 1 or (args.chunk_size is not None and args.chunk_size < 1):
-        p.error("--batch-size and --chunk-size must be >= 1")
-    if args.max_new_tokens < 1:
-        p.error("--max-new-tokens must be >= 1")
-    if args.task != "math" and (args.answer_pattern or args.prompt_template):
-        p.error("--answer-pattern and --prompt-template apply to --task math only")
+    from eval.benchmark import check_runner_args
+
+    check_runner_args(p, args, args.k, "--k")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -161,11 +161,11 @@ def load_problems(data, task: str, split: str = "test", config: str | None = Non
                   answer_field: str | None = None, prompt_template: str | None = None) -> list[dict]:
     """Problems of a data source: dicts with ``id``, ``prompt`` (text or messages),
     ``reference`` and the verifier's arguments (``nums``/``target`` or ``answer``)."""
-    from parallel_reason.data import DataError, _rows
+    from parallel_reason.data import DataError, read_records
     from parallel_reason.tasks import get_task
 
     mod = get_task(task)
-    rows = _rows(data, split, config)
+    rows = read_records(data, split, config)
     if not rows:
         raise DataError(f"{data}: no records")
     if n is not None and n >= 0:
@@ -237,7 +237,7 @@ def read_rows(path: str | Path) -> tuple[list[dict], int]:
     return rows, bad
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=str(path.parent))
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
@@ -262,7 +262,7 @@ def repair_results(path: Path) -> list[dict]:
     if bad or (raw and not raw.endswith(b"\n")) or len(rows) != sum(1 for l in raw.split(b"\n") if l.strip()):
         if bad:
             log.warning("%s: dropped %d unreadable line(s); those problems are decoded again", path, bad)
-        _atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return rows
 
 
@@ -433,7 +433,7 @@ def check_config(out: Path, cfg: dict, overwrite: bool) -> None:
             lines = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
             raise SystemExit(f"{out} holds results of a different configuration ({lines}); "
                              f"use another --out or --overwrite")
-    _atomic_write(path, json.dumps(cfg, indent=2) + "\n")
+    atomic_write(path, json.dumps(cfg, indent=2) + "\n")
 
 
 def run(args, argv: Sequence[str] | None = None) -> dict:
@@ -518,7 +518,7 @@ def run(args, argv: Sequence[str] | None = None) -> dict:
         "results": RESULTS,
     }
     summary = summarize(rows, meta)
-    _atomic_write(out / SUMMARY, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    atomic_write(out / SUMMARY, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return summary
 
 
@@ -526,33 +526,30 @@ def run(args, argv: Sequence[str] | None = None) -> dict:
 # CLI
 
 
-def _opt_int(text: str) -> int | None:
+def opt_int(text: str) -> int | None:
     return None if text.lower() in ("none", "") else int(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eval.benchmark",
-                                description="Benchmark a model with the fork/join runner (resumable).")
-    p.add_argument("--model", required=True, help="model directory (or hub id already in the local cache)")
-    p.add_argument("--task", required=True, choices=TASK_NAMES)
-    p.add_argument("--data", required=True, help="JSONL/JSON/parquet/CSV file, save_to_disk folder or datasets source")
-    p.add_argument("--split", default="test", help="split of a datasets source (default test)")
+def add_runner_args(p: argparse.ArgumentParser, *, split: str, temperature: float,
+                    temperature_help: str) -> None:
+    """The options :mod:`eval.benchmark` and :mod:`data_gen.self_train` share: the
+    data source (``--split`` .. ``--chat-template``), decoding (``--temperature`` ..
+    ``--chunk-size``), the model (``--dtype``, ``--device``, ``--attn``) and
+    ``--no-progress``. Checked by :func:`check_runner_args`."""
+    p.add_argument("--split", default=split, help=f"split of a datasets source (default {split})")
     p.add_argument("--config", default=None, help="configuration name of a datasets source (e.g. main for gsm8k)")
-    p.add_argument("--mode", choices=MODES, default="parallel")
-    p.add_argument("--n", type=int, default=None, help="benchmark the first N problems (default all)")
-    p.add_argument("--out", required=True, help="output directory (results.jsonl, summary.json, config.json)")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts decoded at once by the runner (default 8)")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="prompts decoded at once by the runner, each with its samples (default 8)")
     p.add_argument("--chunk-size", type=int, default=None,
                    help="problems per runner call, written after each (default 4 x batch size)")
-    p.add_argument("--samples", type=int, default=1, help="samples per problem K (pass@k when > 1)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--temperature", type=float, default=temperature, help=temperature_help)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, default=1024, help="sampled-token budget per rollout")
-    p.add_argument("--max-thread-tokens", type=_opt_int, default=None)
-    p.add_argument("--max-width", type=_opt_int, default=8)
-    p.add_argument("--max-depth", type=_opt_int, default=2)
+    p.add_argument("--max-thread-tokens", type=opt_int, default=None)
+    p.add_argument("--max-width", type=opt_int, default=8)
+    p.add_argument("--max-depth", type=opt_int, default=2)
     p.add_argument("--join", default="concat")
     p.add_argument("--prompt-field", default="prompt", help="record field holding a ready prompt ('' = always build)")
     p.add_argument("--question-field", default=None, help="math: question field (default question|problem|query)")
@@ -564,22 +561,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"))
-    p.add_argument("--overwrite", action="store_true", help="discard existing results in --out")
     p.add_argument("--no-progress", action="store_true")
-    return p
 
 
-def validate_args(p: argparse.ArgumentParser, args) -> None:
-    if args.samples < 1:
-        p.error("--samples must be >= 1")
-    if args.samples > 1 and args.temperature == 0:
-        p.error("--samples > 1 needs --temperature > 0 (greedy samples are identical)")
+def check_runner_args(p: argparse.ArgumentParser, args, samples: int, samples_flag: str) -> None:
+    """``p.error`` on options of :func:`add_runner_args` that cannot work together."""
+    if samples < 1:
+        p.error(f"{samples_flag} must be >= 1")
+    if samples > 1 and args.temperature == 0:
+        p.error(f"{samples_flag} > 1 needs --temperature > 0 (greedy samples are identical)")
+    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
+        p.error("need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0")
     if args.batch_size < 1 or (args.chunk_size is not None and args.chunk_size < 1):
         p.error("--batch-size and --chunk-size must be >= 1")
     if args.max_new_tokens < 1:
         p.error("--max-new-tokens must be >= 1")
     if args.task != "math" and (args.answer_pattern or args.prompt_template):
         p.error("--answer-pattern and --prompt-template apply to --task math only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m eval.benchmark",
+                                description="Benchmark a model with the fork/join runner (resumable).")
+    p.add_argument("--model", required=True, help="model directory (or hub id already in the local cache)")
+    p.add_argument("--task", required=True, choices=TASK_NAMES)
+    p.add_argument("--data", required=True, help="JSONL/JSON/parquet/CSV file, save_to_disk folder or datasets source")
+    p.add_argument("--mode", choices=MODES, default="parallel")
+    p.add_argument("--n", type=int, default=None, help="benchmark the first N problems (default all)")
+    p.add_argument("--out", required=True, help="output directory (results.jsonl, summary.json, config.json)")
+    p.add_argument("--samples", type=int, default=1, help="samples per problem K (pass@k when > 1)")
+    p.add_argument("--overwrite", action="store_true", help="discard existing results in --out")
+    add_runner_args(p, split="test", temperature=0.0, temperature_help="0 = greedy (default)")
+    return p
+
+
+def validate_args(p: argparse.ArgumentParser, args) -> None:
+    check_runner_args(p, args, args.samples, "--samples")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -111,7 +111,7 @@ def _read_json(path: Path) -> list[tuple[str, dict]]:
     return out
 
 
-def _rows(source, split: str | None, config: str | None) -> list[tuple[str, dict]]:
+def read_records(source, split: str | None, config: str | None) -> list[tuple[str, dict]]:
     """``(origin, record)`` rows of any supported source."""
     try:
         import datasets
@@ -204,7 +204,7 @@ def load_examples(source, split: str | None = "train", config: str | None = None
                   prompt_field: str = "prompt", completion_field: str = "completion",
                   max_samples: int | None = None) -> list[Example]:
     """Examples of one source (see the module docstring for what a source can be)."""
-    rows = _rows(source, split, config)
+    rows = read_records(source, split, config)
     if not rows:
         raise DataError(f"{source}: no records")
     if max_samples is not None and max_samples >= 0:

@@ -487,9 +487,9 @@ def load_prompts(source, split: str = "train", config: str | None = None,
     """Prompt records of any source :mod:`parallel_reason.data` reads (JSONL, JSON,
     parquet/csv, save_to_disk folders, `datasets` names); unlike SFT examples they
     need no completion. Each record keeps its origin under ``_origin``."""
-    from .data import DataError, _rows
+    from .data import DataError, read_records
 
-    rows = _rows(source, split, config)
+    rows = read_records(source, split, config)
     if not rows:
         raise DataError(f"{source}: no records")
     if max_samples is not None and max_samples >= 0:

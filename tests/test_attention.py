@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from conftest import random_trajectory
 from parallel_reason.attention import (attention_mask, collate, dense_mask, flex_block_mask, float_mask, mask_bytes,
                                        segment_block_counts)
-from parallel_reason.layout import Run, TBlock, build_graph, encode, sampled_count, tokenize_trajectory
+from parallel_reason.layout import Run, build_graph, encode, sampled_count, tokenize_trajectory
 from parallel_reason.metrics import stats_from_ids
 
 

@@ -53,7 +53,7 @@ def distance_case(name: str, a: tuple[int, int], b: tuple[int, int], mode: str =
     if mode == "changed":
         split[3] = split[3].replace(str(s), str(s + 1))
     elif mode == "leak_phrase":
-        threads[1] = f"Using the result of thread 1, " + steps[2][0].lower() + steps[2][1:]
+        threads[1] = "Using the result of thread 1, " + steps[2][0].lower() + steps[2][1:]
     elif mode == "leak_qty":
         threads[1] = steps[2] + f" This is larger than {dx2}."
     elif mode == "broken":

@@ -14,7 +14,6 @@ wrong there. The untrained model (same tokenizer) gives the noise case.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest

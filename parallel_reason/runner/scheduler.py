@@ -78,11 +78,11 @@ engine's log-probs) while the lane stays active and the rollout unfinished.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
-from ..format import (OUTLINE_CLOSE, OUTLINE_OPEN, OUTLINES_CLOSE, OUTLINES_OPEN, PARALLEL_CLOSE,
-                      PARALLEL_OPEN, THREAD_CLOSE, THREAD_OPEN)
+from ..format import (OUTLINE_CLOSE, OUTLINE_OPEN, OUTLINES_CLOSE, OUTLINES_OPEN, PARALLEL_OPEN,
+                      THREAD_CLOSE)
 from ..layout import (PackedGraph, Run, TBlock, TItem, TThread, build_graph, closer_ids,
                       critical_path_count, linear_ids, opener_ids, sampled_count)
 from ..tokens import tag_token_ids
