@@ -253,7 +253,7 @@ def write_report(pipe: Pipeline, args, wall: float) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_arg_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m eval.demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/demo", help="output folder (data, models, eval, logs, report)")
     ap.add_argument("--numbers", type=int, default=3, help="Countdown input numbers (3: the short variant)")
@@ -274,7 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="commands run side by side")
     ap.add_argument("--heartbeat", type=float, default=60.0, help="seconds between progress lines (0: off)")
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_arg_parser().parse_args(argv)
 
     t0 = time.perf_counter()
     pipe, stages = build(args)

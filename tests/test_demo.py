@@ -1,0 +1,100 @@
+"""The end-to-end CPU pipeline (eval.demo): its commands, its skip-when-done logic,
+and (slow) one miniature run from data to report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eval import demo
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--train-n", "120", "--val-n", "12", "--test-n", "12", "--grpo-n", "24", "--sft-epochs", "1",
+         "--grpo-steps", "2", "--grpo-g", "4", "--grpo-prompts", "2", "--hidden", "32", "--layers", "1",
+         "--max-new-tokens", "48", "--heartbeat", "0"]
+
+
+def _stages(tmp_path, *extra):
+    args = demo.build_arg_parser().parse_args(["--out", str(tmp_path / "d"), *SMALL, *extra])
+    return demo.build(args)
+
+
+def test_dry_run_commands_parse_with_each_tool(tmp_path, capsys):
+    assert demo.main(["--out", str(tmp_path / "d"), *SMALL, "--dry-run"]) == 0
+    pipe, stages = _stages(tmp_path)
+    names = [j.name for _, jobs in stages for j in jobs]
+    assert names[:6] == ["data_train.parallel", "data_train.sequential", "data_val.parallel", "data_val.sequential",
+                         "data_test", "data_grpo.train"]
+    assert {"base", "sft_parallel", "sft_sequential", "eval_sft_parallel", "eval_sft_sequential", "grpo_parallel",
+            "grpo_sequential", "eval_grpo_parallel", "eval_grpo_sequential", "compare"} <= set(names)
+    from eval.benchmark import build_parser
+    from parallel_reason import grpo, sft
+
+    for _, jobs in stages:
+        for j in jobs:
+            argv = j.argv[1:]
+            if argv[:2] == ["-m", "eval.benchmark"]:
+                ns = build_parser().parse_args(argv[2:])
+                assert ns.mode == ("sequential" if "sequential" in j.name else "parallel")
+            elif argv[0] == "recipes/sft.py":
+                cfg = sft.parse_args(argv[1:])
+                assert cfg.mode in j.name and cfg.model_name_or_path.endswith("base")
+            elif argv[0] == "recipes/grpo.py":
+                cfg = grpo.parse_args(argv[1:])
+                assert cfg.parallel == ("parallel" in j.name)
+                # whole groups per forward, dividing the step's rollouts
+                assert cfg.micro_batch_size % cfg.num_generations == 0
+                assert (cfg.prompts_per_step * cfg.num_generations) % cfg.micro_batch_size == 0
+    out = capsys.readouterr().out
+    assert "python recipes/sft.py --config configs/sft/countdown_tiny.yaml" in out
+    assert not (tmp_path / "d").exists(), "a dry run writes nothing"
+
+
+def test_done_stages_are_skipped(tmp_path):
+    pipe, stages = _stages(tmp_path)
+    title, data_jobs = stages[0]
+    for j in data_jobs:  # pretend the data exists: nothing may be started
+        j.done.parent.mkdir(parents=True, exist_ok=True)
+        j.done.write_text("")
+    pipe.dry_run = False
+    pipe.stage(title, data_jobs)
+    assert pipe.times[-1][2] == "skipped (done)"
+    assert not (tmp_path / "d" / "logs").exists()
+
+
+def test_failing_stage_stops_with_its_log(tmp_path, capsys):
+    pipe = demo.Pipeline(tmp_path / "d", jobs=2, heartbeat=0, dry_run=False)
+    ok = demo.Job("ok", [sys.executable, "-c", "print('fine')"])
+    bad = demo.Job("bad", [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"])
+    with pytest.raises(SystemExit):
+        pipe.stage("two jobs", [ok, bad])
+    err = capsys.readouterr().err
+    assert "failed: bad" in err and "boom" in err
+    assert (tmp_path / "d" / "logs" / "ok.log").read_text().strip().endswith("fine")
+
+
+@pytest.mark.slow
+def test_miniature_pipeline_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    r = subprocess.run([sys.executable, "-m", "eval.demo", "--out", str(out), *SMALL], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    table = (out / "report" / "compare.md").read_text()
+    for run in ("sft_sequential", "sft_parallel", "grpo_sequential", "grpo_parallel"):
+        assert f"| {run} |" in table
+        summary = json.loads((out / "eval" / run / "summary.json").read_text())
+        assert summary["n_problems"] == 12
+    assert (out / "report" / "accuracy_vs_budget.png").stat().st_size > 0
+    assert (out / "report" / "speedup_hist.png").stat().st_size > 0
+    stages = json.loads((out / "report" / "stages.json").read_text())["stages"]
+    assert [s[2] for s in stages] == ["ok"] * 7
+    # a rerun skips every finished stage
+    r = subprocess.run([sys.executable, "-m", "eval.demo", "--out", str(out), *SMALL], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0
+    stages = json.loads((out / "report" / "stages.json").read_text())["stages"]
+    assert [s[2] for s in stages[:6]] == ["skipped (done)"] * 6
