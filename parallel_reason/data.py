@@ -377,3 +377,44 @@ def split_holdout(examples: Sequence[Any], fraction: float, seed: int) -> tuple[
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) + 17)).tolist()
     held = set(perm[:k])
     return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
+
+
+# ---------------------------------------------------------------------------
+# Recipes: generate missing data files on the main process, others wait
+
+
+def generate_missing(generator: str | None, jobs: Sequence[tuple], mode: str) -> None:
+    """For each ``(path, split, n, seed)`` in ``jobs`` whose file is missing, run
+    ``python -m data_gen.<generator> --n n --seed seed --split split --mode mode
+    --out path`` (the recipes' ``generate_data``). Call on the main process only."""
+    import subprocess
+    import sys
+
+    if not generator:
+        return
+    root = Path(__file__).resolve().parents[1]
+    for path, split, n, seed in jobs:
+        if not path or Path(path).exists():
+            continue
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", f"data_gen.{generator}", "--n", str(n), "--seed", str(seed),
+               "--split", split, "--mode", mode, "--out", str(path), "--no-progress"]
+        print("generating data:", " ".join(cmd), file=sys.stderr, flush=True)
+        subprocess.run(cmd, check=True, cwd=root)
+
+
+def launcher_rank() -> int:
+    """This process's rank as the launcher set it (before any process group exists)."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+
+
+def wait_for_files(paths: Sequence[str | os.PathLike | None], timeout_s: float = 3600.0) -> None:
+    """Non-main ranks: wait until the main rank has written ``paths`` (generated data)."""
+    import time
+
+    paths = [p for p in paths if p]
+    deadline = time.monotonic() + timeout_s
+    while not all(Path(p).exists() for p in paths):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rank {launcher_rank()}: data files not written after {timeout_s:.0f}s: {paths}")
+        time.sleep(1)

@@ -14,30 +14,19 @@ process only; the others wait). Everything else lives in :mod:`parallel_reason.g
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
+from parallel_reason.data import generate_missing, launcher_rank, wait_for_files
 from parallel_reason.grpo import GRPOConfig, parse_args, train
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def ensure_data(cfg: GRPOConfig) -> None:
-    """Generate missing prompt files with ``data_gen.<cfg.generate_data>``."""
-    if not cfg.generate_data:
-        return
-    mode = "parallel" if cfg.parallel else "sequential"  # the prompts do not depend on it
-    for path, split, n in ((cfg.train_data, "train", cfg.generate_train_n), (cfg.eval_data, "test", cfg.generate_eval_n)):
-        if not path or Path(path).exists():
-            continue
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", f"data_gen.{cfg.generate_data}", "--n", str(n), "--seed", str(cfg.generate_seed),
-               "--split", split, "--mode", mode, "--out", str(path), "--no-progress"]
-        print("generating data:", " ".join(cmd), file=sys.stderr, flush=True)
-        subprocess.run(cmd, check=True, cwd=ROOT)
+    """Generate missing prompt files with ``data_gen.<cfg.generate_data>`` (the
+    prompts do not depend on the mode)."""
+    generate_missing(cfg.generate_data, [(cfg.train_data, "train", cfg.generate_train_n, cfg.generate_seed),
+                                         (cfg.eval_data, "test", cfg.generate_eval_n, cfg.generate_seed)],
+                     mode="parallel" if cfg.parallel else "sequential")
 
 
 def main(argv=None) -> int:
@@ -46,15 +35,10 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
-    if rank == 0:
+    if launcher_rank() == 0:
         ensure_data(cfg)
-    else:  # wait for rank 0 to write the files (no process group exists yet)
-        paths = [p for p in (cfg.train_data, cfg.eval_data) if p and cfg.generate_data]
-        for _ in range(3600):
-            if all(Path(p).exists() for p in paths):
-                break
-            time.sleep(1)
+    elif cfg.generate_data:  # wait for rank 0 to write the files (no process group exists yet)
+        wait_for_files([cfg.train_data, cfg.eval_data])
     if cfg.model_name_or_path and not Path(cfg.model_name_or_path).exists() and cfg.model_name_or_path.startswith(("runs/", "./", "/")):
         print(f"error: model_name_or_path {cfg.model_name_or_path} does not exist; GRPO starts from an SFT model: "
               "run recipes/sft.py first (see the config's header)", file=sys.stderr)

@@ -14,29 +14,16 @@ When ``generate_data`` names a generator (``countdown``) and ``train_data`` /
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-from pathlib import Path
 
+from parallel_reason.data import generate_missing, launcher_rank, wait_for_files
 from parallel_reason.sft import SFTConfig, parse_args, train
 
 
 def ensure_data(cfg: SFTConfig) -> None:
-    """Generate missing data files with ``data_gen.<cfg.generate_data>``."""
-    if not cfg.generate_data:
-        return
-    jobs = [(cfg.train_data, "train", cfg.generate_train_n, cfg.seed)]
-    if cfg.eval_data:
-        jobs.append((cfg.eval_data, "val", cfg.generate_eval_n, cfg.seed))
-    for path, split, n, seed in jobs:
-        if path is None or Path(path).exists():
-            continue
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", f"data_gen.{cfg.generate_data}", "--n", str(n), "--seed", str(seed),
-               "--split", split, "--mode", cfg.mode, "--out", str(path), "--no-progress"]
-        print("generating data:", " ".join(cmd), file=sys.stderr, flush=True)
-        subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parents[1])
+    """Generate missing data files with ``data_gen.<cfg.generate_data>`` in the config's mode."""
+    generate_missing(cfg.generate_data, [(cfg.train_data, "train", cfg.generate_train_n, cfg.seed),
+                                         (cfg.eval_data, "val", cfg.generate_eval_n, cfg.seed)], mode=cfg.mode)
 
 
 def main(argv=None) -> int:
@@ -45,17 +32,11 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+    rank = launcher_rank()
     if rank == 0:
         ensure_data(cfg)
-    else:  # wait for rank 0 to write the files (no process group exists yet)
-        import time
-
-        paths = [p for p in (cfg.train_data, cfg.eval_data) if p and cfg.generate_data]
-        for _ in range(3600):
-            if all(Path(p).exists() for p in paths):
-                break
-            time.sleep(1)
+    elif cfg.generate_data:  # wait for rank 0 to write the files (no process group exists yet)
+        wait_for_files([cfg.train_data, cfg.eval_data])
     result = train(cfg)
     if result.final_dir and rank == 0:
         print(f"final model: {result.final_dir}", file=sys.stderr)
