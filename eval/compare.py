@@ -72,12 +72,6 @@ class Run:
         return [s for r in self.rows for s in samples_of(r)]
 
 
-def fmt_pass_at_k(p: dict | None) -> str:
-    if not p:
-        return "-"
-    return ", ".join(f"@{k} {v:.3f}" for k, v in sorted(p.items(), key=lambda kv: int(kv[0])))
-
-
 def baseline_speedups(run: Run, base: Run) -> dict:
     """Speedup of ``run`` against the sequential ``base`` on their common problems
     (same id and prompt): :func:`parallel_reason.metrics.aggregate` with one
@@ -120,21 +114,9 @@ def table_records(runs: Sequence[Run], baseline: Run | None) -> list[dict]:
 
 
 def markdown(records: Sequence[dict], baseline: Run | None) -> str:
-    head = [h for h, _, _ in COLUMNS]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    for rec in records:
-        cells = []
-        for _, key, f in COLUMNS:
-            v = rec.get(key)
-            if key == "pass_at_k":
-                cells.append(fmt_pass_at_k(v))
-            elif key.startswith("speedup_vs_baseline") and rec.get("is_baseline"):
-                cells.append("baseline")
-            elif v is None:
-                cells.append("n/a")
-            else:
-                cells.append(f.format(v))
-        lines.append("| " + " | ".join(cells) + " |")
+    from parallel_reason.metrics import markdown_table
+
+    lines = markdown_table(records, COLUMNS)
     notes = [
         "",
         "Speedup = total tokens / critical path of the same sample (mean of per-sample ratios, "

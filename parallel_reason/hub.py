@@ -204,22 +204,6 @@ def reproduce_lines(card: dict) -> list[str]:
     return lines
 
 
-def _cell(rec: dict, key: str, fmt: str | None) -> str:
-    v = rec.get(key)
-    if key == "pass_at_k":
-        if not v:
-            return "-"
-        return ", ".join(f"@{k} {float(x):.3f}" for k, x in sorted(v.items(), key=lambda kv: int(kv[0])))
-    if key.startswith("speedup_vs_baseline") and rec.get("is_baseline"):
-        return "baseline"
-    if v is None:
-        return "n/a"
-    try:
-        return fmt.format(v)
-    except (ValueError, TypeError):
-        return str(v)
-
-
 def eval_lines(records: list[dict]) -> list[str]:
     """Body of the ``Evaluation`` section: one table row per ``eval.benchmark`` run
     (see :func:`eval_records`), then each run's decoding settings and command."""
@@ -227,9 +211,9 @@ def eval_lines(records: list[dict]) -> list[str]:
         return []
     optional = ("pass_at_k", "speedup_vs_baseline_ratio_of_means")  # shown when a run has them
     cols = [c for c in EVAL_COLUMNS if c[1] not in optional or any(r.get(c[1]) for r in records)]
-    lines = ["| " + " | ".join(h for h, _, _ in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for rec in records:
-        lines.append("| " + " | ".join(_cell(rec, k, f) for _, k, f in cols) + " |")
+    from .metrics import markdown_table
+
+    lines = markdown_table(records, cols)
     lines += ["", "Accuracy: mean correctness over every sample (= pass@1). Total tokens: sampled tokens of a "
               "rollout, all threads together; critical path: sampled tokens on its longest causal chain; "
               "speedup: total tokens / critical path of the same sample."]

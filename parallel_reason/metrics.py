@@ -214,3 +214,29 @@ def aggregate(rows: Iterable[dict], baseline_total: Sequence[float] | None = Non
         if all(key in r for r in rows):
             out[f"{key}_mean"] = sum(r[key] for r in rows) / n
     return out
+
+
+def format_cell(rec: dict, key: str, fmt: str | None) -> str:
+    """One table cell of an aggregated record (``eval.compare``, the model card):
+    pass@k as ``@k value`` pairs, ``baseline`` in the baseline's own vs-baseline
+    columns, ``n/a`` for a missing value, else ``fmt.format(value)``."""
+    v = rec.get(key)
+    if key == "pass_at_k":
+        if not v:
+            return "-"
+        return ", ".join(f"@{k} {float(x):.3f}" for k, x in sorted(v.items(), key=lambda kv: int(kv[0])))
+    if key.startswith("speedup_vs_baseline") and rec.get("is_baseline"):
+        return "baseline"
+    if v is None:
+        return "n/a"
+    try:
+        return fmt.format(v)
+    except (ValueError, TypeError, AttributeError):
+        return str(v)
+
+
+def markdown_table(records, columns) -> list[str]:
+    """Markdown lines of a table: ``columns`` are ``(header, key, format)``, one row per record."""
+    lines = ["| " + " | ".join(h for h, _, _ in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(format_cell(r, k, f) for _, k, f in columns) + " |" for r in records]
+    return lines

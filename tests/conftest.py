@@ -51,3 +51,25 @@ def make_model(tokenizer, arch: str = "qwen2", attn: str = "sdpa", seed: int = 0
     from parallel_reason.tiny import build_model
 
     return build_model(len(tokenizer), arch=arch, seed=seed, attn_implementation=attn, **kw).eval()
+
+
+def reset_accelerate() -> None:
+    """A fresh accelerate state (a process singleton) for the next in-process run."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+@pytest.fixture
+def fresh_accelerate():
+    """One torch thread (tiny models only lose from intra-op threads on a shared CPU)
+    and a fresh accelerate state before and after the test."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    reset_accelerate()
+    yield
+    torch.set_num_threads(n)
+    reset_accelerate()

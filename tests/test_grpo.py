@@ -29,19 +29,9 @@ LR = 0.5
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: intra-op threads only add contention on a shared CPU. And every
-    in-process run gets a fresh accelerate state (a process singleton)."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+def one_thread(fresh_accelerate):
+    """Every test: one torch thread and a fresh accelerate state (conftest)."""
     yield
-    torch.set_num_threads(n)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 @dataclass

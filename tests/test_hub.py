@@ -26,7 +26,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import make_model, random_trajectory
 from parallel_reason import hub
@@ -496,20 +495,6 @@ def test_config_fields_and_validation():
     with pytest.raises(ValueError, match="push_to_hub needs save_final_model"):
         grpo.GRPOConfig(push_to_hub=True, hub_model_id="me/m", save_final_model=False).validate()
     assert sft.main(["--push_to_hub", "true"]) == 2
-
-
-@pytest.fixture
-def fresh_accelerate():
-    from accelerate.state import AcceleratorState, GradientState
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    torch.set_num_threads(n)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 def test_sft_push_to_hub_pushes_final_once(tmp_path, recorder, monkeypatch, fresh_accelerate):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import random_trajectory
+from conftest import random_trajectory, reset_accelerate
 from parallel_reason import sft
 from parallel_reason.data import (DataError, build_graphs, epoch_windows, eval_shards, load_examples,
                                   split_holdout, steps_per_epoch)
@@ -38,13 +38,9 @@ def _one_thread():
 @pytest.fixture(autouse=True)
 def _fresh_accelerate():
     """Every in-process run gets a fresh accelerate state (it is a process singleton)."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate()
     yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate()
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -163,10 +159,7 @@ def test_resume_reproduces_uninterrupted_run(data_dir, tmp_path):
     cut.mkdir()
     shutil.copytree(tmp_path / "full" / "base_model", cut / "base_model")
     shutil.copytree(tmp_path / "full" / "checkpoint-2", cut / "checkpoint-2")
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate()
     resumed = sft.train(_cfg(data_dir, cut, resume_from_checkpoint="auto"))
     a, b = full.losses(), resumed.losses()
     assert sorted(b) == [1, 2, 3, 4, 5, 6]  # steps 1-2 come from the checkpoint's history
@@ -186,10 +179,7 @@ def test_accumulation_normalises_by_window_tokens(data_dir, tmp_path):
     """B=2 x G=2 and B=4 x G=1 see the same examples per step: same loss curve."""
     kw = dict(save_steps=0, eval_steps=0, eval_on_start=False, max_steps=3, eval_data=None)
     r1 = sft.train(_cfg(data_dir, tmp_path / "g2", per_device_train_batch_size=2, gradient_accumulation_steps=2, **kw))
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate()
     shutil.copytree(tmp_path / "g2" / "base_model", tmp_path / "g1" / "base_model")
     r2 = sft.train(_cfg(data_dir, tmp_path / "g1", per_device_train_batch_size=4, gradient_accumulation_steps=1, **kw))
     a, b = r1.losses(), r2.losses()
@@ -222,12 +212,9 @@ def test_lora_run(data_dir, tmp_path):
 
 
 def test_eager_and_gradient_checkpointing_match_sdpa(data_dir, tmp_path):
-    from accelerate.state import AcceleratorState, GradientState
-
     kw = dict(save_steps=0, eval_steps=0, eval_on_start=False, max_steps=2, eval_data=None)
     a = sft.train(_cfg(data_dir, tmp_path / "sdpa", **kw)).losses()
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate()
     shutil.copytree(tmp_path / "sdpa" / "base_model", tmp_path / "eager" / "base_model")
     b = sft.train(_cfg(data_dir, tmp_path / "eager", attn_implementation="eager", gradient_checkpointing=True,
                        **kw)).losses()
