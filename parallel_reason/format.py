@@ -18,7 +18,10 @@ Every byte of the input is kept: the whitespace between structural tags lives in
 ``render(parse(t)) == t`` for every valid ``t``. The lenient parser
 (:func:`parse_lenient`) accepts any text (truncated model output, stray tags,
 garbage), never raises, keeps every byte (``render(parse_lenient(t)[0]) == t``) and
-lists what is wrong as :class:`Problem` records with character offsets.
+lists what is wrong as :class:`Problem` records with character offsets. Parsing
+takes time linear in the input; blocks nest at most :data:`MAX_NESTING` deep (a
+deeper ``<Parallel>`` is kept as text and reported as ``too_deep``), so the parser
+and every walk over its trees stay far below Python's recursion limit.
 
 The same parser runs over token ids (:func:`parse_ids`); pieces are then tuples of
 ids instead of strings and offsets are token indices.
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Callable, Iterable, Sequence, Union
 
 # ---------------------------------------------------------------------------
@@ -52,6 +56,9 @@ CONTROL_TAGS: tuple[str, ...] = (
 #: Canonical separators, used when a block is built in code rather than parsed.
 CANONICAL_PRE_OUTLINES = "\n"
 CANONICAL_THREAD_SEP = "\n"
+
+#: deepest block nesting the parser builds (real trajectories nest a few levels)
+MAX_NESTING = 64
 
 _TAG_RE = re.compile(r"</?(?:Parallel|Outlines|Outline|Thread)>")
 _HEADER_RE = re.compile(r"(\d+):")
@@ -175,6 +182,7 @@ class _Alphabet:
     empty: Piece
     is_blank: Callable[[Piece], bool]
     split_header: Callable[[Piece], tuple]
+    join: Callable[[list], Piece]  # pieces -> one piece, in linear time
 
 
 def _split_header_text(piece: str) -> tuple[str, str]:
@@ -182,7 +190,11 @@ def _split_header_text(piece: str) -> tuple[str, str]:
     return (m.group(0), piece[m.end():]) if m else ("", piece)
 
 
-_TEXT = _Alphabet("", lambda s: s.strip() == "", _split_header_text)
+_TEXT = _Alphabet("", lambda s: s.strip() == "", _split_header_text, "".join)
+
+
+def _join_ids(pieces: list) -> tuple:
+    return tuple(chain.from_iterable(pieces))
 
 
 def _lex_text(text: str) -> list[tuple[str | None, Piece, int]]:
@@ -200,6 +212,10 @@ def _lex_text(text: str) -> list[tuple[str | None, Piece, int]]:
 
 
 class _Parser:
+    """Recursive descent over the lexed items. Text is gathered in lists and joined
+    once (linear time whatever the number of stray tags); recursion is bounded by
+    :data:`MAX_NESTING` (three frames per level)."""
+
     def __init__(self, items, alphabet: _Alphabet, total_len: int):
         self.items = items
         self.i = 0
@@ -216,11 +232,11 @@ class _Parser:
 
     def take_content(self) -> Piece:
         """Consume consecutive content items (no tags) and return them joined."""
-        out = self.a.empty
+        out = []
         while (it := self.peek()) is not None and it[0] is None:
-            out = out + it[1]
+            out.append(it[1])
             self.i += 1
-        return out
+        return out[0] if len(out) == 1 else self.a.join(out)
 
     def offset(self) -> int:
         it = self.peek()
@@ -230,29 +246,33 @@ class _Parser:
     def parse_seq(self, depth: int, in_thread: bool) -> tuple[list, bool]:
         """Parts until end (top level) or ``</Thread>`` (inside a thread)."""
         parts: list = []
+        text: list = []  # text pieces since the last block
 
-        def add_text(piece: Piece) -> None:
-            if parts and not isinstance(parts[-1], Block):
-                parts[-1] = parts[-1] + piece
-            else:
-                parts.append(piece)
+        def flush() -> None:
+            if text:
+                parts.append(self.a.join(text))
+                text.clear()
 
         while (it := self.peek()) is not None:
             tag, value, off = it
+            self.i += 1
             if tag is None:
-                add_text(value)
-                self.i += 1
-            elif tag == PARALLEL_OPEN:
-                self.i += 1
+                text.append(value)
+            elif tag == PARALLEL_OPEN and depth < MAX_NESTING:
+                flush()
                 parts.append(self.parse_block(depth + 1, off))
             elif tag == THREAD_CLOSE and in_thread:
-                self.i += 1
+                flush()
                 return parts, True
             else:
-                where = "inside a thread" if in_thread else "outside any block"
-                self.problem(off, "unexpected_tag", f"unexpected {tag} {where}")
-                add_text(value)
-                self.i += 1
+                if tag == PARALLEL_OPEN:
+                    self.problem(off, "too_deep", f"{PARALLEL_OPEN} at offset {off} would nest blocks deeper "
+                                                  f"than {MAX_NESTING} levels")
+                else:
+                    where = "inside a thread" if in_thread else "outside any block"
+                    self.problem(off, "unexpected_tag", f"unexpected {tag} {where}")
+                text.append(value)
+        flush()
         return parts, False
 
     def parse_block(self, depth: int, start: int) -> Block:
@@ -275,53 +295,50 @@ class _Parser:
                 return block
             self.problem(it[2], "missing_outlines", f"block at offset {start}: expected {OUTLINES_OPEN}, found {it[0]}")
         # -- threads
+        seps = [self.take_content()]
         while True:
-            sep = self.take_content()
             it = self.peek()
             if it is None:
-                block.thread_seps.append(sep)
+                block.thread_seps.append(self.a.join(seps))
                 self.problem(self.end, "unclosed", f"{PARALLEL_OPEN} at offset {start} is not closed: missing {PARALLEL_CLOSE}")
                 return block
             tag, value, off = it
+            self.i += 1
             if tag == THREAD_OPEN:
-                block.thread_seps.append(sep)
-                self.i += 1
+                block.thread_seps.append(self.a.join(seps))
                 block.threads.append(self.parse_thread(depth, off))
+                seps = [self.take_content()]
             elif tag == PARALLEL_CLOSE:
-                block.thread_seps.append(sep)
-                self.i += 1
+                block.thread_seps.append(self.a.join(seps))
                 block.closed = True
                 return block
-            else:
-                # a stray tag between threads: keep it in the separator
+            else:  # a stray tag between threads: kept in the separator
                 self.problem(off, "unexpected_tag", f"unexpected {tag} between threads of the block at offset {start}")
-                self.i += 1
-                nxt = self.take_content()
-                # re-queue: put the stray text back as content so the loop sees it as a separator
-                self.items.insert(self.i, (None, sep + value + nxt, off))
+                seps += [value, self.take_content()]
 
     def parse_outlines(self, block: Block) -> None:
         """After ``<Outlines>``: outlines until ``</Outlines>``."""
+        seps = [self.take_content()]
         while True:
-            sep = self.take_content()
             it = self.peek()
             if it is None:
-                block.outline_seps.append(sep)
+                block.outline_seps.append(self.a.join(seps))
                 self.problem(self.end, "unclosed", f"missing {OUTLINES_CLOSE}")
                 return
             tag, value, off = it
             if tag == OUTLINE_OPEN:
-                block.outline_seps.append(sep)
+                block.outline_seps.append(self.a.join(seps))
                 self.i += 1
-                text = self.a.empty
+                text = []
                 while (it2 := self.peek()) is not None and it2[0] not in (OUTLINE_CLOSE, *_OUTLINE_STOP):
                     if it2[0] is not None:
                         self.problem(it2[2], "unexpected_tag", f"unexpected {it2[0]} inside an outline")
-                    text = text + it2[1]
+                    text.append(it2[1])
                     self.i += 1
-                block.outlines.append(text)
+                block.outlines.append(self.a.join(text))
                 if (it2 := self.peek()) is not None and it2[0] == OUTLINE_CLOSE:
                     self.i += 1
+                    seps = [self.take_content()]
                     continue
                 block.open_outline = True
                 self.problem(it2[2] if it2 else self.end, "unclosed", f"{OUTLINE_OPEN} at offset {off} is not closed")
@@ -331,19 +348,18 @@ class _Parser:
                     block.outlines_closed = True
                 return
             elif tag == OUTLINES_CLOSE:
-                block.outline_seps.append(sep)
+                block.outline_seps.append(self.a.join(seps))
                 self.i += 1
                 block.outlines_closed = True
                 return
             elif tag in (THREAD_OPEN, PARALLEL_CLOSE):
-                block.outline_seps.append(sep)
+                block.outline_seps.append(self.a.join(seps))
                 self.problem(off, "unclosed", f"missing {OUTLINES_CLOSE} before {tag}")
                 return
             else:
                 self.problem(off, "unexpected_tag", f"unexpected {tag} inside {OUTLINES_OPEN}")
                 self.i += 1
-                nxt = self.take_content()
-                self.items.insert(self.i, (None, sep + value + nxt, off))
+                seps += [value, self.take_content()]
 
     def parse_thread(self, depth: int, start: int) -> Thread:
         first = self.peek()
@@ -559,7 +575,8 @@ def parse_ids(ids: Sequence[int], tag_ids: dict[int, str], header_ids: Callable[
                 return h, piece[len(h):]
         return (), piece
 
-    alphabet = _Alphabet((), (lambda s: decode(s).strip() == "") if decode else (lambda s: True), split_header)
+    alphabet = _Alphabet((), (lambda s: decode(s).strip() == "") if decode else (lambda s: True), split_header,
+                         _join_ids)
     return _parse_items(items, alphabet, len(ids))
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 
 from conftest import random_trajectory
-from parallel_reason.format import (CONTROL_TAGS, Block, FormatError, Limits, Thread, Trajectory,
-                                    make_block, parse, parse_lenient, render, strip_tags, validate)
+from parallel_reason.format import (CONTROL_TAGS, MAX_NESTING, Block, FormatError, Limits, Thread, Trajectory,
+                                    make_block, parse, parse_ids, parse_lenient, render, strip_tags, validate)
 
 GOOD = ("Plan first.\n<Parallel>\n<Outlines><Outline>1: left</Outline><Outline>2: right</Outline></Outlines>\n"
         "<Thread>1: go left <Parallel>\n<Outlines><Outline>1: deep</Outline></Outlines>\n<Thread>1: deeper</Thread>\n"
@@ -125,3 +126,53 @@ def test_valid_text_has_no_problems_and_strip_tags():
     assert validate("no blocks at all") == []
     assert isinstance(parse(GOOD).parts[1], Block)
     assert isinstance(parse(GOOD).parts[1].threads[0], Thread)
+
+
+# ---------------------------------------------------------------------------
+# hostile input: deep nesting and floods of stray tags
+
+
+def _nested(depth: int) -> str:
+    """A well-formed trajectory whose blocks nest ``depth`` levels."""
+    open_ = "<Parallel>\n<Outlines><Outline>1: a</Outline></Outlines>\n<Thread>1:"
+    return "S" + open_ * depth + " x" + "</Thread>\n</Parallel>" * depth + "\nE"
+
+
+def test_deep_nesting_is_a_format_error_not_a_recursion_error():
+    for text in ("<Parallel><Thread>" * 332, "<Parallel><Thread>" * 20000, _nested(MAX_NESTING + 1), _nested(3000)):
+        traj, problems = parse_lenient(text)  # never raises
+        assert render(traj) == text and traj.depth <= MAX_NESTING
+        with pytest.raises(FormatError) as ei:
+            parse(text)
+        assert "too_deep" in [p.code for p in ei.value.problems]
+        assert [p.code for p in validate(text)] == [p.code for p in problems]
+    assert validate(_nested(MAX_NESTING)) == []  # the limit itself is fine
+    assert render(parse(_nested(MAX_NESTING))) == _nested(MAX_NESTING)
+    (p,) = [p for p in validate(_nested(MAX_NESTING + 1)) if p.code == "too_deep"]
+    assert _nested(MAX_NESTING + 1)[p.offset:].startswith("<Parallel>") and str(MAX_NESTING) in p.message
+
+
+@pytest.mark.parametrize("flood", [
+    "</Thread>" * 100_000,  # outside any block
+    "<Parallel><Outlines></Outlines>" + "</Outline>x" * 100_000 + "</Parallel>",  # between threads
+    "<Parallel><Outlines>" + "<Outlines>z" * 100_000,  # inside <Outlines>
+    "<Parallel><Outlines><Outline>1: " + "<Outlines>" * 100_000,  # inside an outline
+    "<Parallel><Thread>" * 100 + "<Thread>" * 100_000,  # inside the deepest thread
+])
+def test_stray_tags_parse_in_linear_time(flood):
+    t0 = time.perf_counter()
+    traj, problems = parse_lenient(flood)
+    elapsed = time.perf_counter() - t0
+    assert render(traj) == flood
+    assert sum(p.code == "unexpected_tag" for p in problems) >= 100_000
+    assert elapsed < 5.0, f"{elapsed:.1f}s for {len(flood)} characters"  # ~0.3 s; the quadratic parser took minutes
+
+
+def test_stray_tag_ids_parse_in_linear_time():
+    tag_ids = {1000 + k: tag for k, tag in enumerate(CONTROL_TAGS)}
+    close_thread = next(k for k, v in tag_ids.items() if v == "</Thread>")
+    ids = [5, 6] + [close_thread, 7] * 50_000
+    t0 = time.perf_counter()
+    traj, problems = parse_ids(ids, tag_ids)
+    assert time.perf_counter() - t0 < 5.0
+    assert len(problems) == 50_000 and traj.parts == [tuple(ids)]
