@@ -13,7 +13,10 @@ multi-sequence trace, a JSON object or its text). The converted text is written 
 ``dialect``; the other fields are copied (the source field is dropped when it
 differs from the output field, unless ``--keep-source``). Records that fail go to
 ``<out>.rejected.jsonl`` with the line number, the id and the reason (dialect,
-offset, problem). Both files are written atomically. Dialects: see
+offset, problem); one bad record never stops the others. A file holding one JSON
+list of records (APR's trace files) is read as such, ``line`` is then the index
+in the list. Both files are written atomically; when no record converts, only the
+rejected file is written and the exit status is 1. Dialects: see
 :mod:`parallel_reason.dialects` and ``docs/dialects.md``.
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -29,7 +33,10 @@ from typing import Iterable, Sequence
 
 from parallel_reason.dialects import CONVERTERS, DialectError, convert, dialect_name
 from parallel_reason.format import Limits
+from parallel_reason.inputs import InputError, reports_input_errors
 from parallel_reason.metrics import stats
+
+log = logging.getLogger("data_gen.convert")
 
 
 def _write_atomic(rows: Iterable[dict], path: Path) -> None:
@@ -48,20 +55,67 @@ def _write_atomic(rows: Iterable[dict], path: Path) -> None:
         raise
 
 
-def convert_records(lines: Iterable[str], dialect: str, field: str, out_field: str = "completion",
+def _json_list(data: bytes) -> list | None:
+    """The records of a file that is one JSON list (or ``{"name": [...]}``), else None."""
+    if not data.lstrip()[:1] in (b"[", b"{"):
+        return None
+    try:
+        obj = json.loads(data.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    if isinstance(obj, dict) and len(obj) == 1 and isinstance(next(iter(obj.values())), list):
+        obj = next(iter(obj.values()))
+    return obj if isinstance(obj, list) else None
+
+
+def read_input(path: str | os.PathLike) -> list:
+    """The items of the input: ``(line number, text of the line)`` for JSON lines, or
+    ``(index, record)`` when the file is one JSON list."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"--input {path}: no such file")
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise InputError(f"--input {path}: cannot be read ({e.strerror or e})") from None
+    records = _json_list(data)
+    if records is not None:
+        return list(enumerate(records))
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    return [(ln, line) for ln, line in enumerate(data.split(b"\n"), 1)]
+
+
+def _load(line) -> tuple[dict | None, str | None]:
+    """(record, None) or (None, why the line is not a record)."""
+    if not isinstance(line, (str, bytes)):
+        return (line, None) if isinstance(line, dict) else (None, "the record is not a JSON object")
+    try:
+        rec = json.loads(line.decode("utf-8") if isinstance(line, bytes) else line)
+    except UnicodeDecodeError as e:
+        return None, f"not UTF-8 text (byte {e.start})"
+    except json.JSONDecodeError as e:
+        return None, f"invalid JSON at column {e.colno}: {e.msg}"
+    except RecursionError:
+        return None, "JSON nested too deeply"
+    if not isinstance(rec, dict):
+        return None, "the line is not a JSON object"
+    return rec, None
+
+
+def convert_records(lines: Iterable, dialect: str, field: str, out_field: str = "completion",
                     keep_source: bool = False, limits: Limits | None = None) -> tuple[list[dict], list[dict]]:
-    """(converted records, rejected records) for the JSONL ``lines``."""
+    """(converted records, rejected records) for the JSONL ``lines`` (text or bytes;
+    or ``(number, line or record)`` pairs as :func:`read_input` gives them)."""
     good, bad = [], []
     for ln, line in enumerate(lines, 1):
-        if not line.strip():
+        if isinstance(line, tuple):
+            ln, line = line
+        if isinstance(line, (str, bytes)) and not line.strip():
             continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            bad.append({"line": ln, "id": None, "reason": f"invalid JSON at column {e.colno}: {e.msg}"})
-            continue
-        if not isinstance(rec, dict):
-            bad.append({"line": ln, "id": None, "reason": "the line is not a JSON object"})
+        rec, why = _load(line)
+        if rec is None:
+            bad.append({"line": ln, "id": None, "reason": why})
             continue
         rid = rec.get("id")
         if field not in rec:
@@ -69,16 +123,21 @@ def convert_records(lines: Iterable[str], dialect: str, field: str, out_field: s
             continue
         try:
             text = convert(rec[field], dialect, limits)
+            st = stats(text).as_dict()
         except DialectError as e:
             bad.append({"line": ln, "id": rid, "reason": str(e), "dialect": e.dialect, "offset": e.offset,
                         "where": e.where, "problem": e.problem})
+            continue
+        except Exception as e:  # noqa: BLE001 - one odd record must not lose the others
+            log.warning("line %s (id %r): %s: %s", ln, rid, type(e).__name__, e)
+            bad.append({"line": ln, "id": rid, "reason": f"{type(e).__name__}: {e}"})
             continue
         out = dict(rec)
         if not keep_source and field != out_field:
             out.pop(field, None)
         out[out_field] = text
         out["dialect"] = dialect
-        out["stats"] = stats(text).as_dict()
+        out["stats"] = st
         good.append(out)
     return good, bad
 
@@ -98,21 +157,25 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+@reports_input_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         dialect = dialect_name(args.dialect)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise InputError(f"--from: {e}") from None
     field = args.field or ("trace_dict" if dialect == "apr" else "completion")
     limits = Limits(max_depth=args.max_depth, max_width=args.max_width)
-    with open(args.input, encoding="utf-8") as f:
-        good, bad = convert_records(f, dialect, field, args.out_field, args.keep_source, limits)
+    good, bad = convert_records(read_input(args.input), dialect, field, args.out_field, args.keep_source, limits)
     out = Path(args.out)
     rej = Path(str(out) + ".rejected.jsonl")
-    _write_atomic(good, out)
     _write_atomic(bad, rej)
+    if not good:
+        first = f"; first reason (line {bad[0]['line']}): {bad[0]['reason']}" if bad else ""
+        print(f"error: no record of {args.input} converted from {dialect} ({len(bad)} rejected, see {rej}"
+              f"{first}); {out} not written", file=sys.stderr)
+        return 1
+    _write_atomic(good, out)
     print(f"converted {len(good)} record(s) from {dialect} to {out}; rejected {len(bad)} "
           f"(see {rej})", file=sys.stderr)
     return 0

@@ -42,6 +42,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from .format import FormatError
+from .inputs import InputError
 from .layout import PackedGraph, graph_from_text
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ MODES = ("parallel", "sequential")
 _LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A record (or a whole source) cannot be used; the message names where and why."""
 
 
@@ -68,36 +69,56 @@ class Example:
 # Loading
 
 
-def read_jsonl(path: str | os.PathLike) -> list[tuple[str, dict]]:
-    """``(origin, record)`` for every non-blank line of a JSONL file; raises
-    :class:`DataError` on a line that is not a JSON object."""
-    path = Path(path)
+def parse_record(line: bytes | str, origin: str) -> dict:
+    """One JSON object of a data file; :class:`DataError` naming ``origin`` otherwise
+    (invalid UTF-8, invalid or too deeply nested JSON, not an object)."""
+    try:
+        text = line.decode("utf-8") if isinstance(line, bytes) else line
+        rec = json.loads(text)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{origin}: not UTF-8 text (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{origin}: invalid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise DataError(f"{origin}: JSON nested too deeply") from None
+    if not isinstance(rec, dict):
+        raise DataError(f"{origin}: expected a JSON object, got {type(rec).__name__}")
+    return rec
+
+
+def _read_bytes(path: Path) -> bytes:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+    return data[3:] if data.startswith(b"\xef\xbb\xbf") else data  # a UTF-8 byte order mark
+
+
+def read_jsonl(path: str | os.PathLike) -> list[tuple[str, dict]]:
+    """``(origin, record)`` for every non-blank line of a JSONL file; raises
+    :class:`DataError` naming the first line that is not a JSON object."""
+    path = Path(path)
     out = []
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    for lineno, line in enumerate(_read_bytes(path).split(b"\n"), 1):
+        if line.strip():
             origin = f"{path}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{origin}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(rec, dict):
-                raise DataError(f"{origin}: expected a JSON object, got {type(rec).__name__}")
-            out.append((origin, rec))
+            out.append((origin, parse_record(line, origin)))
     return out
 
 
 def _read_json(path: Path) -> list[tuple[str, dict]]:
     try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
+        obj = json.loads(_read_bytes(path).decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except json.JSONDecodeError as e:
         if e.lineno > 1:  # probably JSON lines saved as .json
             return read_jsonl(path)
         raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply") from None
     if isinstance(obj, dict) and len(obj) == 1 and isinstance(next(iter(obj.values())), list):
         obj = next(iter(obj.values()))  # {"data": [...]}
     if not isinstance(obj, list):
@@ -136,19 +157,19 @@ def read_records(source, split: str | None, config: str | None) -> list[tuple[st
         return _read_json(path)
     if datasets is None:
         raise DataError(f"{src}: not a JSONL/JSON file and the `datasets` package is not installed")
-    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
-                          or (path / "state.json").exists()):
-        ds = datasets.load_from_disk(src)
-    elif path.is_file() and suffix in _LOCAL_FORMATS:
-        ds = datasets.load_dataset(_LOCAL_FORMATS[suffix], data_files=src, split="train")
-    elif path.suffix and not path.exists() and suffix in _LOCAL_FORMATS:
+    if path.suffix and not path.exists() and suffix in _LOCAL_FORMATS:
         raise DataError(f"{src}: no such file")
-    else:
-        try:
+    try:
+        if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
+                              or (path / "state.json").exists()):
+            ds = datasets.load_from_disk(src)
+        elif path.is_file() and suffix in _LOCAL_FORMATS:
+            ds = datasets.load_dataset(_LOCAL_FORMATS[suffix], data_files=src, split="train")
+        else:
             ds = datasets.load_dataset(src, config, split=split)
-        except Exception as e:  # datasets raises many types; name the source in every case
-            raise DataError(f"{src}: could not load as a `datasets` source (split={split!r}, "
-                            f"config={config!r}): {type(e).__name__}: {e}") from e
+    except Exception as e:  # datasets raises many types; name the source in every case
+        raise DataError(f"{src}: could not load as a `datasets` source (split={split!r}, "
+                        f"config={config!r}): {type(e).__name__}: {e}") from e
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
             raise DataError(f"{src}: no split {split!r}; available: {sorted(ds)}")

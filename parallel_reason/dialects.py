@@ -76,7 +76,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .format import (CONTROL_TAGS, Block, FormatError, Limits, Thread, Trajectory,
+from .format import (CONTROL_TAGS, MAX_NESTING, Block, FormatError, Limits, Thread, Trajectory,
                      parse, render)
 
 #: longest synthesised outline (Parallel-R1), in characters
@@ -115,6 +115,8 @@ class _El:
 
 
 _CANON_TAG_RE = re.compile(r"</?(?:Parallel|Outlines|Outline|Thread)>")
+# two elements per block level (<Parallel><Path>...), a little more than the grammar allows
+_MAX_ELEMENT_DEPTH = 2 * MAX_NESTING + 4
 
 
 def _lex_tree(text: str, dialect: str, names: tuple[str, ...]) -> _El:
@@ -134,6 +136,8 @@ def _lex_tree(text: str, dialect: str, names: tuple[str, ...]) -> _El:
             stack[-1].children.append(_Text(text[pos:m.start()], pos))
         closing, name = m.group(1) == "/", m.group(2)
         if not closing:
+            if len(stack) > _MAX_ELEMENT_DEPTH:  # the converters recurse over the tree
+                raise DialectError(dialect, m.start(), f"tags nested deeper than {_MAX_ELEMENT_DEPTH} levels")
             el = _El(name, m.start())
             stack[-1].children.append(el)
             stack.append(el)

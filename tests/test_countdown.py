@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from fractions import Fraction
@@ -100,7 +101,8 @@ def test_prompt_exact():
 
 def test_extract_answer():
     assert cd.extract_answer("x\nAnswer: 1+2\nmore\nAnswer:  60-4*7 \nbye") == "60-4*7"
-    assert cd.extract_answer("<Parallel><Thread>1: Answer: 4*</Thread>3\n</Parallel>") == "4*3"
+    # tags are kept (never stripped into an expression): verify rejects such an answer
+    assert cd.extract_answer("<Parallel><Thread>1: Answer: 4*</Thread>3\n</Parallel>") == "4*</Thread>3"
     assert cd.extract_answer("no answer here") is None
     assert cd.extract_answer("Answer:   \n") is None
     assert cd.extract_answer(None) is None
@@ -145,6 +147,41 @@ def test_verify_rejects(expr, reason):
     v = cd.verify(expr, NUMS, 13)
     assert not v.ok
     assert reason in v.reason, v.reason
+
+
+@pytest.mark.parametrize("text", [
+    "(21-1)</Thread>*(14-13)",
+    "Answer: (21-1)</Thread>*(14-13)",
+    "<Parallel>\n<Outlines><Outline>1: a</Outline></Outlines>\n<Thread>1: Answer: (21-1)</Thread>*(14-13)",
+    "Answer: <Outline>(21-1)*(14-13)",
+    "Answer: (21-1)*(14-13)</Parallel>",
+])
+def test_verify_rejects_control_tags_inside_the_answer(text):
+    """Stripping the tags would read (21-1)*(14-13) = 20: correct, but not what was written."""
+    assert cd.verify("(21-1)*(14-13)", [21, 1, 14, 13], 20).ok
+    v = cd.verify(text, [21, 1, 14, 13], 20)
+    assert not v.ok and "control tag" in v.reason, v.reason
+    assert cd.reward(text if "Answer:" in text else "Answer: " + text, [21, 1, 14, 13], 20) == 0.0
+
+
+@pytest.mark.parametrize("nums, target, what", [
+    ([2.5, 4, 7], 13, "nums[0]"),
+    ([4, 7, 25, 60], 13.5, "'target'"),
+    ([4, "x", 25], 13, "nums[1]"),
+    ([4, None], 13, "nums[1]"),
+    ([True, 4], 13, "nums[0]"),
+    ("4 7 25 60", 13, "'nums' must be a list"),
+    (7, 13, "'nums' must be a list"),
+    ([], 13, "'nums' is empty"),
+])
+def test_non_integer_problems_are_refused_not_truncated(nums, target, what):
+    """2.5 used to become 2: '2+4+7' was counted correct for [2.5, 4, 7] -> 13."""
+    for call in (lambda: cd.verify("2+4+7", nums, target), lambda: cd.prompt(nums, target),
+                 lambda: cd.check_problem(nums, target)):
+        with pytest.raises(ValueError, match=re.escape(what)):
+            call()
+    assert cd.reward("Answer: 2+4+7", [2.0, 4, 7], 13) == 1.0  # integral floats (and "4") are integers
+    assert cd.check_problem(["4", 7.0], "13") == ([4, 7], 13)
 
 
 def test_verify_reports_every_number_problem():

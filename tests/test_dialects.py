@@ -386,14 +386,56 @@ def test_convert_cli(tmp_path):
     src2 = tmp_path / "apr.jsonl"
     src2.write_text(json.dumps({"nums": [2, 3, 4, 6], "target": 24, "trace_dict": td}) + "\n")
     out2 = tmp_path / "apr_ours.jsonl"
-    assert main(["--from", "apr", "--input", str(src2), "--out", str(out2), "--max-depth", "1"]) == 0
-    assert out2.read_text() == ""  # depth 2 is over the limit
+    assert main(["--from", "apr", "--input", str(src2), "--out", str(out2), "--max-depth", "1"]) == 1
+    assert not out2.exists()  # depth 2 is over the limit: nothing converted, nothing written but the rejects
     rej = json.loads((tmp_path / "apr_ours.jsonl.rejected.jsonl").read_text())
     assert "depth" in rej["reason"]
     assert main(["--from", "apr", "--input", str(src2), "--out", str(out2)]) == 0
     rec = json.loads(out2.read_text())
     assert "trace_dict" not in rec and rec["nums"] == [2, 3, 4, 6] and rec["stats"]["max_depth"] == 2
     assert main(["--from", "nope", "--input", str(src2), "--out", str(out2)]) == 2
+
+
+def test_convert_cli_bad_records_and_files(tmp_path, capsys):
+    """One hostile record is a rejection, not a lost file; a JSON list is read as one;
+    nothing converted exits 1; a missing input is one error line with exit 2."""
+    from data_gen.convert import main
+
+    ok = {"id": "ok", "completion": MULTIVERSE}
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"\n".join([
+        json.dumps({"id": "deep", "completion": "<Parallel><Thread>" * 332}).encode(),
+        json.dumps({"id": "deep2", "completion": "<Parallel><Path>" * 2000}).encode(),
+        json.dumps({"id": "num", "completion": 7}).encode(),
+        b"\xff\xfe not utf-8",
+        b"[" * 100_000,
+        json.dumps(ok).encode(),
+    ]) + b"\n")
+    out = tmp_path / "out.jsonl"
+    assert main(["--from", "multiverse", "--input", str(src), "--out", str(out)]) == 0
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["ok"]
+    bad = [json.loads(x) for x in (tmp_path / "out.jsonl.rejected.jsonl").read_text().splitlines()]
+    assert [(b["line"], b["id"]) for b in bad] == [(1, "deep"), (2, "deep2"), (3, "num"), (4, None), (5, None)]
+    assert "nested deeper" in bad[1]["reason"] and "UTF-8" in bad[3]["reason"] and "deeply" in bad[4]["reason"]
+
+    # APR ships its traces as one JSON list: read as records, not as lines of JSON
+    td, _ = _apr_sample()
+    arr = tmp_path / "apr_traces.json"
+    arr.write_text(json.dumps([{"id": 0, "trace_dict": td}, {"id": 1, "trace_dict": td}], indent=2))
+    assert main(["--from", "apr", "--input", str(arr), "--out", str(out)]) == 0
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == [0, 1]
+
+    # nothing converted: exit 1, a reason on stderr, the output is not written
+    out2 = tmp_path / "none.jsonl"
+    capsys.readouterr()
+    assert main(["--from", "multiverse", "--input", str(arr), "--out", str(out2)]) == 1
+    err = capsys.readouterr().err
+    assert "no record" in err and "0 record" not in err and "no field 'completion'" in err and not out2.exists()
+
+    # a missing input: one line, exit 2
+    assert main(["--from", "multiverse", "--input", str(tmp_path / "nope.jsonl"), "--out", str(out2)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --input ") and "no such file" in err and err.count("\n") == 1
 
 
 def test_docs_examples_are_what_the_converters_output():

@@ -13,7 +13,10 @@ target is correct; intermediate values may be negative or fractional) and strict
 about *what* it reads: it never calls ``eval``/``exec``; a tokenizer accepts only
 non-negative integer literals, ``+ - * /``, parentheses and spaces, a
 recursive-descent parser with bounded length and nesting reads them, and
-:class:`fractions.Fraction` evaluates them. Unary minus is not allowed.
+:class:`fractions.Fraction` evaluates them. Unary minus is not allowed, nor is a
+control tag inside the answer (tags are never stripped to make an answer).
+Problems must hold integers: :func:`check_problem` refuses ``2.5`` rather than
+truncating it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import NamedTuple, Sequence
 
-from ..format import strip_tags
+from ..format import split_at_first_tag
 
 NAME = "countdown"
 
@@ -142,6 +145,30 @@ class CountdownProblem(NamedTuple):
     target: int
 
 
+def _integer(x, what: str) -> int:
+    if isinstance(x, bool) or x is None:
+        raise ValueError(f"{what} must be an integer, got {x!r}")
+    try:
+        if isinstance(x, str):
+            return int(x.strip())
+        if int(x) == x:  # ints, integral floats and numpy scalars; 2.5 or "x" fail
+            return int(x)
+    except (TypeError, ValueError, OverflowError):
+        pass
+    raise ValueError(f"{what} must be an integer, got {x!r}")
+
+
+def check_problem(nums, target) -> CountdownProblem:
+    """``(nums, target)`` as integers; ``ValueError`` saying what is wrong otherwise
+    (a non-integer is refused, never truncated)."""
+    if isinstance(nums, (str, bytes, dict)) or not hasattr(nums, "__iter__"):
+        raise ValueError(f"'nums' must be a list of integers, got {type(nums).__name__} {nums!r}")
+    nums = [_integer(x, f"nums[{i}]") for i, x in enumerate(nums)]
+    if not nums:
+        raise ValueError("'nums' is empty")
+    return CountdownProblem(nums, _integer(target, "'target'"))
+
+
 def make_problem(rng: random.Random, n_numbers: int = N_NUMBERS,
                  num_range: tuple[int, int] = NUM_RANGE,
                  target_range: tuple[int, int] = TARGET_RANGE) -> CountdownProblem:
@@ -164,15 +191,17 @@ def make_problem(rng: random.Random, n_numbers: int = N_NUMBERS,
 
 def prompt(nums: Sequence[int], target: int) -> str:
     """The problem as plain text (no chat template)."""
-    return f"Numbers: {' '.join(str(int(x)) for x in nums)}\nTarget: {int(target)}\n"
+    nums, target = check_problem(nums, target)
+    return f"Numbers: {' '.join(str(x) for x in nums)}\nTarget: {target}\n"
 
 
 def extract_answer(completion: str) -> str | None:
-    """The expression after the last ``Answer:`` (rest of that line, stripped), with
-    control tags removed first; None when there is no (non-empty) answer."""
+    """The expression after the last ``Answer:`` (rest of that line, stripped); None
+    when there is no (non-empty) answer. Control tags are kept: an answer holding
+    one is not an expression, and :func:`verify` rejects it."""
     if not isinstance(completion, str):
         return None
-    text = strip_tags(completion)
+    text = completion
     at = text.rfind(ANSWER_PREFIX)
     if at < 0:
         return None
@@ -318,14 +347,14 @@ def _fmt(v: Fraction) -> str:
 
 
 def _number_problems(literals: list[int], nums: Sequence[int]) -> list[str]:
-    used, given = Counter(literals), Counter(int(x) for x in nums)
+    used, given = Counter(literals), Counter(nums)
     out: list[str] = []
     for v in dict.fromkeys(literals):
         if given[v] == 0:
             out.append(f"uses {v} which is not available")
         elif used[v] > given[v]:
             out.append(f"uses {v} {_times(used[v])} but it is given {_times(given[v])}")
-    for v in dict.fromkeys(int(x) for x in nums):
+    for v in dict.fromkeys(nums):
         if used[v] == 0:
             out.append(f"does not use {v}")
         elif used[v] < given[v]:
@@ -335,7 +364,9 @@ def _number_problems(literals: list[int], nums: Sequence[int]) -> list[str]:
 
 def verify(answer_or_completion: str | None, nums: Sequence[int], target: int) -> Verdict:
     """Check an answer expression (or a whole completion, whose last ``Answer:`` line
-    is read) against the problem. Never raises on any string input."""
+    is read) against the problem. Never raises on any string input; ``ValueError``
+    when the problem itself is not integers (:func:`check_problem`)."""
+    nums, target = check_problem(nums, target)
     if answer_or_completion is None:
         return Verdict(False, "no answer")
     if not isinstance(answer_or_completion, str):
@@ -346,11 +377,14 @@ def verify(answer_or_completion: str | None, nums: Sequence[int], target: int) -
         if expr is None:
             return Verdict(False, "empty answer after 'Answer:'")
     else:
-        expr = strip_tags(text).strip()
+        expr = text.strip()
         if "\n" in expr:
             return Verdict(False, "no 'Answer:' line found")
     if not expr:
         return Verdict(False, "empty answer")
+    before, tag = split_at_first_tag(expr)
+    if tag:
+        return Verdict(False, f"the answer holds the control tag {tag[:tag.index('>') + 1]} at position {len(before)}")
     if len(expr) > MAX_ANSWER_CHARS:
         return Verdict(False, f"answer is {len(expr)} characters long, over the limit of {MAX_ANSWER_CHARS}")
     try:
@@ -364,7 +398,7 @@ def verify(answer_or_completion: str | None, nums: Sequence[int], target: int) -
     if problems:
         return Verdict(False, "; ".join(problems), value)
     if value != target:
-        return Verdict(False, f"evaluates to {_fmt(value)}, target is {int(target)}", value)
+        return Verdict(False, f"evaluates to {_fmt(value)}, target is {target}", value)
     return Verdict(True, "correct", value)
 
 
@@ -377,6 +411,6 @@ def reward(completion: str, nums: Sequence[int], target: int) -> float:
 
 
 __all__ = [
-    "NAME", "CountdownProblem", "Verdict", "extract_answer", "join_expr", "make_problem",
+    "NAME", "CountdownProblem", "Verdict", "check_problem", "extract_answer", "join_expr", "make_problem",
     "prompt", "reachable", "reward", "solve", "verify",
 ]
