@@ -57,8 +57,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from parallel_reason.data import read_jsonl, read_records
 from parallel_reason.format import (Block, FormatError, Limits, Trajectory, make_block, parse,
                                     render, strip_tags)
+from parallel_reason.inputs import InputError, check_device, check_model_path, reports_input_errors
 from parallel_reason.llm import (DEFAULT_API_KEY_ENV, LLM, JSONAnswerError, LLMError, make_client,
                                  parse_json_answer)
 from parallel_reason.metrics import aggregate, approx_count, parallel_ratio, stats
@@ -628,29 +630,13 @@ def rewrite_record(rec: Record, llm: LLM, cfg: RewriteConfig, checker: TaskCheck
 
 
 def load_rows(src: str, split: str = "train", config: str | None = None) -> list[dict]:
+    """Records of a JSONL file (any suffix but .json/.parquet/.csv/.arrow), a JSON
+    list, or any source :func:`parallel_reason.data.read_records` reads;
+    :class:`~parallel_reason.data.DataError` names the line that is not a record."""
     p = Path(src)
-    if p.exists():
-        text = p.read_text(encoding="utf-8")
-        if p.suffix == ".json":
-            data = json.loads(text)
-            if isinstance(data, dict):
-                data = next((v for v in data.values() if isinstance(v, list)), None)
-            if not isinstance(data, list):
-                raise SystemExit(f"{src}: expected a JSON list of records")
-            return data
-        rows = []
-        for ln, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise SystemExit(f"{src}:{ln}: invalid JSON: {e.msg}") from None
-        return rows
-    try:
-        import datasets
-    except ImportError:  # pragma: no cover
-        raise SystemExit(f"{src}: no such file, and the datasets library is not installed") from None
-    return [dict(r) for r in datasets.load_dataset(src, config, split=split)]
+    if p.is_file() and p.suffix.lower() not in (".json", ".parquet", ".csv", ".arrow"):
+        return [rec for _, rec in read_jsonl(p)]
+    return [rec for _, rec in read_records(src, split, config)]
 
 
 def _pick(row: dict, explicit: str | None, names: Sequence[str]):
@@ -766,6 +752,7 @@ def run(rows: Sequence[dict], llm: LLM, cfg: RewriteConfig, out: str | os.PathLi
     summary = {
         "records": len(rows), "kept": len(good), "rejected": len(bad),
         "reasons": dict(Counter(r["reason"] for r in bad).most_common()),
+        "first_rejection": bad[0]["message"] if bad else None,
         "usage": llm.usage.as_dict(),
         "metrics": aggregate([r["stats"] for r in good]),
         "out": str(out), "rejected_file": str(rejected_path(out)),
@@ -820,12 +807,18 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+@reports_input_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if not re.match(r"https?://", args.llm):  # a local model: check before reading anything
+        check_model_path(args.llm, "--llm")
+        check_device(args.device)
     rows = load_rows(args.input, args.split, args.dataset_config)
     if args.limit is not None:
         rows = rows[: args.limit]
+    if not rows:
+        raise InputError(f"--input {args.input}: no records")
     client = make_client(args.llm, args.model, endpoint=args.endpoint, api_key_env=args.api_key_env,
                          timeout=args.timeout, max_retries=args.max_retries, backoff=args.backoff,
                          backoff_max=args.backoff_max, device=args.device)
@@ -841,6 +834,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = run(rows, llm, cfg, args.out, concurrency=args.concurrency, fields=fields,
                   progress=not args.no_progress)
     print(json.dumps(summary, indent=1), file=sys.stderr)
+    if summary["reasons"].get("llm_error") == summary["records"]:
+        print(f"error: every record failed on the LLM ({summary['records']} records; first: "
+              f"{summary['first_rejection']}); see {summary['rejected_file']}", file=sys.stderr)
+        return 1
     return 0
 
 

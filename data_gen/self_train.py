@@ -112,6 +112,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
+from parallel_reason.inputs import reports_input_errors
+
 log = logging.getLogger("data_gen.self_train")
 
 TASK_NAMES = ("countdown", "math")
@@ -311,7 +313,8 @@ def read_progress(path: Path) -> tuple[dict | None, dict[str, dict]]:
 
 def prepare_files(out: Path, cfg: dict, overwrite: bool) -> dict[str, dict]:
     """Check (or start) the output files for a run with settings ``cfg``; returns the
-    markers of the finished problems. Makes ``OUT`` and the progress file agree:
+    markers of the finished problems. Files of a run that finished no problem (a
+    start that failed) are started afresh, whatever their settings. Makes ``OUT`` and the progress file agree:
     records of problems without a marker, truncated lines, and problems whose record
     count differs from their marker are dropped (those problems are sampled again)."""
     from eval.benchmark import atomic_write
@@ -322,6 +325,9 @@ def prepare_files(out: Path, cfg: dict, overwrite: bool) -> dict[str, dict]:
             if p.exists():
                 p.unlink()
     old_cfg, marks = read_progress(progress)
+    ours = old_cfg is not None  # OUT was written by a run of ours
+    if not marks:
+        old_cfg = None  # a start that finished no problem (it failed): nothing to keep, nothing binds
     if old_cfg is not None:
         diff = {k: (old_cfg.get(k), cfg.get(k)) for k in sorted(set(cfg) | set(old_cfg))
                 if old_cfg.get(k) != cfg.get(k)}
@@ -329,7 +335,7 @@ def prepare_files(out: Path, cfg: dict, overwrite: bool) -> dict[str, dict]:
             lines = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
             raise SystemExit(f"{out} holds self-training data of a different configuration ({lines}); "
                              f"use another --out or --overwrite")
-    elif out.exists() and out.stat().st_size > 0:
+    elif out.exists() and out.stat().st_size > 0 and not ours:
         raise SystemExit(f"{out} exists but {progress.name} does not describe it; use another --out or --overwrite")
     raw, bad = _read_lines(out)
     records = [r for r in raw if "problem_id" in r and "id" in r]
@@ -603,18 +609,13 @@ def validate_args(p: argparse.ArgumentParser, args) -> None:
     check_runner_args(p, args, args.k, "--k")
 
 
+@reports_input_errors
 def main(argv: Sequence[str] | None = None) -> int:
-    from parallel_reason.data import DataError
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     p = build_parser()
     args = p.parse_args(argv)
     validate_args(p, args)
-    try:
-        stats = run(args, argv)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    stats = run(args, argv)
     print(format_table(stats))
     print(f"wrote {args.out} ({stats['records_in_file']} records) and {side_paths(args.out)[1]}", file=sys.stderr)
     return 0

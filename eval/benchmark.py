@@ -70,6 +70,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
+from parallel_reason.inputs import DTYPES, check_device, check_model_path, reports_input_errors
+
 log = logging.getLogger("eval.benchmark")
 
 TASK_NAMES = ("countdown", "math")
@@ -178,9 +180,13 @@ def load_problems(data, task: str, split: str = "test", config: str | None = Non
         seen.add(pid)
         p = rec.get(prompt_field) if prompt_field else None
         if task == "countdown":
-            if "nums" not in rec or "target" not in rec:
+            if rec.get("nums") is None or rec.get("target") is None:
                 raise DataError(f"{origin}: a countdown record needs 'nums' and 'target'")
-            args = {"nums": [int(x) for x in rec["nums"]], "target": int(rec["target"])}
+            try:
+                nums, target = mod.check_problem(rec["nums"], rec["target"])
+            except ValueError as e:
+                raise DataError(f"{origin}: 'nums' must be a list of integers and 'target' an integer: {e}") from None
+            args = {"nums": nums, "target": target}
             prompt = p if p is not None else mod.prompt(**args)
             reference = dict(args)
         else:
@@ -213,26 +219,36 @@ def read_rows(path: str | Path) -> tuple[list[dict], int]:
     """Rows of a results file and the number of unreadable lines (a truncated last
     line, say). Rows without an ``id`` count as unreadable; a repeated id keeps its
     first row."""
+    rows, bad = scan_rows(path)
+    return rows, len(bad)
+
+
+def scan_rows(path: str | Path) -> tuple[list[dict], list[int]]:
+    """:func:`read_rows` with the numbers of the unreadable lines."""
     path = Path(path)
     if not path.exists():
-        return [], 0
-    rows, bad, seen = [], 0, set()
+        return [], []
+    rows, bad, seen = [], [], set()
     with open(path, "rb") as f:
         data = f.read()
-    for line in data.split(b"\n"):
+    for lineno, line in enumerate(data.split(b"\n"), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            bad += 1
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            bad.append(lineno)
             continue
         if not isinstance(row, dict) or "id" not in row:
-            bad += 1
+            bad.append(lineno)
             continue
-        if row["id"] in seen:
+        try:
+            if row["id"] in seen:
+                continue
+            seen.add(row["id"])
+        except TypeError:  # an id that is not a JSON scalar
+            bad.append(lineno)
             continue
-        seen.add(row["id"])
         rows.append(row)
     return rows, bad
 
@@ -401,11 +417,17 @@ def load_model(path: str, dtype: str = "auto", device: str = "auto", attn: str =
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path)
+    from parallel_reason.inputs import InputError
+
     kw = {"attn_implementation": attn}
     if dtype != "auto":
         kw["dtype"] = getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(path, **kw)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, **kw)
+    except (OSError, ValueError) as e:  # no or broken weights/tokenizer files, an unknown architecture
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"--model {path}: cannot be loaded ({why})") from None
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()
@@ -426,8 +448,14 @@ def check_config(out: Path, cfg: dict, overwrite: bool) -> None:
         for p in (res, out / SUMMARY, path):
             if p.exists():
                 p.unlink()
-    elif path.exists() and res.exists():
-        old = json.loads(path.read_text(encoding="utf-8"))
+    elif path.exists() and read_rows(res)[0]:  # results without rows (a failed start) do not bind
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            old = None
+        if not isinstance(old, dict):
+            raise SystemExit(f"{path} is unreadable, so the results in {out} cannot be matched to a "
+                             "configuration; use another --out or --overwrite")
         diff = {k: (old.get(k), cfg[k]) for k in cfg if old.get(k) != cfg[k]}
         if diff:
             lines = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
@@ -443,13 +471,13 @@ def run(args, argv: Sequence[str] | None = None) -> dict:
     from parallel_reason.runner import Runner
     from parallel_reason.tasks import get_task
 
+    task_mod = get_task(args.task)
+    problems = load_problems(args.data, args.task, args.split, args.config, args.n, args.prompt_field or None,
+                             args.question_field, args.answer_field, args.prompt_template)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = config_of(args)
     check_config(out, cfg, args.overwrite)
-    task_mod = get_task(args.task)
-    problems = load_problems(args.data, args.task, args.split, args.config, args.n, args.prompt_field or None,
-                             args.question_field, args.answer_field, args.prompt_template)
     res_path = out / RESULTS
     done_rows = repair_results(res_path)
     done = {r["id"] for r in done_rows}
@@ -558,14 +586,16 @@ def add_runner_args(p: argparse.ArgumentParser, *, split: str, temperature: floa
                    help="math: read the model's answer with this regex or alias (gsm8k, answer_is) instead of \\boxed{}")
     p.add_argument("--prompt-template", default=None, help="math: prompt template with {question}")
     p.add_argument("--chat-template", action="store_true", help="render prompts with the tokenizer's chat template")
-    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--dtype", default="auto", choices=DTYPES)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"))
     p.add_argument("--no-progress", action="store_true")
 
 
 def check_runner_args(p: argparse.ArgumentParser, args, samples: int, samples_flag: str) -> None:
-    """``p.error`` on options of :func:`add_runner_args` that cannot work together."""
+    """``p.error`` on options of :func:`add_runner_args` that cannot work together;
+    :class:`~parallel_reason.inputs.InputError` on a ``--device`` this machine lacks
+    or a ``--model`` that does not exist (before any data or model is loaded)."""
     if samples < 1:
         p.error(f"{samples_flag} must be >= 1")
     if samples > 1 and args.temperature == 0:
@@ -578,6 +608,10 @@ def check_runner_args(p: argparse.ArgumentParser, args, samples: int, samples_fl
         p.error("--max-new-tokens must be >= 1")
     if args.task != "math" and (args.answer_pattern or args.prompt_template):
         p.error("--answer-pattern and --prompt-template apply to --task math only")
+    if args.prompt_template is not None and "{question}" not in args.prompt_template:
+        p.error("--prompt-template must contain {question}")
+    check_device(args.device)
+    check_model_path(args.model)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -599,6 +633,7 @@ def validate_args(p: argparse.ArgumentParser, args) -> None:
     check_runner_args(p, args, args.samples, "--samples")
 
 
+@reports_input_errors
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     p = build_parser()
@@ -614,7 +649,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = ["ROW_FIELDS", "SAMPLE_FIELDS", "load_problems", "make_row", "pass_at_k", "problem_seed", "read_rows",
-           "repair_results", "run", "samples_of", "score_sample", "summarize", "main"]
+           "repair_results", "run", "samples_of", "scan_rows", "score_sample", "summarize", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

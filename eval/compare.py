@@ -16,6 +16,10 @@ Each RUN is a directory written by :mod:`eval.benchmark` (``summary.json`` +
   samples that are correct with ``critical_path <= b``, one line per run;
 - ``speedup_hist.png``: per-sample ``total_tokens / critical_path``, one histogram per run.
 
+A ``summary.json`` that is not valid JSON is an error; unreadable lines of
+``results.jsonl`` (a run killed while writing) are skipped with a warning naming
+``file:line``.
+
 Sequential baseline: the first run whose mode is ``sequential`` (or ``--baseline``).
 For every other run, over the problems both runs hold (same id and same prompt),
 ``baseline_total / critical_path`` where ``baseline_total`` is the baseline's mean
@@ -31,7 +35,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from eval.benchmark import RESULTS, SUMMARY, read_rows, samples_of
+from eval.benchmark import RESULTS, SUMMARY, samples_of, scan_rows
+from parallel_reason.inputs import InputError, reports_input_errors
 
 MD = "compare.md"
 BUDGET_PNG = "accuracy_vs_budget.png"
@@ -62,14 +67,39 @@ class Run:
         self.path = Path(path)
         sp = self.path / SUMMARY
         if not sp.is_file():
-            raise SystemExit(f"{self.path}: no {SUMMARY} (not a benchmark run directory?)")
-        self.summary = json.loads(sp.read_text(encoding="utf-8"))
-        self.rows, _ = read_rows(self.path / RESULTS)
+            raise InputError(f"{self.path}: no {SUMMARY} (not a benchmark run directory?)")
+        try:
+            self.summary = json.loads(sp.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise InputError(f"{sp}: not valid JSON ({e}); rerun eval.benchmark with --out {self.path} "
+                             "to rewrite it") from None
+        if not isinstance(self.summary, dict):
+            raise InputError(f"{sp}: expected a JSON object, got {type(self.summary).__name__}")
+        rp = self.path / RESULTS
+        rows, bad = scan_rows(rp)
+        for lineno in bad:
+            print(f"warning: {rp}:{lineno}: unreadable line skipped (truncated or not a result row)",
+                  file=sys.stderr)
+        self.rows = [r for r in rows if _usable(r)]
+        for r in rows:
+            if not _usable(r):
+                print(f"warning: {rp}: row id {r['id']!r} lacks result fields (correct, total_tokens, "
+                      "critical_path); skipped", file=sys.stderr)
         self.name = name or self.path.name
         self.mode = self.summary.get("mode", "?")
 
     def samples(self) -> list[dict]:
         return [s for r in self.rows for s in samples_of(r)]
+
+
+def _usable(row: dict) -> bool:
+    """Does every sample of the row carry what the table and the plots read?"""
+    samples = row.get("samples") or [row]
+    return isinstance(samples, list) and all(
+        isinstance(s, dict) and "correct" in s and all(
+            isinstance(s.get(k), (int, float)) and not isinstance(s.get(k), bool) for k in ("total_tokens",
+                                                                                           "critical_path"))
+        for s in samples)
 
 
 def baseline_speedups(run: Run, base: Run) -> dict:
@@ -136,7 +166,7 @@ def compare(paths: Sequence[str], out: str | Path = "compare", names: Sequence[s
     from eval.plots import accuracy_vs_budget, speedup_histogram
 
     if names is not None and len(names) != len(paths):
-        raise SystemExit(f"--names gives {len(names)} names for {len(paths)} runs")
+        raise InputError(f"--names gives {len(names)} names for {len(paths)} runs")
     runs = [Run(p, names[i] if names else None) for i, p in enumerate(paths)]
     seen: dict[str, int] = {}
     for r in runs:  # unique names
@@ -150,7 +180,7 @@ def compare(paths: Sequence[str], out: str | Path = "compare", names: Sequence[s
         matches = [r for r in runs if r.name == baseline or str(r.path) == baseline
                    or r.path.resolve() == Path(baseline).resolve()]
         if not matches:
-            raise SystemExit(f"--baseline {baseline!r} is not one of the runs")
+            raise InputError(f"--baseline {baseline!r} is not one of the runs")
         base = matches[0]
     else:
         base = next((r for r in runs if r.mode == "sequential"), None)
@@ -165,6 +195,7 @@ def compare(paths: Sequence[str], out: str | Path = "compare", names: Sequence[s
     return {"markdown": md, "records": records, "files": [str(out / MD), str(f1), str(f2)]}
 
 
+@reports_input_errors
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m eval.compare", description="Compare eval.benchmark runs.")
     p.add_argument("runs", nargs="+", help="run directories (summary.json + results.jsonl)")

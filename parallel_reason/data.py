@@ -41,7 +41,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from .format import FormatError
+from .format import FormatError, parse
 from .inputs import InputError
 from .layout import PackedGraph, graph_from_text
 
@@ -275,11 +275,26 @@ def example_graph(ex: Example, tokenizer, mode: str = "parallel", join: str = "c
         return graph_from_text(prompt, ex.completion, tokenizer, join=join, eos=eos,
                                sequential=(mode == "sequential"))
     except FormatError as e:
-        head = ex.completion[max(0, e.offset - 30): e.offset + 30]
-        raise DataError(f"{ex.origin}: completion is not a well-formed parallel trajectory: {e} "
-                        f"(near {head!r}); use mode: sequential for plain text") from None
+        raise _not_a_trajectory(ex, e) from None
     except ValueError as e:
         raise DataError(f"{ex.origin}: {e}") from None
+
+
+def _not_a_trajectory(ex: Example, e: FormatError) -> DataError:
+    head = ex.completion[max(0, e.offset - 30): e.offset + 30]
+    return DataError(f"{ex.origin}: completion is not a well-formed parallel trajectory: {e} "
+                     f"(near {head!r}); use mode: sequential for plain text")
+
+
+def check_trajectories(examples: Iterable[Example]) -> None:
+    """:class:`DataError` naming the first example whose completion the strict
+    grammar refuses (what :func:`build_graphs` would find, without a tokenizer:
+    trainers call it before loading a model)."""
+    for ex in examples:
+        try:
+            parse(ex.completion)
+        except FormatError as e:
+            raise _not_a_trajectory(ex, e) from None
 
 
 def build_graphs(examples: Sequence[Example], tokenizer, mode: str = "parallel", join: str = "concat",

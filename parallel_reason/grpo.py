@@ -106,6 +106,7 @@ from .config import config_help as _config_help
 from . import rewards as R
 from .attention import collate
 from .format import Limits
+from .inputs import check_model_path, reports_input_errors
 from .layout import PackedGraph
 from .logprobs import packed_logprobs
 
@@ -298,7 +299,13 @@ class GRPOConfig:
             bad(f"{len(self.reward_weights)} reward_weights for {len(self.rewards)} rewards")
         if self.push_to_hub and not self.save_final_model:
             bad("push_to_hub needs save_final_model: true (it publishes output_dir/final)")
-        from .sft import check_hub_fields
+        from .tasks import TASKS
+
+        if self.task not in TASKS:
+            bad(f"task {self.task!r} is unknown; available: {', '.join(sorted(TASKS))}")
+        from .sft import check_hub_fields, check_optimizer_fields
+
+        check_optimizer_fields(self)
 
         check_hub_fields(self)
         return self
@@ -497,6 +504,45 @@ def load_prompts(source, split: str = "train", config: str | None = None,
     return [{**rec, "_origin": origin} for origin, rec in rows]
 
 
+def required_params(fn, skip: int = 0) -> list[str]:
+    """Parameters of ``fn`` without a default, after the first ``skip``."""
+    ps = list(inspect.signature(fn).parameters.values())[skip:]
+    return [p.name for p in ps if p.default is inspect.Parameter.empty
+            and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+
+
+def check_prompts(rows: Sequence[dict], task: str, prompt_field: str = "prompt", verifier: bool = True) -> None:
+    """:class:`~parallel_reason.data.DataError` naming the first record a run on
+    ``task`` cannot use: a ``task`` column naming another task, a missing column of
+    the task's prompt (when the record has no ``prompt_field``) or, with
+    ``verifier``, of its verifier, or values the task refuses (``check_problem``:
+    Countdown's non-integer numbers). Run at load, before any model: a bad record
+    would otherwise stop training at the step that first draws it."""
+    from .data import DataError
+    from .tasks import get_task
+
+    mod = get_task(task)
+    needs = required_params(mod.reward, 1) if verifier else []
+    prompt_needs = [c for c in required_params(mod.prompt) if c not in needs]
+    check = getattr(mod, "check_problem", None) if verifier else None
+    for k, row in enumerate(rows):
+        origin = row.get("_origin") or f"prompt record {k}"
+        if row.get("task") and row["task"] != task:
+            raise DataError(f"{origin}: the record's task is {row['task']!r} but the config's task is {task!r}; "
+                            f"set task: {row['task']} (a run trains one task)")
+        cols = needs + (prompt_needs if row.get(prompt_field) is None else [])
+        missing = [c for c in cols if row.get(c) is None]
+        if missing:
+            have = sorted(c for c in row if not c.startswith("_"))
+            what = f"field {prompt_field!r} or " if row.get(prompt_field) is None and prompt_needs else ""
+            raise DataError(f"{origin}: task {task!r} needs {what}the field(s) {missing}; the record has {have}")
+        if check is not None:
+            try:
+                check(**{c: row[c] for c in required_params(check)})
+            except ValueError as e:
+                raise DataError(f"{origin}: {e}") from None
+
+
 class PromptOrder:
     """Seeded, resumable prompt order: epoch ``e`` is a permutation drawn from
     ``(seed, e)`` only (:func:`parallel_reason.data.epoch_permutation`); step ``s``
@@ -556,6 +602,10 @@ class GRPOTrainer:
         from .sft import list_checkpoints, make_accelerator, make_optimizer, resolve_resume, setup_logging
 
         self.cfg = cfg = cfg.validate()
+        if model is None:  # before the data, the accelerator and the weights
+            check_model_path(cfg.model_name_or_path, "model_name_or_path", cfg.revision)
+        if tokenizer is None and cfg.tokenizer_name_or_path:
+            check_model_path(cfg.tokenizer_name_or_path, "tokenizer_name_or_path", cfg.revision)
         n_micro = cfg.mini_batch // cfg.micro_batch
         # accelerate divides each micro-batch loss by the accumulation steps and calls
         # optimizer.step() for real only at the end of a window of n_micro micro-batches
@@ -589,6 +639,9 @@ class GRPOTrainer:
             eval_rows = load_prompts(cfg.eval_data, cfg.eval_split, cfg.data_config, cfg.max_eval_samples)
         self.train_rows = list(train_rows)
         self.eval_rows = list(eval_rows) if eval_rows else None
+        verifier = reward_funcs is None and bool({"correctness", "acceleration"} & set(map(str, cfg.rewards)))
+        check_prompts(self.train_rows, cfg.task, cfg.prompt_field, verifier)
+        check_prompts(self.eval_rows or [], cfg.task, cfg.prompt_field, verifier)
 
         # model
         if model is None or tokenizer is None:
@@ -725,8 +778,7 @@ class GRPOTrainer:
             from .tasks import get_task
 
             task = get_task(row.get("task") or self.cfg.task)
-            names = list(inspect.signature(task.prompt).parameters)
-            p = task.prompt(**{k: row[k] for k in names})
+            p = task.prompt(**{k: row[k] for k in required_params(task.prompt)})
         return render_prompt(p, self.tokenizer, self.cfg.apply_chat_template, row.get("_origin", ""))
 
     def generate(self, rows: Sequence[dict], n: int, temperature: float, seed: int | Sequence[int]) -> list:
@@ -1222,6 +1274,7 @@ def train(cfg: GRPOConfig, **kwargs) -> GRPOResult:
     return GRPOTrainer(cfg, **kwargs).train()
 
 
+@reports_input_errors
 def main(argv: Sequence[str] | None = None) -> int:
     import sys
 

@@ -39,6 +39,8 @@ from typing import Any, Sequence
 import yaml
 
 from .format import CONTROL_TAGS, PARALLEL_CLOSE, THREAD_CLOSE, THREAD_OPEN
+from .inputs import InputError
+from .llm import redact
 
 log = logging.getLogger(__name__)
 
@@ -501,8 +503,8 @@ def eval_records(eval_dirs: Sequence[str | os.PathLike], repo_id: str | None = N
             raise PushError(f"--eval {path}: no {summary_name} (write it with python -m eval.benchmark ... "
                             f"--out {path})")
         try:
-            summary = json.loads(sp.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
+            summary = json.loads(sp.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise PushError(f"--eval {sp}: not valid JSON ({e})") from None
         if not isinstance(summary, dict) or "n_problems" not in summary:
             raise PushError(f"--eval {sp}: not an eval.benchmark summary (no n_problems)")
@@ -563,8 +565,12 @@ def _portable_argv(argv: list, repo_id: str | None, name: str) -> list[str]:
 # Checking a folder before it is uploaded
 
 
-class PushError(ValueError):
+class PushError(InputError):
     """A model folder (or an argument of :func:`push`) that cannot be published."""
+
+
+class PushFailed(RuntimeError):
+    """The hub refused the upload or could not be reached; the message is redacted of the token."""
 
 
 #: never uploaded: trainer/optimizer state, checkpoints, temporary and cache files
@@ -761,8 +767,10 @@ def push(model_dir: str | os.PathLike, repo_id: str, private: bool = False, toke
     ``create_pr``) that leaves out :data:`IGNORE_PATTERNS`.
 
     ``token``: a Hugging Face token; None uses ``HF_TOKEN`` or the stored login. It
-    is passed to ``HfApi`` only, never printed or logged. ``dry_run`` writes and
-    uploads nothing: the result lists the files and holds the card."""
+    is passed to ``HfApi`` only, never printed or logged; a failed upload raises
+    :class:`PushFailed`, its message redacted of the token (a server may echo it), and
+    puts the folder's old ``README.md`` / generation config back. ``dry_run`` writes
+    and uploads nothing: the result lists the files and holds the card."""
     repo_id = _check_repo_id(repo_id)
     root = Path(model_dir)
     check = check_folder(root)
@@ -784,25 +792,46 @@ def push(model_dir: str | os.PathLike, repo_id: str, private: bool = False, toke
         if not token:
             raise PushError("no Hugging Face token: set HF_TOKEN (or name another variable with --token-env) "
                             "or log in with `hf auth login`")
-    if check.generation_config is not None:
-        check.generation_config.save_pretrained(root)
-        log.info("wrote %s", root / GENERATION_CONFIG)
-    card_path.write_text(card, encoding="utf-8")
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=bool(private), exist_ok=True, repo_type="model")
-    if revision and not create_pr:
-        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
-    message = commit_message or f"Upload {check.kind} with parallel_reason.hub ({len(files)} files)"
-    log.info("uploading %d files of %s to %s%s", len(files), root, repo_id, f"@{revision}" if revision else "")
-    info = api.upload_folder(folder_path=str(root), repo_id=repo_id, repo_type="model", revision=revision,
-                             commit_message=message, create_pr=create_pr, ignore_patterns=list(IGNORE_PATTERNS),
-                             delete_patterns=list(REPLACED_PATTERNS))
-    result.url = getattr(info, "pr_url", None) or getattr(info, "commit_url", None) or \
-        f"https://huggingface.co/{repo_id}"
+    try:
+        result.url = _upload(root, repo_id, check, card, len(files), private, token, revision, create_pr,
+                             commit_message or f"Upload {check.kind} with parallel_reason.hub ({len(files)} files)")
+    except Exception as e:  # noqa: BLE001 - the hub refused or could not be reached
+        # the server's message may echo the token: never pass it on as it came
+        raise PushFailed(redact(f"push to {repo_id} failed ({type(e).__name__}: {e})", [token])) from None
     log.info("pushed %s: %s", repo_id, result.url)
     return result
+
+
+def _upload(root: Path, repo_id: str, check: FolderCheck, card: str, n_files: int, private: bool, token: str,
+            revision: str | None, create_pr: bool, message: str) -> str:
+    """Write the card (and a missing generation config) into ``root``, upload it and
+    return the commit URL. On failure ``root`` gets its old files back, so that a
+    failed push leaves the folder as it was."""
+    card_path, gen_path = root / CARD_NAME, root / GENERATION_CONFIG
+    saved = {p: (p.read_bytes() if p.is_file() else None) for p in (card_path, gen_path)}
+    try:
+        if check.generation_config is not None:
+            check.generation_config.save_pretrained(root)
+            log.info("wrote %s", gen_path)
+        card_path.write_text(card, encoding="utf-8")
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=bool(private), exist_ok=True, repo_type="model")
+        if revision and not create_pr:
+            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+        log.info("uploading %d files of %s to %s%s", n_files, root, repo_id, f"@{revision}" if revision else "")
+        info = api.upload_folder(folder_path=str(root), repo_id=repo_id, repo_type="model", revision=revision,
+                                 commit_message=message, create_pr=create_pr, ignore_patterns=list(IGNORE_PATTERNS),
+                                 delete_patterns=list(REPLACED_PATTERNS))
+    except BaseException:
+        for p, data in saved.items():
+            if data is None:
+                p.unlink(missing_ok=True)
+            else:
+                p.write_bytes(data)
+        raise
+    return getattr(info, "pr_url", None) or getattr(info, "commit_url", None) or f"https://huggingface.co/{repo_id}"
 
 
 def require_token() -> None:
@@ -866,8 +895,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PushError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # noqa: BLE001 - the hub refused or could not be reached
-        print(f"error: push to {args.repo_id} failed ({type(e).__name__}: {e})", file=sys.stderr)
+    except PushFailed as e:
+        print(f"error: {e}", file=sys.stderr)
         return 1
     if args.dry_run:
         root = Path(args.model)

@@ -2,7 +2,7 @@
 that cannot be used; :class:`parallel_reason.data.DataError` is one), the decorator
 every command-line ``main`` wears to print it as ``error: ...`` with exit status 2
 (:func:`reports_input_errors`; any other exception is a bug and keeps its
-traceback), and the checks run before a model is loaded: model path, device, dtype.
+traceback), and the checks run before a model is loaded: model path and device.
 """
 
 from __future__ import annotations
@@ -33,11 +33,6 @@ def reports_input_errors(main):
             return 2
 
     return wrapper
-
-
-def check_dtype(name: str, flag: str = "--dtype") -> None:
-    if name not in DTYPES:
-        raise InputError(f"{flag} {name!r} is not a dtype: choose one of {', '.join(DTYPES)}")
 
 
 def check_device(device: str | None, flag: str = "--device") -> None:
@@ -74,7 +69,7 @@ def _in_hub_cache(repo_id: str, revision: str | None) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     return any(isinstance(try_to_load_from_cache(repo_id, f, revision=revision), str)
-               for f in ("config.json", "adapter_config.json"))
+               for f in ("config.json", "adapter_config.json", "tokenizer_config.json"))
 
 
 def check_model_path(path: str, flag: str = "--model", revision: str | None = None) -> None:
@@ -105,4 +100,4 @@ def check_model_path(path: str, flag: str = "--model", revision: str | None = No
                          "cannot be downloaded (it is not in the local cache)")
 
 
-__all__ = ["DTYPES", "InputError", "check_device", "check_dtype", "check_model_path", "reports_input_errors"]
+__all__ = ["DTYPES", "InputError", "check_device", "check_model_path", "reports_input_errors"]

@@ -9,7 +9,9 @@ and token/cost accounting.
   The API key is read from the environment variable named by ``api_key_env``
   (default ``OPENAI_API_KEY``; none is sent when it is unset). The key is only ever
   put in the ``Authorization`` header: it is never logged, never written to the
-  cache or any output, never part of ``repr``, and every error message is redacted.
+  cache or any output, never part of ``repr``, and every error message is redacted,
+  of it and of credentials written into ``base_url`` (``user:KEY@host``,
+  ``?api-key=KEY``: :func:`url_secrets`).
   Retries: timeouts, connection errors, malformed answers, HTTP 408/409/425/429 and
   5xx are retried with exponential backoff and jitter (``Retry-After`` honoured,
   capped at ``backoff_max``); other 4xx errors fail at once.
@@ -39,6 +41,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -68,6 +71,24 @@ def redact(text: str, secrets: Sequence[str | None]) -> str:
             text = text.replace(s, _REDACTED)
     # a bearer token echoed back by a server, whatever it is
     return re.sub(r"(?i)(bearer\s+)[^\s\"',}]+", r"\1" + _REDACTED, text)
+
+
+_SECRET_PARAM_RE = re.compile(r"(?i)^(api[-_]?key|key|token|access[-_]?token|auth|password|secret|sig|signature)$")
+
+
+def url_secrets(url: str) -> list[str]:
+    """Credentials written into a URL, as written and decoded: the password (or a lone
+    user name, ``TOKEN@host``) of its user info and the values of key-like query
+    parameters (``api-key``, ``token``, ...)."""
+    parts = urllib.parse.urlsplit(url)
+    found = []
+    if parts.password:
+        found.append(parts.password)
+    elif parts.username:
+        found.append(parts.username)
+    found += [v for k, v in urllib.parse.parse_qsl(parts.query) if _SECRET_PARAM_RE.match(k)]
+    return sorted({f for s in found for f in (s, urllib.parse.unquote(s), urllib.parse.quote(s, safe=""))},
+                  key=len, reverse=True)  # longest first: a form that contains another is replaced whole
 
 
 @dataclass
@@ -115,6 +136,7 @@ class OpenAIClient:
                 url = url[: -len(suffix)]
                 endpoint = "chat" if suffix.startswith("/chat") else "completions"
         self.base_url = url
+        self._url_secrets = url_secrets(url)
         self.endpoint = endpoint
         self.url = url + ("/chat/completions" if endpoint == "chat" else "/completions")
         self.model = model
@@ -135,11 +157,11 @@ class OpenAIClient:
         return self.model
 
     def __repr__(self) -> str:  # never the key
-        return (f"OpenAIClient(url={self.url!r}, model={self.model!r}, "
-                f"api_key_env={self.api_key_env!r}, key_set={self._api_key is not None})")
+        return self._redact(f"OpenAIClient(url={self.url!r}, model={self.model!r}, "
+                            f"api_key_env={self.api_key_env!r}, key_set={self._api_key is not None})")
 
     def _redact(self, text: str) -> str:
-        return redact(text, [self._api_key])
+        return redact(text, [self._api_key, *self._url_secrets])
 
     def body(self, prompt: str | list, *, system: str | None = None, max_tokens: int = 1024,
              temperature: float = 0.0, stop: Sequence[str] | None = None, **extra) -> dict:
@@ -525,4 +547,5 @@ def parse_json_answer(text: str, expect: type = dict):
 
 
 __all__ = ["Completion", "DEFAULT_API_KEY_ENV", "DiskCache", "HFClient", "JSONAnswerError", "LLM",
-           "LLMError", "OpenAIClient", "Usage", "cache_key", "make_client", "parse_json_answer", "redact"]
+           "LLMError", "OpenAIClient", "Usage", "cache_key", "make_client", "parse_json_answer", "redact",
+           "url_secrets"]

@@ -68,8 +68,9 @@ from . import hub
 from .config import coerce, config_field, config_from_dict, parse_config
 from .config import config_help as _config_help
 from .attention import collate
-from .data import (DataError, Example, build_graphs, corpus, epoch_windows, eval_shards, load_examples,
-                   split_holdout, steps_per_epoch)
+from .data import (DataError, Example, build_graphs, check_trajectories, corpus, epoch_windows, eval_shards,
+                   load_examples, split_holdout, steps_per_epoch)
+from .inputs import check_model_path, reports_input_errors
 from .logprobs import packed_logprobs
 
 log = logging.getLogger("parallel_reason.sft")
@@ -216,6 +217,7 @@ class SFTConfig:
                 bad(f"report_to: unknown tracker {r!r} (none | tensorboard | wandb)")
         if "none" in self.report_to and trackers:
             bad("report_to: 'none' cannot be combined with trackers")
+        check_optimizer_fields(self)
         check_hub_fields(self)
         return self
 
@@ -229,6 +231,30 @@ class SFTConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def check_optimizer_fields(cfg) -> None:
+    """``ValueError`` naming an optimizer or scheduler field out of range (shared by
+    the SFT and GRPO configs: checked before any model is loaded)."""
+    def bad(msg):
+        raise ValueError(f"config: {msg}")
+
+    if not math.isfinite(cfg.learning_rate) or cfg.learning_rate < 0:
+        bad(f"learning_rate must be a number >= 0, got {cfg.learning_rate}")
+    if not cfg.weight_decay >= 0:
+        bad(f"weight_decay must be >= 0, got {cfg.weight_decay}")
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(cfg, name) < 1:
+            bad(f"{name} must be in [0, 1), got {getattr(cfg, name)}")
+    if not cfg.adam_epsilon > 0:
+        bad(f"adam_epsilon must be > 0, got {cfg.adam_epsilon}")
+    if not cfg.max_grad_norm >= 0:
+        bad(f"max_grad_norm must be >= 0 (0: off), got {cfg.max_grad_norm}")
+    from transformers import SchedulerType
+
+    names = [t.value for t in SchedulerType]
+    if cfg.lr_scheduler_type not in names:
+        bad(f"lr_scheduler_type {cfg.lr_scheduler_type!r} is unknown; choose one of {', '.join(names)}")
 
 
 def check_hub_fields(cfg) -> None:
@@ -481,6 +507,10 @@ class PackedSFTTrainer:
         from transformers import get_scheduler
 
         self.cfg = cfg.validate()
+        if cfg.model_name_or_path != TINY:  # before the data, the accelerator and the weights
+            check_model_path(cfg.model_name_or_path, "model_name_or_path", cfg.revision)
+        if cfg.tokenizer_name_or_path:
+            check_model_path(cfg.tokenizer_name_or_path, "tokenizer_name_or_path", cfg.revision)
         self.acc = acc = make_accelerator(cfg)
         setup_logging(acc, cfg.log_level)
         if cfg.push_to_hub and acc.is_main_process:
@@ -508,6 +538,8 @@ class PackedSFTTrainer:
                                               cfg.completion_field, cfg.max_eval_samples)
             elif cfg.eval_fraction > 0:
                 train_examples, eval_examples = split_holdout(train_examples, cfg.eval_fraction, cfg.seed)
+        if cfg.mode == "parallel":  # a malformed completion is reported before the model loads
+            check_trajectories(list(train_examples) + list(eval_examples or []))
         # model
         self.tokenizer, model, self.base_path = load_model_and_tokenizer(cfg, acc, corpus(train_examples))
         tok = self.tokenizer
@@ -819,6 +851,7 @@ def train(cfg: SFTConfig, train_examples: Sequence[Example] | None = None,
     return PackedSFTTrainer(cfg, train_examples, eval_examples).train()
 
 
+@reports_input_errors
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = parse_args(argv)

@@ -15,10 +15,10 @@ process only; the others wait). Everything else lives in :mod:`parallel_reason.g
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from parallel_reason.data import generate_missing, launcher_rank, wait_for_files
 from parallel_reason.grpo import GRPOConfig, parse_args, train
+from parallel_reason.inputs import InputError, check_model_path, reports_input_errors
 
 
 def ensure_data(cfg: GRPOConfig) -> None:
@@ -29,20 +29,22 @@ def ensure_data(cfg: GRPOConfig) -> None:
                      mode="parallel" if cfg.parallel else "sequential")
 
 
+@reports_input_errors
 def main(argv=None) -> int:
     try:
         cfg = parse_args(argv)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    try:
+        check_model_path(cfg.model_name_or_path, "model_name_or_path", cfg.revision)
+    except InputError as e:
+        raise InputError(f"{e}; GRPO starts from an SFT model: run recipes/sft.py first (see the config's "
+                         "header)") from None
     if launcher_rank() == 0:
         ensure_data(cfg)
     elif cfg.generate_data:  # wait for rank 0 to write the files (no process group exists yet)
         wait_for_files([cfg.train_data, cfg.eval_data])
-    if cfg.model_name_or_path and not Path(cfg.model_name_or_path).exists() and cfg.model_name_or_path.startswith(("runs/", "./", "/")):
-        print(f"error: model_name_or_path {cfg.model_name_or_path} does not exist; GRPO starts from an SFT model: "
-              "run recipes/sft.py first (see the config's header)", file=sys.stderr)
-        return 2
     result = train(cfg)
     if result.final_dir:
         print(f"final model: {result.final_dir}", file=sys.stderr)

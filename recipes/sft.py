@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 
 from parallel_reason.data import generate_missing, launcher_rank, wait_for_files
+from parallel_reason.inputs import reports_input_errors
 from parallel_reason.sft import SFTConfig, parse_args, train
 
 
@@ -26,6 +27,7 @@ def ensure_data(cfg: SFTConfig) -> None:
                                          (cfg.eval_data, "val", cfg.generate_eval_n, cfg.seed)], mode=cfg.mode)
 
 
+@reports_input_errors
 def main(argv=None) -> int:
     try:
         cfg = parse_args(argv)

@@ -553,3 +553,24 @@ def test_failed_training_push_names_the_saved_model(model_dir, recorder, monkeyp
                                            r"parallel_reason\.hub push --model .*final --repo-id me/m --private"):
         hub.push_trained(model_dir, "me/m", private=True)
     assert (model_dir / "model.safetensors").exists()
+
+
+def test_failed_push_leaves_the_folder_as_it_was_and_never_echoes_the_token(model_dir, recorder, capsys,
+                                                                            monkeypatch):
+    """A server whose error body echoes the token: the message is redacted; the
+    README (and a generation config written for the upload) are put back."""
+    (model_dir / "generation_config.json").unlink()  # push writes one before uploading
+    before = {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()}
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    recorder.fail_upload = RuntimeError(f'401 Unauthorized: {{"error": "invalid token {TOKEN}", '
+                                        f'"header": "Authorization: Bearer {TOKEN}"}}')
+    assert hub.main(["push", "--model", str(model_dir), "--repo-id", "me/tiny-par"]) == 1
+    err = capsys.readouterr().err
+    assert "401 Unauthorized" in err and "[REDACTED]" in err and TOKEN not in err
+    assert recorder.named("upload_folder")  # it got as far as the upload
+    after = {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()}
+    assert after == before
+    with pytest.raises(RuntimeError) as ei:  # the trainers' push_to_hub path
+        hub.push_trained(model_dir, "me/tiny-par")
+    assert TOKEN not in str(ei.value) and "[REDACTED]" in str(ei.value)
+    assert {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()} == before

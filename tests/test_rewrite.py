@@ -417,6 +417,40 @@ def test_api_key_never_written_or_logged(server, tmp_path):
     assert SECRET not in repr(OpenAIClient(server.url, "m", api_key_env="PR_TEST_KEY"))
 
 
+def test_every_call_failing_exits_non_zero_and_keys_in_the_url_stay_out(tmp_path, monkeypatch, capsys):
+    """An unreachable server given with the key inside --llm (user:KEY@host, ?api-key=):
+    every record fails, the exit status says so, and neither key reaches a file or stderr."""
+    import urllib.error
+    import urllib.request
+
+    user_key, query_key = "sk-USERINFO-secret-91b2", "sk-QUERY-secret-77aa"
+    seen = []
+
+    def unreachable(req, timeout=None):
+        seen.append(req.full_url)
+        raise urllib.error.URLError(f"cannot reach {req.full_url}")  # as an echoing proxy would say
+
+    monkeypatch.setattr(urllib.request, "urlopen", unreachable)
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r, _ in GOOD))
+    out = tmp_path / "out.jsonl"
+    llm = f"http://user:{user_key}@127.0.0.1:9/v1?api-key={query_key}"
+    rc = rw.main(["--input", str(inp), "--out", str(out), "--llm", llm, "--model", "m", "--max-retries", "0",
+                  "--concurrency", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "error: every record failed on the LLM (2 records" in err
+    assert seen and all(user_key in u for u in seen)  # the URL was used as given...
+    rej = read_jsonl(rw.rejected_path(out))
+    assert [r["reason"] for r in rej] == ["llm_error"] * 2 and "[REDACTED]" in rej[0]["message"]
+    for text in [err] + [p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file()]:
+        assert user_key not in text and query_key not in text  # ...but never written
+    assert user_key not in repr(OpenAIClient(llm, "m"))
+    # no record at all is an error too, not an empty success
+    (tmp_path / "empty.jsonl").write_text("\n")
+    assert rw.main(["--input", str(tmp_path / "empty.jsonl"), "--out", str(out), "--llm", llm]) == 2
+    assert "error: --input" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------
 # Units: JSON answers, cache, redaction, plan/leak checks, verifier, local model
 

@@ -283,6 +283,23 @@ def test_bad_input_names_the_record(setup, tmp_path, capsys):
         st.main(argv[:2] + ["--out", str(tmp_path / "foreign.jsonl"), "--input", str(d / "problems.jsonl")])
 
 
+def test_failed_start_does_not_block_the_corrected_rerun(setup, tmp_path, capsys):
+    """The first start writes its settings, then cannot load its model; the rerun with
+    the right model must not be refused as "a different configuration"."""
+    d = setup["dir"]
+    empty = tmp_path / "not_a_model"
+    empty.mkdir()
+    out = tmp_path / "kept.jsonl"
+    argv = ["--input", str(d / "problems.jsonl"), "--out", str(out), "--k", "1", "--temperature", "0",
+            "--max-new-tokens", "300", "--batch-size", "3", "--no-progress"]
+    assert st.main(["--model", str(empty)] + argv) == 2
+    assert f"--model {empty}: cannot be loaded" in capsys.readouterr().err
+    assert st.main(["--model", str(tmp_path / "typo")] + argv) == 2  # refused before any file is touched
+    assert "no such folder" in capsys.readouterr().err
+    assert st.main(["--model", str(d / "trained")] + argv) == 0
+    assert json.loads(st.side_paths(out)[1].read_text())["problems"] == len(setup["problems"])
+
+
 def _score(i, **kw):
     s = {"sample_index": i, "finish_reason": "eos", "format_valid": True, "answer": "1+2", "correct": True,
          "blocks": 1, "speedup": 1.5, "total_tokens": 30, "completion": f"c{i}", "retokenize_match": True}
