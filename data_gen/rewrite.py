@@ -653,7 +653,7 @@ def to_record(row: dict, args_fields: dict) -> Record:
     r = _pick(row, args_fields.get("reasoning"), REASONING_FIELDS)
     a = _pick(row, args_fields.get("answer"), ANSWER_FIELDS)
     if isinstance(q, list):  # chat-style prompt
-        q = "\n".join(m.get("content", "") for m in q if isinstance(m, dict))
+        q = "\n".join(str(m.get("content", "")) for m in q if isinstance(m, dict))
     rid = row.get(args_fields.get("id") or "id")
     if rid in (None, ""):
         rid = "rec-" + hashlib.sha256(f"{q}\0{r}".encode()).hexdigest()[:16]

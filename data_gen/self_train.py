@@ -278,7 +278,7 @@ def _read_lines(path: Path) -> tuple[list[dict], int]:
             continue
         try:
             obj = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             bad += 1
             continue
         if isinstance(obj, dict):
@@ -304,9 +304,9 @@ def read_progress(path: Path) -> tuple[dict | None, dict[str, dict]]:
     cfg = None
     marks: dict[str, dict] = {}
     for r in rows:
-        if "config" in r and "id" not in r:
+        if "config" in r and "id" not in r and isinstance(r["config"], dict):
             cfg = cfg or r["config"]
-        elif "id" in r and isinstance(r.get("samples"), list):
+        elif "id" in r and isinstance(r.get("samples"), list) and isinstance(r.get("kept"), int):
             marks.setdefault(str(r["id"]), r)
     return cfg, marks
 

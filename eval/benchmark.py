@@ -163,7 +163,7 @@ def load_problems(data, task: str, split: str = "test", config: str | None = Non
                   answer_field: str | None = None, prompt_template: str | None = None) -> list[dict]:
     """Problems of a data source: dicts with ``id``, ``prompt`` (text or messages),
     ``reference`` and the verifier's arguments (``nums``/``target`` or ``answer``)."""
-    from parallel_reason.data import DataError, read_records
+    from parallel_reason.data import DataError, check_prompt, read_records
     from parallel_reason.tasks import get_task
 
     mod = get_task(task)
@@ -179,6 +179,8 @@ def load_problems(data, task: str, split: str = "test", config: str | None = Non
             raise DataError(f"{origin}: duplicate id {pid!r}; ids must be unique")
         seen.add(pid)
         p = rec.get(prompt_field) if prompt_field else None
+        if p is not None:
+            p = check_prompt(p, origin, prompt_field)
         if task == "countdown":
             if rec.get("nums") is None or rec.get("target") is None:
                 raise DataError(f"{origin}: a countdown record needs 'nums' and 'target'")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -96,10 +97,12 @@ def _usable(row: dict) -> bool:
     """Does every sample of the row carry what the table and the plots read?"""
     samples = row.get("samples") or [row]
     return isinstance(samples, list) and all(
-        isinstance(s, dict) and "correct" in s and all(
-            isinstance(s.get(k), (int, float)) and not isinstance(s.get(k), bool) for k in ("total_tokens",
-                                                                                           "critical_path"))
+        isinstance(s, dict) and "correct" in s and all(_count(s.get(k)) for k in ("total_tokens", "critical_path"))
         for s in samples)
+
+
+def _count(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
 
 
 def baseline_speedups(run: Run, base: Run) -> dict:

@@ -178,10 +178,21 @@ def read_records(source, split: str | None, config: str | None) -> list[tuple[st
 
 
 def _message_list(value, origin: str, field_name: str) -> list:
-    if not all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
+    if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+               for m in value):
         raise DataError(f"{origin}: field {field_name!r} is a list but not a list of "
-                        "{'role': ..., 'content': ...} chat messages")
+                        "{'role': str, 'content': str} chat messages")
     return list(value)
+
+
+def check_prompt(value, origin: str, field_name: str = "prompt") -> str | list:
+    """A record's prompt: a string or a list of chat messages; :class:`DataError` otherwise."""
+    if isinstance(value, list):
+        return _message_list(value, origin, field_name)
+    if not isinstance(value, str):
+        raise DataError(f"{origin}: field {field_name!r} must be a string or a list of chat "
+                        f"messages, got {type(value).__name__}")
+    return value
 
 
 def to_example(origin: str, rec: dict, prompt_field: str = "prompt",
@@ -201,12 +212,8 @@ def to_example(origin: str, rec: dict, prompt_field: str = "prompt",
         if missing:
             raise DataError(f"{origin}: missing field(s) {missing}; the record has {sorted(rec)} "
                             "(set prompt_field / completion_field if your data names them differently)")
-        prompt, completion = rec[prompt_field], rec[completion_field]
-        if isinstance(prompt, list):
-            prompt = _message_list(prompt, origin, prompt_field)
-        elif not isinstance(prompt, str):
-            raise DataError(f"{origin}: field {prompt_field!r} must be a string or a list of chat "
-                            f"messages, got {type(prompt).__name__}")
+        prompt = check_prompt(rec[prompt_field], origin, prompt_field)
+        completion = rec[completion_field]
         if isinstance(completion, list):
             msgs = _message_list(completion, origin, completion_field)
             if len(msgs) != 1 or msgs[0]["role"] != "assistant":

@@ -518,7 +518,7 @@ def check_prompts(rows: Sequence[dict], task: str, prompt_field: str = "prompt",
     ``verifier``, of its verifier, or values the task refuses (``check_problem``:
     Countdown's non-integer numbers). Run at load, before any model: a bad record
     would otherwise stop training at the step that first draws it."""
-    from .data import DataError
+    from .data import DataError, check_prompt
     from .tasks import get_task
 
     mod = get_task(task)
@@ -530,6 +530,8 @@ def check_prompts(rows: Sequence[dict], task: str, prompt_field: str = "prompt",
         if row.get("task") and row["task"] != task:
             raise DataError(f"{origin}: the record's task is {row['task']!r} but the config's task is {task!r}; "
                             f"set task: {row['task']} (a run trains one task)")
+        if row.get(prompt_field) is not None:
+            check_prompt(row[prompt_field], origin, prompt_field)
         cols = needs + (prompt_needs if row.get(prompt_field) is None else [])
         missing = [c for c in cols if row.get(c) is None]
         if missing:

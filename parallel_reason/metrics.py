@@ -224,7 +224,10 @@ def format_cell(rec: dict, key: str, fmt: str | None) -> str:
     if key == "pass_at_k":
         if not v:
             return "-"
-        return ", ".join(f"@{k} {float(x):.3f}" for k, x in sorted(v.items(), key=lambda kv: int(kv[0])))
+        try:
+            return ", ".join(f"@{k} {float(x):.3f}" for k, x in sorted(v.items(), key=lambda kv: int(kv[0])))
+        except (AttributeError, TypeError, ValueError):  # not {k: value}: shown as it is
+            return str(v)
     if key.startswith("speedup_vs_baseline") and rec.get("is_baseline"):
         return "baseline"
     if v is None:

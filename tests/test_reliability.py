@@ -229,3 +229,155 @@ def test_compare_warns_about_skipped_result_lines(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"warning: {b / 'results.jsonl'}:5: unreadable line skipped" in err
     assert "row id 'bad-fields' lacks result fields" in err
+
+
+# ---------------------------------------------------------------------------
+# Fuzz: the data loaders of every CLI on random, truncated, mixed-up and mistyped
+# files (the parser's own fuzz is in test_format.py). Each call either succeeds, and
+# what it returns is usable downstream, or raises the project's InputError.
+
+MULTIVERSE = ("Plan.\n<Parallel><Goal><Outline>1: a</Outline><Outline>2: b</Outline></Goal>"
+              "<Path>1: x</Path><Path>2: y</Path><Conclusion>z</Conclusion></Parallel>\nAnswer: 3")
+ODD_VALUES = [None, True, 0, -3, 2.5, 1e308, float("nan"), 10 ** 30, "", "x", "12", "<Parallel><Thread>" * 40,
+              [], [1, "a"], [2, 3.0, 4], {}, {"role": 1}, [{"role": "user", "content": 3}], [[[[]]]]]
+
+
+def _good_records(rng) -> list[dict]:
+    from conftest import random_trajectory
+
+    traj = random_trajectory(rng, depth=2)
+    return [
+        {"prompt": "Numbers: 1 2 3\nTarget: 6\n", "completion": traj},
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": traj}]},
+        dict(GOOD_PROMPT, id=f"cd{rng.randint(0, 9)}"),
+        {"id": rng.randint(0, 5), "question": "What is 2+2?", "answer": "#### 4", "reasoning": "2+2=4. \\boxed{4}"},
+        {"id": "r", "prompt": "p", "correct": True, "total_tokens": 12, "critical_path": 7, "completion": MULTIVERSE},
+    ]
+
+
+def _fuzz_file(rng, k: int) -> bytes:
+    goods = _good_records(rng)
+    kind = k % 5
+    if kind == 0:  # random bytes
+        alphabet = b'{}[]":,\n \\\x00\xff\xfe0123abc<>/e.-'
+        return bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 300)))
+    lines = [json.dumps(rng.choice(goods)) for _ in range(rng.randint(1, 6))]
+    if kind == 1:  # truncated
+        text = "\n".join(lines)
+        return text[:rng.randint(0, len(text))].encode()
+    if kind == 2:  # mixed up: schemas, merged or split lines, a list wrapper, BOM, CRLF, blank lines
+        lines += [json.dumps(g) for g in goods]
+        rng.shuffle(lines)
+        i = rng.randrange(len(lines))
+        trick = rng.randrange(5)
+        if trick == 0:
+            lines[i] = lines[i] + lines[(i + 1) % len(lines)]
+        elif trick == 1:
+            lines[i:i + 1] = [lines[i][:len(lines[i]) // 2], lines[i][len(lines[i]) // 2:]]
+        elif trick == 2:
+            return json.dumps([json.loads(x) for x in lines], indent=rng.choice([None, 2])).encode()
+        elif trick == 3:
+            return b"\xef\xbb\xbf" + "\r\n".join(lines).encode()
+        else:
+            lines.insert(i, " ")
+        return "\n".join(lines).encode()
+    if kind == 3:  # wrong types and missing fields
+        out = []
+        for _ in range(rng.randint(1, 5)):
+            rec = dict(rng.choice(goods))
+            for _ in range(rng.randint(1, 3)):
+                key = rng.choice(list(rec) + ["nums", "target", "prompt", "completion", "id", "task", "samples"])
+                if rng.random() < 0.3:
+                    rec.pop(key, None)
+                else:
+                    rec[key] = rng.choice(ODD_VALUES)
+            out.append(json.dumps(rec))
+        return "\n".join(out).encode()
+    return rng.choice([b"", b"\n\n", b"[]", b"{}", b"42", b'"text"', b"null", b'{"data": [1, 2]}',
+                       b"[" * 5000, b'{"a":' * 5000, json.dumps({"rows": goods}).encode()])
+
+
+def _try(fn, *args):
+    """``fn(*args)``, or None on the project's InputError (any other exception fails the test)."""
+    from parallel_reason.inputs import InputError
+
+    try:
+        return fn(*args)
+    except InputError:
+        return None
+
+
+def test_fuzz_cli_data_loading(tmp_path, empty_model, capsys):
+    import random
+
+    from data_gen import convert as cv
+    from data_gen import rewrite as rw
+    from data_gen import self_train as st
+    from eval.plots import budget_curve
+    from parallel_reason.data import check_trajectories, corpus, load_examples
+    from parallel_reason.format import parse
+    from parallel_reason.grpo import check_prompts, load_prompts
+    from parallel_reason.tasks import countdown, math as math_task
+
+    rng = random.Random(1234)
+    outcomes = {"ok": 0, "error": 0}
+    for k in range(300):
+        content = _fuzz_file(rng, k)
+        d = tmp_path / f"case{k}"
+        d.mkdir()
+        path = d / ("data.json" if k % 7 == 0 else "data.jsonl")
+        path.write_bytes(content)
+
+        # SFT (recipes/sft.py): examples, their trajectories, the tiny model's corpus
+        exs = _try(load_examples, path)
+        if exs is not None:
+            _try(check_trajectories, exs)
+            assert all(isinstance(t, str) for t in corpus(exs))
+        # GRPO (recipes/grpo.py): prompts checked for the Countdown verifier; what
+        # training does with the records that pass must work
+        rows = _try(load_prompts, path)
+        if rows is not None and _try(lambda: check_prompts(rows, "countdown") or True):
+            for r in rows:
+                countdown.verify("1+2", r["nums"], r["target"])
+                if r.get("prompt") is None:
+                    countdown.prompt(r["nums"], r["target"])
+        # eval.benchmark and data_gen.self_train: problems of both tasks
+        for task in ("countdown", "math"):
+            probs = _try(bm.load_problems, path, task)
+            for p in probs or []:
+                assert isinstance(p["prompt"], (str, list))
+                verdict = (countdown if task == "countdown" else math_task).verify("4", **p["args"])
+                assert not verdict.ok or task == "math"
+        # data_gen.convert: never raises, what it keeps parses strictly
+        good, bad = cv.convert_records(cv.read_input(path), "multiverse", "completion")
+        for g in good:
+            parse(g["completion"])
+        # data_gen.rewrite: rows, then each turned into a record or rejected
+        for row in _try(rw.load_rows, str(path)) or []:
+            try:
+                rw.to_record(row, {})
+            except rw.Reject:
+                pass
+        # eval.compare: the file as results.jsonl, then as summary.json
+        for name in ("results.jsonl", "summary.json"):
+            run_dir = d / f"run_{name.split('.')[0]}"
+            run_dir.mkdir()
+            (run_dir / "summary.json").write_text(json.dumps({"mode": "parallel", "n_problems": 1}))
+            (run_dir / name).write_bytes(content)
+            run = _try(cmp.Run, run_dir)
+            if run is not None:
+                cmp.markdown(cmp.table_records([run, run], run), run)
+                budget_curve(run.samples(), [0, 5, 10])
+                assert all(s["total_tokens"] / max(s["critical_path"], 1) >= 0 for s in run.samples())
+        # data_gen.self_train's progress file
+        st.read_progress(path)
+        # and two real CLIs end to end: a clear error (the model folder is empty) or a result
+        if k % 5 == 0:
+            assert bm.main(["--model", str(empty_model), "--task", "countdown", "--data", str(path),
+                            "--out", str(d / "bench"), "--no-progress"]) == 2
+            _one_error(capsys.readouterr().err)
+        rc = cv.main(["--from", "multiverse", "--input", str(path), "--out", str(d / "conv.jsonl")])
+        assert rc in (0, 1) and (rc == 0) == (d / "conv.jsonl").exists()
+        outcomes["ok" if exs or rows else "error"] += 1
+    capsys.readouterr()
+    assert outcomes["ok"] > 20 and outcomes["error"] > 20  # both kinds of outcome were exercised
