@@ -12,30 +12,27 @@ a hub model id.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from parallel_reason.data import DataError, read_jsonl
+from parallel_reason.inputs import reports_input_errors
 
 
 def read_corpus(paths: list[str]) -> list[str]:
+    """Prompt + completion of every record; :class:`DataError` names a bad line."""
     texts = []
     for path in paths:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise SystemExit(f"{path}:{lineno}: not valid JSON ({e.msg})")
-                if "prompt" not in rec or "completion" not in rec:
-                    raise SystemExit(f"{path}:{lineno}: record needs 'prompt' and 'completion' fields")
-                texts.append(rec["prompt"] + rec["completion"])
+        for origin, rec in read_jsonl(path):
+            if not isinstance(rec.get("prompt"), str) or not isinstance(rec.get("completion"), str):
+                raise DataError(f"{origin}: record needs string 'prompt' and 'completion' fields")
+            texts.append(rec["prompt"] + rec["completion"])
     if not texts:
-        raise SystemExit(f"no records in {paths}")
+        raise DataError(f"no records in {', '.join(paths)}")
     return texts
 
 
-def main(argv: list[str] | None = None) -> None:
+@reports_input_errors
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", nargs="+", required=True, help="JSONL files with prompt/completion records")
     ap.add_argument("--out", required=True, help="output directory (save_pretrained)")
@@ -57,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
                             kv_heads=args.kv_heads, intermediate_size=args.intermediate_size)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"tiny model: {args.arch}, {n_params / 1e6:.2f}M parameters, vocab {len(tok)} -> {args.out}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -142,6 +142,23 @@ def test_sft_data_file_errors_name_the_line(tmp_path, fresh_accelerate, capsys, 
     assert not (tmp_path / "run" / "base_model").exists()
 
 
+def test_init_tiny_model_data_errors(tmp_path, capsys):
+    from recipes import init_tiny_model
+
+    ok = json.dumps({"prompt": "p", "completion": "c"})
+    cases = [(None, "d.jsonl: no such file"), (f"{ok}\n{{\"prompt\": 3, \"completion\": \"c\"}}\n".encode(),
+             "d.jsonl:2: record needs string 'prompt' and 'completion'"), (b"\n\xff\n", "d.jsonl:2: not UTF-8"),
+             (b"\n\n", "no records in")]
+    for content, words in cases:
+        data = tmp_path / "d.jsonl"
+        data.unlink(missing_ok=True)
+        if content is not None:
+            data.write_bytes(content)
+        assert init_tiny_model.main(["--data", str(data), "--out", str(tmp_path / "tiny")]) == 2
+        _one_error(capsys.readouterr().err, words)
+    assert not (tmp_path / "tiny").exists()
+
+
 # ---------------------------------------------------------------------------
 # eval.benchmark: flags, model and data before anything is written
 
