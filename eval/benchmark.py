@@ -399,9 +399,11 @@ def summarize(rows: Sequence[dict], meta: dict | None = None) -> dict:
 
 def load_model(path: str, dtype: str = "auto", device: str = "auto", attn: str = "sdpa"):
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(path)
+    from parallel_reason.tokens import load_tokenizer
+
+    tok = load_tokenizer(path)
     kw = {"attn_implementation": attn}
     if dtype != "auto":
         kw["dtype"] = getattr(torch, dtype)
