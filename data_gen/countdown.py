@@ -74,7 +74,7 @@ from parallel_reason.tasks import countdown as task
 
 TASK = "countdown"
 SPLITS = ("train", "val", "test")
-MODES = ("parallel", "sequential")
+MODES = ("parallel", "sequential", "dfs", "mixed")
 DEFAULT_SPLIT_FRACTIONS = (0.90, 0.05, 0.05)
 DEFAULT_WIDTHS = (3, 2)
 
@@ -212,30 +212,54 @@ def _result(node: Node, target: int) -> str:
     return "none" if node.found is None else f"{node.found} = {target}"
 
 
-def _render_parts(node: Node, target: int, parallel: bool, indent: str, lead: str) -> list:
+def _render_parts(node: Node, target: int, parallel: bool, indent: str, lead: str, restate: bool = False) -> list:
     """Parts of the node's own search (what follows its move line, or its thread
-    header). ``lead`` separates the first element from what precedes it."""
+    header). ``lead`` separates the first element from what precedes it;
+    ``restate``: a thread begins with its outline's text."""
     if node.is_leaf:
         return [" " + " ".join(node.checks) + " => " + _result(node, target)]
     if parallel and node.fanout:
-        block = make_block((c.outline(), _render_parts(c, target, True, " ", " ")) for c in node.children)
+        def thread(c: Node) -> list:
+            parts = _render_parts(c, target, True, " ", " ", restate)
+            return [" " + c.outline(), *parts] if restate else parts
+        block = make_block((c.outline(), _merge_text(thread(c))) for c in node.children)
         parts = [lead] if lead else []
         return parts + [block, f"\n{indent}=> {_result(node, target)}"]
     parts: list = []
     for k, child in enumerate(node.children):
         parts.append((lead if k == 0 else "\n" + indent) + child.outline())
-        parts += _render_parts(child, target, parallel, indent + " ", "\n" + indent + " ")
+        parts += _render_parts(child, target, parallel, indent + " ", "\n" + indent + " ", restate)
     parts.append(f"\n{indent}=> {_result(node, target)}")
     return parts
 
 
-def render_tree(root: Node, target: int, mode: str) -> str:
-    """The completion for an explored tree (which must contain a solution)."""
+def _render_dfs(node: Node, target: int, indent: str, lead: str) -> list:
+    """Depth-first rendering that stops at the first solution: the children of a
+    fanning-out node are tried one after the other, and the siblings after the
+    first one that reaches the target are never written."""
+    if node.is_leaf:
+        return [" " + " ".join(node.checks) + " => " + _result(node, target)]
+    parts: list = []
+    for k, child in enumerate(node.children):
+        parts.append((lead if k == 0 else "\n" + indent) + child.outline())
+        parts += _render_dfs(child, target, indent + " ", "\n" + indent + " ")
+        if child.found is not None:
+            break
+    parts.append(f"\n{indent}=> {_result(node, target)}")
+    return parts
+
+
+def render_tree(root: Node, target: int, mode: str, restate: bool = False) -> str:
+    """The completion for an explored tree (which must contain a solution).
+    ``mode``: ``parallel`` (fork/join), ``sequential`` (the same nodes as one chain)
+    or ``dfs`` (one chain that stops at the first solution)."""
     if root.found is None:
         raise ValueError("the search found no solution; nothing to render")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    parts = _render_parts(root, target, mode == "parallel", "", "")
+    if mode not in ("parallel", "sequential", "dfs"):
+        raise ValueError(f"mode must be parallel, sequential or dfs, got {mode!r}")
+    if mode == "dfs":
+        return f"{''.join(_render_dfs(root, target, '', '')).lstrip()}\nAnswer: {root.found}"
+    parts = _render_parts(root, target, mode == "parallel", "", "", restate)
     text = render(_merge_text(parts)).lstrip()
     return f"{text}\nAnswer: {root.found}"
 
@@ -279,6 +303,10 @@ class GenConfig:
     mode: str = "parallel"
     max_depth: int = 2
     widths: tuple = DEFAULT_WIDTHS
+    num_range: tuple = task.NUM_RANGE
+    target_range: tuple = task.TARGET_RANGE
+    restate: bool = False  # parallel: each thread starts by restating its outline
+    parallel_fraction: float = 0.5  # mixed: share of records rendered in parallel (the rest: dfs)
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -291,26 +319,37 @@ class GenConfig:
             raise ValueError(f"max_depth must be >= 0, got {self.max_depth}")
         if not self.widths or any(int(w) < 1 for w in self.widths):
             raise ValueError(f"widths must be positive integers, got {self.widths}")
+        if not 0.0 <= self.parallel_fraction <= 1.0:
+            raise ValueError(f"parallel_fraction must be in [0, 1], got {self.parallel_fraction}")
+        for name in ("num_range", "target_range"):
+            lo, hi = getattr(self, name)
+            if not 1 <= lo <= hi:
+                raise ValueError(f"{name} must be LO,HI with 1 <= LO <= HI, got {lo},{hi}")
 
 
 def candidate_rng(cfg: GenConfig, k: int) -> random.Random:
     # str seeds are hashed with sha512 by random.seed: stable across runs and processes
-    return random.Random(f"{TASK}|seed={cfg.seed}|split={cfg.split}|numbers={cfg.n_numbers}|k={k}")
+    ranges = "" if (cfg.num_range, cfg.target_range) == (task.NUM_RANGE, task.TARGET_RANGE) else \
+        f"|range={cfg.num_range[0]}-{cfg.num_range[1]}|target={cfg.target_range[0]}-{cfg.target_range[1]}"
+    return random.Random(f"{TASK}|seed={cfg.seed}|split={cfg.split}|numbers={cfg.n_numbers}{ranges}|k={k}")
 
 
 def make_candidate(cfg: GenConfig, k: int) -> dict | None:
     """Candidate ``k``: a checked record (plus internal fields starting with ``_``),
     or None when it belongs to another split or the search found no solution."""
     rng = candidate_rng(cfg, k)
-    nums, target = task.make_problem(rng, cfg.n_numbers)
+    nums, target = task.make_problem(rng, cfg.n_numbers, tuple(cfg.num_range), tuple(cfg.target_range))
     if split_of(nums, target) != cfg.split:
         return None
     root = search(nums, target, rng, cfg.widths, cfg.max_depth)
     if root.found is None:
         return {"_key": None}
-    completion = render_tree(root, target, cfg.mode)
+    mode = cfg.mode
+    if mode == "mixed":  # decided by the candidate's own stream: independent of workers
+        mode = "parallel" if rng.random() < cfg.parallel_fraction else "dfs"
+    completion = render_tree(root, target, mode, cfg.restate)
     check_completion(completion, nums, target, cfg.max_depth)
-    seq = completion if cfg.mode == "sequential" else render_tree(root, target, "sequential")
+    seq = completion if mode != "parallel" else render_tree(root, target, "dfs")
     return {
         "task": TASK,
         "prompt": task.prompt(nums, target),
@@ -318,7 +357,7 @@ def make_candidate(cfg: GenConfig, k: int) -> dict | None:
         "nums": list(nums),
         "target": int(target),
         "answer": root.found,
-        "mode": cfg.mode,
+        "mode": mode,
         "_key": problem_key(nums, target),
         "_seq_tokens": metrics.total_tokens(seq),
     }
@@ -441,8 +480,8 @@ _TABLE = [
     ("critical_path_mean", "mean critical path", "{:.1f}"),
     ("speedup_mean_of_ratios", "speedup, mean of ratios", "{:.3f}"),
     ("speedup_ratio_of_means", "speedup, ratio of means", "{:.3f}"),
-    ("speedup_vs_baseline_mean_of_ratios", "vs sequential render, mean of ratios", "{:.3f}"),
-    ("speedup_vs_baseline_ratio_of_means", "vs sequential render, ratio of means", "{:.3f}"),
+    ("speedup_vs_baseline_mean_of_ratios", "vs dfs render, mean of ratios", "{:.3f}"),
+    ("speedup_vs_baseline_ratio_of_means", "vs dfs render, ratio of means", "{:.3f}"),
     ("blocks_mean", "blocks per trace", "{:.2f}"),
     ("threads_per_block", "threads per block", "{:.2f}"),
     ("traces_with_blocks", "share of traces with a block", "{:.3f}"),
@@ -472,6 +511,16 @@ def _widths(text: str) -> tuple:
     return ws
 
 
+def _range(text: str) -> tuple:
+    try:
+        lo, hi = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two integers), got {text!r}") from None
+    if not 1 <= lo <= hi:
+        raise argparse.ArgumentTypeError(f"expected 1 <= LO <= HI, got {text!r}")
+    return lo, hi
+
+
 def _bounded(lo: int, hi: int | None = None):
     def conv(text: str) -> int:
         try:
@@ -495,6 +544,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-depth", type=_bounded(0), default=2, help="maximum nesting depth of parallel blocks (default 2)")
     p.add_argument("--widths", type=_widths, default=DEFAULT_WIDTHS,
                    help="moves kept per search level, comma-separated, the last repeats (default 3,2)")
+    p.add_argument("--num-range", type=_range, default=task.NUM_RANGE,
+                   help="input numbers are drawn uniformly from LO..HI (default %(default)s: 1,99)")
+    p.add_argument("--target-range", type=_range, default=task.TARGET_RANGE,
+                   help="targets are drawn among the reachable values in LO..HI (default 10,100)")
+    p.add_argument("--parallel-fraction", type=float, default=0.5,
+                   help="--mode mixed: share of records written as fork/join traces, the rest as dfs (default 0.5)")
+    p.add_argument("--restate", action="store_true",
+                   help="parallel mode: each thread starts by restating its outline (its move and numbers)")
     p.add_argument("--workers", type=_bounded(1), default=1)
     p.add_argument("--chunk-size", type=_bounded(1), default=64, help="candidates per worker task (does not change the output)")
     p.add_argument("--out", required=True, help="output JSONL path")
@@ -506,7 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = GenConfig(n_numbers=args.numbers, seed=args.seed, split=args.split, mode=args.mode,
-                    max_depth=args.max_depth, widths=args.widths)
+                    max_depth=args.max_depth, widths=args.widths, num_range=args.num_range,
+                    target_range=args.target_range, restate=args.restate,
+                    parallel_fraction=args.parallel_fraction)
     t0 = time.perf_counter()
     info: dict = {}
     records = generate(cfg, args.n, workers=args.workers, chunk_size=args.chunk_size,
@@ -515,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dt = time.perf_counter() - t0
     print(f"wrote {len(records)} records to {args.out} in {dt:.1f}s", file=sys.stderr)
     if args.stats:
-        base = [r["_seq_tokens"] for r in records] if cfg.mode == "parallel" else None
+        base = [r["_seq_tokens"] for r in records] if cfg.mode in ("parallel", "mixed") else None
         summary = summarize(records, base)
         tried = info["candidates"] - info["other_split"]
         extra = {

@@ -417,15 +417,16 @@ def summarize(rows: Sequence[dict], meta: dict | None = None) -> dict:
 
 def load_model(path: str, dtype: str = "auto", device: str = "auto", attn: str = "sdpa"):
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from parallel_reason.inputs import InputError
+    from parallel_reason.tokens import load_tokenizer
 
     kw = {"attn_implementation": attn}
     if dtype != "auto":
         kw["dtype"] = getattr(torch, dtype)
     try:
-        tok = AutoTokenizer.from_pretrained(path)
+        tok = load_tokenizer(path)
         model = AutoModelForCausalLM.from_pretrained(path, **kw)
     except (OSError, ValueError) as e:  # no or broken weights/tokenizer files, an unknown architecture
         why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

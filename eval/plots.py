@@ -90,4 +90,29 @@ def speedup_histogram(runs: Mapping[str, Sequence[dict]], path: str | Path, bins
     return path
 
 
-__all__ = ["accuracy_vs_budget", "budget_curve", "budgets_for", "speedup_histogram"]
+def curves(runs: Mapping[str, Sequence[dict]], keys: Sequence[str], path: str | Path,
+           title: str | None = None, xkey: str = "step") -> Path:
+    """One panel per metric in ``keys``: each run's value against ``xkey`` (entries
+    lacking a metric are skipped), e.g. SFT losses or per-step GRPO rollout metrics."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.4), dpi=110, squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for name, entries in runs.items():
+            pts = [(e[xkey], e[key]) for e in entries if isinstance(e.get(key), (int, float))
+                   and isinstance(e.get(xkey), (int, float))]
+            if pts:
+                ax.plot([x for x, _ in pts], [y for _, y in pts], marker="." if len(pts) < 60 else None,
+                        label=name)
+        ax.set_xlabel(xkey)
+        ax.set_title(key, fontsize="medium")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return path
+
+
+__all__ = ["accuracy_vs_budget", "budget_curve", "budgets_for", "curves", "speedup_histogram"]

@@ -273,14 +273,14 @@ def render_prompt(prompt: str | list, tokenizer, apply_chat_template: bool = Fal
 
 
 def example_graph(ex: Example, tokenizer, mode: str = "parallel", join: str = "concat", eos: bool = True,
-                  apply_chat_template: bool = False) -> PackedGraph:
+                  apply_chat_template: bool = False, thread_header: str = "index") -> PackedGraph:
     """Packed graph of one example; :class:`DataError` names the example on failure."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     prompt = render_prompt(ex.prompt, tokenizer, apply_chat_template, ex.origin)
     try:
         return graph_from_text(prompt, ex.completion, tokenizer, join=join, eos=eos,
-                               sequential=(mode == "sequential"))
+                               sequential=(mode == "sequential"), thread_header=thread_header)
     except FormatError as e:
         raise _not_a_trajectory(ex, e) from None
     except ValueError as e:
@@ -306,13 +306,13 @@ def check_trajectories(examples: Iterable[Example]) -> None:
 
 def build_graphs(examples: Sequence[Example], tokenizer, mode: str = "parallel", join: str = "concat",
                  max_length: int | None = None, eos: bool = True, apply_chat_template: bool = False,
-                 name: str = "data") -> tuple[list[PackedGraph], GraphStats]:
+                 name: str = "data", thread_header: str = "index") -> tuple[list[PackedGraph], GraphStats]:
     """Packed graphs of ``examples``; graphs longer than ``max_length`` (prompt
     included) are dropped and counted, and the count is logged."""
     graphs: list[PackedGraph] = []
     st = GraphStats(examples=len(examples))
     for ex in examples:
-        g = example_graph(ex, tokenizer, mode, join, eos, apply_chat_template)
+        g = example_graph(ex, tokenizer, mode, join, eos, apply_chat_template, thread_header)
         if int(g.loss_mask.sum()) == 0:
             raise DataError(f"{ex.origin}: the completion has no trained token")
         if max_length is not None and max_length > 0 and len(g) > max_length:

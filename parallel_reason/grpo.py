@@ -741,16 +741,16 @@ class GRPOTrainer:
     def _load(self, model, tokenizer):
         """Tokenizer and model from ``model_name_or_path``; control tokens are added
         (embeddings resized) if the tokenizer lacks them."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        from .tokens import add_control_tokens
+        from .tokens import add_control_tokens, load_tokenizer
 
         cfg = self.cfg
         if not cfg.model_name_or_path:
             raise ValueError("config: model_name_or_path is not set")
         if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_name_or_path or cfg.model_name_or_path,
-                                                      revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+            tokenizer = load_tokenizer(cfg.tokenizer_name_or_path or cfg.model_name_or_path,
+                                       revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
         if model is None:
             dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
                      "auto": "auto"}[cfg.torch_dtype]
@@ -953,6 +953,7 @@ class GRPOTrainer:
             "critical_path": sum(s["critical_path"] for s in st) / n,
             "speedup": sum(s["speedup"] for s in st) / n,
             "blocks_per_rollout": sum(s["blocks"] for s in st) / n,
+            "fork_rate": sum(s["blocks"] > 0 for s in st) / n,
             "threads_per_rollout": sum(s["threads"] for s in st) / n,
             "truncated_rate": sum(s["truncated"] for s in st) / n,
         }
@@ -992,7 +993,7 @@ class GRPOTrainer:
         if acc.is_main_process:
             with open(self.out / METRICS_NAME, "a", encoding="utf-8") as f:
                 f.write(json.dumps(entry) + "\n")
-            keys = ("reward", "accuracy", "speedup", "format_valid", "total_tokens", "critical_path", "kl",
+            keys = ("reward", "accuracy", "speedup", "fork_rate", "format_valid", "total_tokens", "critical_path", "kl",
                     "clip_fraction", "entropy", "eval/accuracy", "eval/speedup_mean_of_ratios", "eval/format_valid",
                     "eval/total_tokens", "time/rollout_s", "time/train_s")
             log.info("step %d: %s", entry["step"], " ".join(

@@ -682,10 +682,10 @@ def _read_json(path: Path) -> dict:
 
 
 def _load_tokenizer(root: Path):
-    from transformers import AutoTokenizer
+    from .tokens import load_tokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(root)
+        return load_tokenizer(str(root))
     except Exception as e:  # noqa: BLE001 - report why the tokenizer does not load
         raise PushError(f"{root}: AutoTokenizer cannot load the tokenizer ({type(e).__name__}: {e})") from None
 

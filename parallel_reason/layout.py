@@ -36,6 +36,16 @@ from .format import (CANONICAL_THREAD_SEP, OUTLINE_CLOSE, OUTLINE_OPEN, OUTLINES
                      Block, Trajectory, canonicalize, parse)
 
 JOIN_MODES = ("concat",)
+#: what the runner writes after ``<Thread>``: ``index`` = ``"i:"``; ``outline`` = the
+#: thread's own outline (``"i: plan"``), copied from the block head, so a thread reads
+#: its plan locally instead of finding outline ``i`` among its siblings'
+THREAD_HEADERS = ("index", "outline")
+
+
+def check_thread_header(thread_header: str) -> str:
+    if thread_header not in THREAD_HEADERS:
+        raise ValueError(f"thread_header must be one of {THREAD_HEADERS}, got {thread_header!r}")
+    return thread_header
 
 
 # ---------------------------------------------------------------------------
@@ -53,7 +63,7 @@ class Run:
 
 @dataclass
 class TThread:
-    opener: list[int]  # runner-written: separator, <Thread>, "i:" header
+    opener: list[int]  # runner-written: separator, <Thread>, header ("i:" or the outline "i: plan")
     body: list  # list of Run | TBlock, sampled, ends with </Thread> when closed
     closed: bool = True
 
@@ -81,9 +91,11 @@ def encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def opener_ids(tokenizer, i: int) -> list[int]:
-    """What the runner writes to open thread ``i`` (1-based)."""
-    return encode(tokenizer, CANONICAL_THREAD_SEP) + [_tag(tokenizer, THREAD_OPEN)] + encode(tokenizer, f"{i}:")
+def opener_ids(tokenizer, i: int, outline_ids: Sequence[int] | None = None) -> list[int]:
+    """What the runner writes to open thread ``i`` (1-based): the header ``"i:"``, or,
+    given ``outline_ids`` (thread header mode ``outline``), the outline's own tokens."""
+    head = list(outline_ids) if outline_ids is not None else encode(tokenizer, f"{i}:")
+    return encode(tokenizer, CANONICAL_THREAD_SEP) + [_tag(tokenizer, THREAD_OPEN)] + head
 
 
 def closer_ids(tokenizer) -> list[int]:
@@ -98,14 +110,18 @@ def _tag(tokenizer, tag: str) -> int:
     return int(tid)
 
 
-def tokenize_trajectory(traj: Trajectory | str, tokenizer, eos: bool = True) -> list[TItem]:
+def tokenize_trajectory(traj: Trajectory | str, tokenizer, eos: bool = True,
+                        thread_header: str = "index") -> list[TItem]:
     """Token tree of a well-formed completion (text or parsed). Separators the runner
     writes are canonicalised first (see :func:`parallel_reason.format.canonicalize`).
-    With ``eos`` the tokenizer's EOS token is appended as a sampled token."""
+    With ``eos`` the tokenizer's EOS token is appended as a sampled token. With
+    ``thread_header="outline"`` every thread's text must start by restating its outline
+    (``<Thread>i: plan ...`` for outline ``i: plan``); that restatement is the opener."""
+    check_thread_header(thread_header)
     if isinstance(traj, str):
         traj = parse(traj)
     traj = canonicalize(traj)
-    items = _tok_seq(traj.parts, tokenizer)
+    items = _tok_seq(traj.parts, tokenizer, thread_header)
     if eos:
         if tokenizer.eos_token_id is None:
             raise ValueError("eos=True but the tokenizer has no eos_token_id")
@@ -122,26 +138,43 @@ def _append_run(items: list, ids: list[int], train: bool) -> None:
         items.append(Run(list(ids), train))
 
 
-def _tok_seq(parts: list, tok) -> list[TItem]:
+def _tok_seq(parts: list, tok, thread_header: str = "index") -> list[TItem]:
     items: list[TItem] = []
     for p in parts:
         if isinstance(p, Block):
-            items.append(_tok_block(p, tok))
+            items.append(_tok_block(p, tok, thread_header))
         else:
             _append_run(items, encode(tok, p), True)
     return items
 
 
-def _tok_block(b: Block, tok) -> TBlock:
+def _restated_body(parts: list, outline: str, header: str, i: int) -> list:
+    """The thread's parts without the restatement of its outline (header mode ``outline``)."""
+    plan = outline[len(header):] if outline.startswith(header) else None
+    first = parts[0] if parts and isinstance(parts[0], str) else ""
+    if plan is None or not first.startswith(plan):
+        raise ValueError(f"thread {i} does not restate its outline {outline!r} (thread_header: outline "
+                         f"needs '<Thread>{outline} ...'; data_gen.countdown --restate writes that form)")
+    rest = first[len(plan):]
+    return ([rest] if rest else []) + list(parts[1:])
+
+
+def _tok_block(b: Block, tok, thread_header: str = "index") -> TBlock:
     head = [_tag(tok, PARALLEL_OPEN)] + encode(tok, b.pre_outlines) + [_tag(tok, OUTLINES_OPEN)]
+    outline_ids = []
     for i, o in enumerate(b.outlines):
-        head += encode(tok, b.outline_seps[i]) + [_tag(tok, OUTLINE_OPEN)] + encode(tok, o) + [_tag(tok, OUTLINE_CLOSE)]
+        outline_ids.append(encode(tok, o))
+        head += encode(tok, b.outline_seps[i]) + [_tag(tok, OUTLINE_OPEN)] + outline_ids[-1] + [_tag(tok, OUTLINE_CLOSE)]
     head += encode(tok, b.outline_seps[len(b.outlines)]) + [_tag(tok, OUTLINES_CLOSE)]
     threads = []
     for i, t in enumerate(b.threads, 1):
-        body = _tok_seq(t.parts, tok)
+        parts = t.parts
+        if thread_header == "outline":
+            parts = _restated_body(parts, b.outlines[i - 1], t.header, i)
+        body = _tok_seq(parts, tok, thread_header)
         _append_run(body, [_tag(tok, THREAD_CLOSE)], True)
-        threads.append(TThread(opener=opener_ids(tok, i), body=body))
+        threads.append(TThread(opener=opener_ids(tok, i, outline_ids[i - 1] if thread_header == "outline" else None),
+                               body=body))
     return TBlock(head=head, threads=threads, closer=closer_ids(tok))
 
 
@@ -366,11 +399,12 @@ def linear_graph(prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> Pa
 
 
 def graph_from_text(prompt: str, completion: str, tokenizer, join: str = "concat", eos: bool = True,
-                    sequential: bool = False) -> PackedGraph:
+                    sequential: bool = False, thread_header: str = "index") -> PackedGraph:
     """Convenience: text prompt + completion -> packed graph. With ``sequential`` the
     completion is trained as plain causal text (tags, if any, are ordinary tokens)."""
     prompt_ids = encode(tokenizer, prompt)
     if sequential:
         ids = encode(tokenizer, completion) + ([int(tokenizer.eos_token_id)] if eos else [])
         return linear_graph(prompt_ids, ids)
-    return build_graph(prompt_ids, tokenize_trajectory(completion, tokenizer, eos=eos), join)
+    return build_graph(prompt_ids, tokenize_trajectory(completion, tokenizer, eos=eos, thread_header=thread_header),
+                       join)

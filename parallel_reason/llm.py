@@ -274,9 +274,11 @@ class HFClient:
         self.retries = 0
         if model is None or tokenizer is None:
             import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers import AutoModelForCausalLM
 
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_name_or_path)
+            from .tokens import load_tokenizer
+
+            tokenizer = tokenizer or load_tokenizer(model_name_or_path)
             kw = {}
             if dtype:
                 kw["dtype"] = getattr(torch, dtype)

@@ -120,6 +120,9 @@ class SFTConfig:
     completion_field: str = _f("completion", "record field holding the completion")
     mode: str = _f("parallel", "parallel: packed fork/join graphs | sequential: plain causal SFT")
     join: str = _f("concat", "join mode of the packed graph")
+    thread_header: str = _f("index", "what the runner writes after <Thread>: index ('i:') | outline (the thread's "
+                                     "outline, restated at the start of each thread in the data; saved in the "
+                                     "model config so the runner decodes the same way)")
     max_length: int = _f(2048, "drop examples whose packed graph (prompt included) is longer")
     max_train_samples: int | None = _f(None, "use only the first N training records")
     max_eval_samples: int | None = _f(None, "use only the first N held-out records")
@@ -189,6 +192,8 @@ class SFTConfig:
 
         if self.mode not in ("parallel", "sequential"):
             bad(f"mode must be 'parallel' or 'sequential', got {self.mode!r}")
+        if self.thread_header not in ("index", "outline"):
+            bad(f"thread_header must be 'index' or 'outline', got {self.thread_header!r}")
         if self.bf16 not in (True, False, "auto"):
             bad(f"bf16 must be true, false or auto, got {self.bf16!r}")
         if self.attn_implementation not in ("sdpa", "eager", "flex_attention"):
@@ -389,7 +394,9 @@ def load_model_and_tokenizer(cfg: SFTConfig, acc=None, texts: Sequence[str] | No
     model from ``texts`` once (main process) into ``output_dir/base_model`` and loads
     it from there. Control tokens are added (embeddings resized and initialised) when
     the tokenizer lacks them; a missing pad token becomes EOS (padding is never attended)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from .tokens import load_tokenizer
 
     from .tokens import add_control_tokens
 
@@ -403,8 +410,8 @@ def load_model_and_tokenizer(cfg: SFTConfig, acc=None, texts: Sequence[str] | No
                 _build_tiny_model(cfg, texts, path)
         if acc is not None:
             acc.wait_for_everyone()
-    tok = AutoTokenizer.from_pretrained(cfg.tokenizer_name_or_path or path, revision=cfg.revision,
-                                        trust_remote_code=cfg.trust_remote_code)
+    tok = load_tokenizer(cfg.tokenizer_name_or_path or path, revision=cfg.revision,
+                         trust_remote_code=cfg.trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
                                                  dtype=_dtype(cfg.torch_dtype),
                                                  attn_implementation=cfg.attn_implementation)
@@ -544,7 +551,9 @@ class PackedSFTTrainer:
         self.tokenizer, model, self.base_path = load_model_and_tokenizer(cfg, acc, corpus(train_examples))
         tok = self.tokenizer
         gkw = dict(mode=cfg.mode, join=cfg.join, max_length=cfg.max_length, eos=cfg.add_eos,
-                   apply_chat_template=cfg.apply_chat_template)
+                   apply_chat_template=cfg.apply_chat_template, thread_header=cfg.thread_header)
+        if cfg.mode == "parallel":  # decoding must open threads as the data did: the config carries it
+            model.config.thread_header = cfg.thread_header
         self.train_graphs, self.train_stats = build_graphs(train_examples, tok, name="train", **gkw)
         self.eval_graphs, self.eval_stats = (build_graphs(eval_examples, tok, name="eval", **gkw)
                                              if eval_examples else (None, None))

@@ -17,15 +17,19 @@ EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 
 
-def build_tokenizer(corpus: Iterable[str], vocab_size: int = 512):
+def build_tokenizer(corpus: Iterable[str], vocab_size: int = 512, split_digits: bool = True):
     """Train a byte-level BPE tokenizer on ``corpus`` and wrap it as a
-    ``PreTrainedTokenizerFast`` with eos and pad tokens (no control tags yet)."""
+    ``PreTrainedTokenizerFast`` with eos and pad tokens (no control tags yet).
+
+    ``split_digits``: one token per digit (Qwen/Llama 3 style). False keeps a run of
+    digits together, so frequent numbers become single tokens (BPE merges them like
+    words; rare ones are split into pieces)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.Digits(individual_digits=split_digits),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
     ])
     tok.decoder = decoders.ByteLevel()
@@ -59,12 +63,12 @@ def build_model(vocab_size: int, arch: str = "qwen2", hidden_size: int = 64, lay
 
 
 def build_tiny(corpus: Iterable[str], out_dir: str | Path | None = None, vocab_size: int = 512,
-               seed: int = 0, **model_kwargs):
+               seed: int = 0, split_digits: bool = True, **model_kwargs):
     """Tokenizer (with control tokens) + tiny model; saved to ``out_dir`` if given.
     Returns ``(tokenizer, model)``."""
     from .tokens import add_control_tokens
 
-    tokenizer = build_tokenizer(corpus, vocab_size=vocab_size)
+    tokenizer = build_tokenizer(corpus, vocab_size=vocab_size, split_digits=split_digits)
     model = build_model(len(tokenizer), seed=seed, **model_kwargs)
     add_control_tokens(tokenizer, model)
     model.config.eos_token_id = tokenizer.eos_token_id

@@ -94,3 +94,32 @@ def tag_token_ids(tokenizer) -> dict[str, int]:
     if miss:
         raise ValueError(f"tokenizer lacks control tokens {miss}; call add_control_tokens first")
     return {t: int(tokenizer.convert_tokens_to_ids(t)) for t in CONTROL_TAGS}
+
+
+def load_tokenizer(name_or_path: str, **kwargs):
+    """``AutoTokenizer.from_pretrained`` that keeps the saved text pipeline.
+
+    transformers 5 builds some architectures' tokenizers (Qwen2 among them) from the
+    vocabulary and merges with the architecture's own pre-tokenizer, ignoring the
+    one in ``tokenizer.json``. For a tokenizer trained with another pre-tokenizer
+    (our tiny ones keep whole numbers together, for example) that silently changes
+    how text is split. When a local ``tokenizer.json`` is there, its pre-tokenizer,
+    normalizer and decoder are put back."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    saved = Path(str(name_or_path)) / "tokenizer.json"
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None or not saved.is_file():
+        return tok
+    from tokenizers import Tokenizer
+
+    ref = Tokenizer.from_file(str(saved))
+    for part in ("pre_tokenizer", "normalizer", "decoder"):
+        want = getattr(ref, part)
+        if str(getattr(backend, part)) != str(want):
+            log.info("%s: restoring the saved %s (the tokenizer class rebuilt a different one)", saved, part)
+            setattr(backend, part, want)
+    return tok

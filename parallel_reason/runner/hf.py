@@ -67,7 +67,7 @@ from typing import Sequence
 import torch
 
 from ..attention import float_mask
-from ..layout import JOIN_MODES, Run, encode, linear_ids, tokenize_trajectory
+from ..layout import JOIN_MODES, Run, check_thread_header, encode, linear_ids, tokenize_trajectory
 from ..logprobs import _unwrap, attn_implementation_of
 from .scheduler import (ACTIVE, Context, Lane, RunLimits, RolloutState, Rollout, Row, Script, TagSet,
                         to_rollout)
@@ -567,6 +567,17 @@ def rollout_seed(seed: int, sample_index: int) -> int:
 # ---------------------------------------------------------------------- runner
 
 
+def model_thread_header(model) -> str:
+    """The thread header mode stored in a model's config (``index`` when absent)."""
+    while hasattr(model, "module"):
+        model = model.module
+    for m in (model, getattr(model, "base_model", None), getattr(getattr(model, "base_model", None), "model", None)):
+        mode = getattr(getattr(m, "config", None), "thread_header", None)
+        if mode is not None:
+            return check_thread_header(mode)
+    return "index"
+
+
 class Runner:
     """Fork/join decoding with a Hugging Face causal LM.
 
@@ -583,7 +594,7 @@ class Runner:
     def __init__(self, model, tokenizer, max_new_tokens: int = 512, max_thread_tokens: int | None = None,
                  max_width: int | None = 8, max_depth: int | None = 2, join: str = "concat",
                  batch_size: int = 8, parallel: bool = True, compact_min_slots: int = 128,
-                 compact_ratio: float = 0.75):
+                 compact_ratio: float = 0.75, thread_header: str | None = None):
         if join not in JOIN_MODES:
             raise ValueError(f"join mode {join!r} is not available; choose one of {JOIN_MODES}")
         if batch_size < 1:
@@ -597,7 +608,9 @@ class Runner:
         self.parallel = parallel
         self.limits = RunLimits(max_new_tokens=max_new_tokens, max_thread_tokens=max_thread_tokens,
                              max_width=max_width, max_depth=max_depth)
-        self.tags = TagSet(tokenizer)
+        # the header mode a model was trained with travels in its config (SFT writes it)
+        self.thread_header = thread_header or model_thread_header(model)
+        self.tags = TagSet(tokenizer, self.thread_header)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.backend = HFBackend(model, pad if pad is not None else 0, compact_min_slots, compact_ratio)
         self.stats = BackendStats()
@@ -669,7 +682,7 @@ class Runner:
         rows = []
         for i, (p, comp) in enumerate(zip(prompts, completions)):
             if isinstance(comp, str):
-                items = tokenize_trajectory(comp, self.tokenizer, eos=eos)
+                items = tokenize_trajectory(comp, self.tokenizer, eos=eos, thread_header=self.thread_header)
             elif len(comp) == 0 or isinstance(comp[0], int):
                 items = [Run([int(t) for t in comp], True)] if len(comp) else []
             else:

@@ -78,12 +78,12 @@ engine's log-probs) while the lane stays active and the rollout unfinished.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from ..format import (OUTLINE_CLOSE, OUTLINE_OPEN, OUTLINES_CLOSE, OUTLINES_OPEN, PARALLEL_OPEN,
                       THREAD_CLOSE)
-from ..layout import (PackedGraph, Run, TBlock, TItem, TThread, build_graph, closer_ids,
+from ..layout import (PackedGraph, Run, TBlock, TItem, TThread, build_graph, check_thread_header, closer_ids,
                       critical_path_count, linear_ids, opener_ids, sampled_count)
 from ..tokens import tag_token_ids
 
@@ -121,8 +121,9 @@ class RunLimits:
 class TagSet:
     """Ids of the control tags, EOS, and the runner-written openers and closer."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, thread_header: str = "index"):
         ids = tag_token_ids(tokenizer)
+        self.thread_header = check_thread_header(thread_header)
         self.tokenizer = tokenizer
         self.id_of = ids
         self.tag_of = {v: k for k, v in ids.items()}
@@ -132,7 +133,10 @@ class TagSet:
         #: tokens after which a chunked engine must hand control back to the scheduler
         self.stop_ids = tuple(sorted(set(ids.values()) | ({int(self.eos)} if self.eos is not None else set())))
 
-    def opener(self, i: int) -> tuple:
+    def opener(self, i: int, outline_ids: Sequence[int] | None = None) -> tuple:
+        """Opener of thread ``i``; header mode ``outline`` needs the outline's ids."""
+        if self.thread_header == "outline":
+            return tuple(opener_ids(self.tokenizer, i, outline_ids))
         if i not in self._openers:
             self._openers[i] = tuple(opener_ids(self.tokenizer, i))
         return self._openers[i]
@@ -175,6 +179,7 @@ class _Head:
     outlines_seen: bool = False
     in_outline: bool = False
     n: int = 0
+    spans: list = field(default_factory=list)  # [start, end) of each outline's text in the block head
 
 
 class _Fork:
@@ -419,8 +424,10 @@ class RolloutState:
         elif tag == OUTLINE_OPEN and h.outlines_open and not h.in_outline:
             h.in_outline = True
             h.n += 1
+            h.spans.append([len(block.head), len(block.head)])
         elif tag == OUTLINE_CLOSE and h.in_outline:
             h.in_outline = False
+            h.spans[-1][1] = len(block.head) - 1
         elif tag == OUTLINES_CLOSE and h.outlines_open and not h.in_outline:
             if h.n == 0:
                 self.finish("no_outlines", "</Outlines> with zero outlines")
@@ -430,7 +437,7 @@ class RolloutState:
                 self.finish("max_threads", f"{h.n} outlines > max_width {mw}")
                 return
             lane.ctx.tokens.append(token)
-            self._fork(lane, h.n)
+            self._fork(lane, h.n, [block.head[a:b] for a, b in h.spans])
             return
         else:
             ok = False
@@ -439,7 +446,7 @@ class RolloutState:
             return
         lane.ctx.tokens.append(token)
 
-    def _fork(self, lane: Lane, k: int) -> None:
+    def _fork(self, lane: Lane, k: int, outlines: Sequence[Sequence[int]] = ()) -> None:
         block = lane.block
         lane.state = WAITING
         lane.phase = TEXT
@@ -450,7 +457,8 @@ class RolloutState:
         pos = self.lanes.index(lane) + 1
         children = []
         for i in range(1, k + 1):
-            th = TThread(opener=list(self.tags.opener(i)), body=[], closed=False)
+            th = TThread(opener=list(self.tags.opener(i, outlines[i - 1] if outlines else None)), body=[],
+                         closed=False)
             block.threads.append(th)
             child = Lane(self, lane.depth + 1, Context(lane.ctx, th.opener), True, th.body, thread=th,
                          fork=fork, script=scripts[i - 1], number=i)
