@@ -139,6 +139,9 @@ class SFTConfig:
     seed: int = _f(42, "seed of initialisation, data order and dropout")
     num_train_epochs: float = _f(1.0, "passes over the training data (ignored when max_steps > 0)")
     max_steps: int = _f(-1, "optimizer steps; > 0 overrides num_train_epochs")
+    max_train_tokens: int = _f(0, "> 0: a compute budget instead of epochs: the steps that process about this many "
+                                  "buffer tokens (prompt and re-read copies included), from the mean packed "
+                                  "length; two runs on different data formats then get the same compute")
     per_device_train_batch_size: int = _f(8, "packed graphs per process per micro-batch")
     per_device_eval_batch_size: int = _f(8, "packed graphs per process per eval batch")
     gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step")
@@ -208,8 +211,10 @@ class SFTConfig:
         for name in ("eval_steps", "save_steps", "warmup_steps"):
             if getattr(self, name) < 0:
                 bad(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.max_steps <= 0 and self.num_train_epochs <= 0:
-            bad("set max_steps > 0 or num_train_epochs > 0")
+        if self.max_steps <= 0 and self.num_train_epochs <= 0 and self.max_train_tokens <= 0:
+            bad("set max_steps > 0, num_train_epochs > 0 or max_train_tokens > 0")
+        if self.max_train_tokens < 0:
+            bad(f"max_train_tokens must be >= 0, got {self.max_train_tokens}")
         if not 0 <= self.warmup_ratio < 1:
             bad(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.eval_fraction and not 0 < self.eval_fraction < 1:
@@ -574,7 +579,13 @@ class PackedSFTTrainer:
         # schedule
         W, B, G = acc.num_processes, cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
         self.steps_per_epoch = steps_per_epoch(len(self.train_graphs), B, W, G)
-        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * self.steps_per_epoch)
+        if cfg.max_steps > 0:
+            self.total_steps = cfg.max_steps
+        elif cfg.max_train_tokens > 0:
+            per_step = W * B * G * self.train_stats.tokens / max(self.train_stats.kept, 1)
+            self.total_steps = max(1, math.ceil(cfg.max_train_tokens / per_step))
+        else:
+            self.total_steps = math.ceil(cfg.num_train_epochs * self.steps_per_epoch)
         warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * self.total_steps)
 
         from accelerate.utils import DistributedType
