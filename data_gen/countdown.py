@@ -110,8 +110,10 @@ class Node:
     def state(self) -> str:
         return "[" + " ".join(str(v) for v in sorted(i.value for i in self.items)) + "]"
 
-    def outline(self) -> str:
-        return f"{self.move} {self.state}"
+    def outline(self, goal: int | None = None) -> str:
+        """``"60-25=35 [4 7 35]"``; with ``goal`` the target closes the state: ``[4 7 35|24]``."""
+        state = self.state if goal is None else f"{self.state[:-1]}|{goal}]"
+        return f"{self.move} {state}"
 
     def leaves(self) -> int:
         return 1 if self.is_leaf else sum(c.leaves() for c in self.children)
@@ -170,9 +172,40 @@ def _moves(items: tuple, target: int, rng: random.Random, width: int) -> list:
     return out
 
 
+def _moves_per_pair(items: tuple, target: int, rng: random.Random, width: int) -> list:
+    """For each pair of numbers, in the order the numbers stand (1-2, 1-3, 2-3, ...), its
+    ``width`` best operations by the same heuristic; moves that lead to a state already
+    listed are dropped. The move a thread takes then follows from its position."""
+    out, seen = [], set()
+    n = len(items)
+    for i in range(n):
+        for j in range(i + 1, n):
+            hi, lo = (items[i], items[j]) if items[i].value >= items[j].value else (items[j], items[i])
+            rest = tuple(x for k, x in enumerate(items) if k != i and k != j)
+            scored = []
+            for value, op, _h, _l in task._pairs(hi.value, lo.value):
+                key = tuple(sorted([x.value for x in rest] + [value]))
+                scored.append((_score(key, target), rng.random(), value, op, key))
+            scored.sort(key=lambda m: (m[0], m[1]))
+            for _s, _r, value, op, key in scored[:width]:
+                if key in seen:
+                    continue
+                seen.add(key)
+                out.append((f"{hi.value}{op}{lo.value}={value}", rest + (_apply(hi, op, lo, value),)))
+    return out
+
+
+MOVE_RULES = ("best", "per-pair")
+
+
 def search(nums: Sequence[int], target: int, rng: random.Random,
-           widths: Sequence[int] = DEFAULT_WIDTHS, max_depth: int = 2) -> Node:
-    """The explored search tree of a problem (see the module docstring)."""
+           widths: Sequence[int] = DEFAULT_WIDTHS, max_depth: int = 2, moves: str = "best") -> Node:
+    """The explored search tree of a problem (see the module docstring). ``moves``:
+    ``best`` keeps the ``width`` best moves of a state overall; ``per-pair`` the
+    ``width`` best operations of each pair of numbers, pairs in order."""
+    if moves not in MOVE_RULES:
+        raise ValueError(f"moves must be one of {MOVE_RULES}, got {moves!r}")
+    moves_rule = moves
     root = Node(items=tuple(Item(int(v), str(int(v))) for v in nums))
 
     def explore(node: Node, depth: int, level: int) -> None:
@@ -189,7 +222,7 @@ def search(nums: Sequence[int], target: int, rng: random.Random,
                     break
             return
         width = widths[min(level, len(widths) - 1)]
-        moves = _moves(node.items, target, rng, width)
+        moves = (_moves if moves_rule == "best" else _moves_per_pair)(node.items, target, rng, width)
         node.fanout = depth < max_depth and len(moves) >= 2
         for text, items in moves:
             child = Node(items=items, move=text)
@@ -208,48 +241,75 @@ def search(nums: Sequence[int], target: int, rng: random.Random,
 # Rendering
 
 
-def _result(node: Node, target: int) -> str:
-    return "none" if node.found is None else f"{node.found} = {target}"
+@dataclass(frozen=True)
+class Style:
+    """How a trace is written (the search is the same).
+
+    ``restate``: a thread begins with its outline's text (what ``thread_header: outline``
+    trains); ``show_target``: every state ends with the target (``[3 21|24]``), so the
+    check against it is local; ``leaf_answers``: the move that reaches the target writes
+    ``=> Answer: EXPR`` and nothing is restated after it (no conclusion lines, nothing
+    after a join), so no answer has to be copied out of a thread."""
+
+    restate: bool = False
+    show_target: bool = False
+    leaf_answers: bool = False
 
 
-def _render_parts(node: Node, target: int, parallel: bool, indent: str, lead: str, restate: bool = False) -> list:
+def _result(node: Node, target: int, style: Style) -> str:
+    if node.found is None:
+        return "none"
+    return f"Answer: {node.found}" if style.leaf_answers else f"{node.found} = {target}"
+
+
+def _conclusion(node: Node, target: int, indent: str, style: Style) -> list:
+    """What a non-leaf node writes after its children (nothing with leaf answers)."""
+    return [] if style.leaf_answers else [f"\n{indent}=> {_result(node, target, style)}"]
+
+
+def _leaf(node: Node, target: int, style: Style) -> str:
+    return " " + " ".join(node.checks) + " => " + _result(node, target, style)
+
+
+def _render_parts(node: Node, target: int, parallel: bool, indent: str, lead: str, style: Style) -> list:
     """Parts of the node's own search (what follows its move line, or its thread
-    header). ``lead`` separates the first element from what precedes it;
-    ``restate``: a thread begins with its outline's text."""
+    header). ``lead`` separates the first element from what precedes it."""
+    goal = target if style.show_target else None
     if node.is_leaf:
-        return [" " + " ".join(node.checks) + " => " + _result(node, target)]
+        return [_leaf(node, target, style)]
     if parallel and node.fanout:
         def thread(c: Node) -> list:
-            parts = _render_parts(c, target, True, " ", " ", restate)
-            return [" " + c.outline(), *parts] if restate else parts
-        block = make_block((c.outline(), _merge_text(thread(c))) for c in node.children)
+            parts = _render_parts(c, target, True, " ", " ", style)
+            if style.leaf_answers and isinstance(parts[-1], str) and "Answer: " in parts[-1].rsplit("\n", 1)[-1]:
+                parts = parts + ["\n"]  # the answer line ends before </Thread>
+            return [" " + c.outline(goal), *parts] if style.restate else parts
+        block = make_block((c.outline(goal), _merge_text(thread(c))) for c in node.children)
         parts = [lead] if lead else []
-        return parts + [block, f"\n{indent}=> {_result(node, target)}"]
+        return parts + [block] + _conclusion(node, target, indent, style)
     parts: list = []
     for k, child in enumerate(node.children):
-        parts.append((lead if k == 0 else "\n" + indent) + child.outline())
-        parts += _render_parts(child, target, parallel, indent + " ", "\n" + indent + " ", restate)
-    parts.append(f"\n{indent}=> {_result(node, target)}")
-    return parts
+        parts.append((lead if k == 0 else "\n" + indent) + child.outline(goal))
+        parts += _render_parts(child, target, parallel, indent + " ", "\n" + indent + " ", style)
+    return parts + _conclusion(node, target, indent, style)
 
 
-def _render_dfs(node: Node, target: int, indent: str, lead: str) -> list:
+def _render_dfs(node: Node, target: int, indent: str, lead: str, style: Style) -> list:
     """Depth-first rendering that stops at the first solution: the children of a
     fanning-out node are tried one after the other, and the siblings after the
     first one that reaches the target are never written."""
+    goal = target if style.show_target else None
     if node.is_leaf:
-        return [" " + " ".join(node.checks) + " => " + _result(node, target)]
+        return [_leaf(node, target, style)]
     parts: list = []
     for k, child in enumerate(node.children):
-        parts.append((lead if k == 0 else "\n" + indent) + child.outline())
-        parts += _render_dfs(child, target, indent + " ", "\n" + indent + " ")
+        parts.append((lead if k == 0 else "\n" + indent) + child.outline(goal))
+        parts += _render_dfs(child, target, indent + " ", "\n" + indent + " ", style)
         if child.found is not None:
             break
-    parts.append(f"\n{indent}=> {_result(node, target)}")
-    return parts
+    return parts + _conclusion(node, target, indent, style)
 
 
-def render_tree(root: Node, target: int, mode: str, restate: bool = False) -> str:
+def render_tree(root: Node, target: int, mode: str, style: Style = Style()) -> str:
     """The completion for an explored tree (which must contain a solution).
     ``mode``: ``parallel`` (fork/join), ``sequential`` (the same nodes as one chain)
     or ``dfs`` (one chain that stops at the first solution)."""
@@ -258,10 +318,11 @@ def render_tree(root: Node, target: int, mode: str, restate: bool = False) -> st
     if mode not in ("parallel", "sequential", "dfs"):
         raise ValueError(f"mode must be parallel, sequential or dfs, got {mode!r}")
     if mode == "dfs":
-        return f"{''.join(_render_dfs(root, target, '', '')).lstrip()}\nAnswer: {root.found}"
-    parts = _render_parts(root, target, mode == "parallel", "", "", restate)
+        parts = _render_dfs(root, target, "", "", style)
+    else:
+        parts = _render_parts(root, target, mode == "parallel", "", "", style)
     text = render(_merge_text(parts)).lstrip()
-    return f"{text}\nAnswer: {root.found}"
+    return text if style.leaf_answers else f"{text}\nAnswer: {root.found}"
 
 
 def _merge_text(parts: list) -> list:
@@ -306,6 +367,9 @@ class GenConfig:
     num_range: tuple = task.NUM_RANGE
     target_range: tuple = task.TARGET_RANGE
     restate: bool = False  # parallel: each thread starts by restating its outline
+    show_target: bool = False  # every state ends with the target: [3 21|24]
+    moves: str = "best"  # which moves a state tries: see search()
+    leaf_answers: bool = False  # the solving move states the answer (see Style)
     parallel_fraction: float = 0.5  # mixed: share of records rendered in parallel (the rest: dfs)
 
     def __post_init__(self) -> None:
@@ -341,15 +405,16 @@ def make_candidate(cfg: GenConfig, k: int) -> dict | None:
     nums, target = task.make_problem(rng, cfg.n_numbers, tuple(cfg.num_range), tuple(cfg.target_range))
     if split_of(nums, target) != cfg.split:
         return None
-    root = search(nums, target, rng, cfg.widths, cfg.max_depth)
+    root = search(nums, target, rng, cfg.widths, cfg.max_depth, cfg.moves)
     if root.found is None:
         return {"_key": None}
     mode = cfg.mode
     if mode == "mixed":  # decided by the candidate's own stream: independent of workers
         mode = "parallel" if rng.random() < cfg.parallel_fraction else "dfs"
-    completion = render_tree(root, target, mode, cfg.restate)
+    style = Style(cfg.restate, cfg.show_target, cfg.leaf_answers)
+    completion = render_tree(root, target, mode, style)
     check_completion(completion, nums, target, cfg.max_depth)
-    seq = completion if mode != "parallel" else render_tree(root, target, "dfs")
+    seq = completion if mode != "parallel" else render_tree(root, target, "dfs", style)
     return {
         "task": TASK,
         "prompt": task.prompt(nums, target),
@@ -550,6 +615,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="targets are drawn among the reachable values in LO..HI (default 10,100)")
     p.add_argument("--parallel-fraction", type=float, default=0.5,
                    help="--mode mixed: share of records written as fork/join traces, the rest as dfs (default 0.5)")
+    p.add_argument("--moves", choices=MOVE_RULES, default="best",
+                   help="best: the --widths best moves of a state by the heuristic (default); per-pair: for each "
+                        "pair of numbers in order, its --widths best operations")
+    p.add_argument("--leaf-answers", action="store_true",
+                   help="the move that reaches the target writes '=> Answer: EXPR'; nothing is restated after it")
+    p.add_argument("--show-target", action="store_true",
+                   help="every search state ends with the target ([3 21|24]): the check against it is local")
     p.add_argument("--restate", action="store_true",
                    help="parallel mode: each thread starts by restating its outline (its move and numbers)")
     p.add_argument("--workers", type=_bounded(1), default=1)
@@ -564,7 +636,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = GenConfig(n_numbers=args.numbers, seed=args.seed, split=args.split, mode=args.mode,
                     max_depth=args.max_depth, widths=args.widths, num_range=args.num_range,
-                    target_range=args.target_range, restate=args.restate,
+                    target_range=args.target_range, restate=args.restate, show_target=args.show_target,
+                    moves=args.moves, leaf_answers=args.leaf_answers,
                     parallel_fraction=args.parallel_fraction)
     t0 = time.perf_counter()
     info: dict = {}

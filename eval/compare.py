@@ -49,16 +49,34 @@ COLUMNS = [
     ("mode", "mode", "{}"),
     ("problems", "n_problems", "{:d}"),
     ("accuracy", "accuracy", "{:.3f}"),
+    ("accuracy 95% CI", "accuracy_ci", "{}"),
     ("pass@k", "pass_at_k", None),
+    ("forks", "fork_rate", "{:.3f}"),
     ("total tokens", "total_tokens_mean", "{:.1f}"),
     ("critical path", "critical_path_mean", "{:.1f}"),
     ("speedup (mean of ratios)", "speedup_mean_of_ratios", "{:.3f}"),
     ("speedup (ratio of means)", "speedup_ratio_of_means", "{:.3f}"),
     ("vs seq (mean of ratios)", "speedup_vs_baseline_mean_of_ratios", "{:.3f}"),
     ("vs seq (ratio of means)", "speedup_vs_baseline_ratio_of_means", "{:.3f}"),
+    ("critical path / seq tokens", "cp_over_baseline_tokens", "{:.3f}"),
     ("wall-clock / problem (s)", "wall_clock_per_problem_s", "{:.3f}"),
     ("format valid", "format_valid_rate", "{:.3f}"),
+    ("format valid 95% CI", "format_valid_ci", "{}"),
 ]
+
+
+def rate_records(samples: Sequence[dict]) -> dict:
+    """Rates over samples with their 95% Wilson intervals, and the share that forked."""
+    from parallel_reason.metrics import wilson_interval
+
+    n = len(samples)
+    out = {}
+    for key, field in (("accuracy_ci", "correct"), ("format_valid_ci", "format_valid")):
+        k = sum(1 for s in samples if s.get(field))
+        lo, hi = wilson_interval(k, n)
+        out[key] = f"[{lo:.3f}, {hi:.3f}]"
+    out["fork_rate"] = sum(1 for s in samples if (s.get("blocks") or 0) > 0) / n if n else 0.0
+    return out
 
 
 class Run:
@@ -137,11 +155,15 @@ def table_records(runs: Sequence[Run], baseline: Run | None) -> list[dict]:
     for run in runs:
         rec = {"name": run.name, "mode": run.mode}
         rec.update({k: run.summary.get(k) for _, k, _ in COLUMNS if k in run.summary})
+        rec.update(rate_records(run.samples()))
         if baseline is not None:
             if run is baseline:
                 rec["is_baseline"] = True
             else:
                 rec.update(baseline_speedups(run, baseline))
+                r = rec.get("speedup_vs_baseline_ratio_of_means")
+                if r:
+                    rec["cp_over_baseline_tokens"] = 1.0 / r
         out.append(rec)
     return out
 

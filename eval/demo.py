@@ -1,39 +1,19 @@
-"""The tiny end-to-end CPU pipeline (``make demo``): data -> model -> SFT -> eval -> GRPO -> eval -> report.
+"""The tiny end-to-end CPU pipeline (``make demo``): data -> model -> SFT -> eval -> P-GRPO and
+self-training -> eval -> report.
 
     python -m eval.demo --out runs/demo            # what `make demo` runs
     python -m eval.demo --out runs/demo --dry-run  # print the stage commands only
 
-Every stage is one command of the toolkit's own CLIs (printed before it runs, so any
-stage can be rerun or scaled up by hand, e.g. with a real model id for GPU users):
+Every stage is one command of the toolkit's own CLIs, printed before it runs, so any stage
+can be rerun or scaled up by hand. What each stage does, the choices behind the defaults
+(reduced number range, whole-number tokens, thread headers, states that carry the target)
+and what was measured are in ``docs/demo.md``.
 
-1. ``data``: Countdown search traces from ``python -m data_gen.countdown`` (the
-   3-number variant by default: short traces a sub-1M-parameter model can learn in
-   minutes), the same problems written twice, as fork/join traces (``--mode
-   parallel``) and as one linear chain of the same search (``--mode sequential``);
-   held-out val/test splits; GRPO prompts from another seed.
-2. ``base``: ``recipes/init_tiny_model.py`` builds one BPE tokenizer (control tags as
-   single tokens) and one random Qwen2 from both training files: both SFT runs start
-   from the same weights and vocabulary.
-3. ``sft``: ``recipes/sft.py`` trains the parallel model (packed fork/join graphs) and
-   the sequential baseline (plain causal SFT) on the same search data.
-4. ``eval_sft``: ``eval.benchmark`` decodes the test split greedily with the runner
-   (``--mode parallel`` forks threads; ``--mode sequential`` for the baseline).
-5. ``grpo``: ``recipes/grpo.py`` runs a short P-GRPO from each SFT model
-   (correctness + acceleration rewards; ``--parallel false`` for the baseline, whose
-   acceleration reward is then always 0).
-6. ``eval_grpo``: the same benchmark on the GRPO models.
-7. ``report``: ``eval.compare`` writes ``report/compare.md`` and the plots; this
-   script adds ``report/README.md`` with the stage times and commands.
-
-Two independent commands run side by side (``--jobs 2``), each with its share of
-the cores as torch threads (one each on a 2-core machine: tiny models gain little
-from a second intra-op thread, and two processes with two threads each on two cores
-oversubscribe). Each command's output goes to
-``OUT/logs/<stage>.log``; a heartbeat prints the last line of each running log.
-
-Interrupting loses little: a finished stage is skipped on rerun (its output
-exists), SFT and GRPO resume from their last checkpoint, and the benchmark skips
-problems already written.
+Two independent commands run side by side (``--jobs 2``), one torch thread each on a
+2-core machine. Each command's output goes to ``OUT/logs/<stage>.log``; a heartbeat
+prints the last line of each running log. A finished stage is skipped on rerun (its
+output exists), SFT and GRPO resume from their last checkpoint, the benchmark and
+self-training skip problems already written.
 """
 
 from __future__ import annotations
@@ -49,6 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the full Countdown distribution (``parallel_reason.tasks.countdown``)
+FULL_NUM_RANGE = (1, 99)
+FULL_TARGET_RANGE = (10, 100)
 
 
 @dataclass
@@ -147,133 +130,335 @@ class Pipeline:
 
 
 def build(args) -> tuple[Pipeline, list[tuple[str, list[Job]]]]:
+    """The pipeline's stages (see the module docstring and docs/demo.md)."""
     out = Path(args.out).resolve()
     py = sys.executable
-    d, m = out / "data", out / "models"
+    d, m, ev = out / "data", out / "models", out / "eval"
     pipe = Pipeline(out, args.jobs, args.heartbeat, args.dry_run)
+    fmt = ["--moves", args.moves] + (["--show-target"] if args.show_target else []) + \
+        (["--leaf-answers"] if args.leaf_answers else [])
+    reduced = tuple(args.num_range) != FULL_NUM_RANGE or tuple(args.target_range) != FULL_TARGET_RANGE
 
-    def gen(split: str, mode: str, n: int, seed: int, path: Path) -> Job:
-        return Job(f"data_{path.stem}", [py, "-m", "data_gen.countdown", "--n", str(n), "--numbers", str(args.numbers),
-                                         "--seed", str(seed), "--split", split, "--mode", mode, "--out", str(path),
-                                         "--no-progress"], done=path)
+    def gen(split: str, mode: str, n: int, seed: int, path: Path, ranges: tuple | None = None) -> Job:
+        num_range, target_range = ranges or (args.num_range, args.target_range)
+        argv = [py, "-m", "data_gen.countdown", "--n", str(n), "--numbers", str(args.numbers), "--seed", str(seed),
+                "--split", split, "--mode", mode, "--num-range", _pair(num_range), "--target-range",
+                _pair(target_range), "--widths", args.widths, "--out", str(path), "--no-progress", *fmt]
+        if mode in ("parallel", "mixed") and args.thread_header == "outline":
+            argv.append("--restate")
+        if mode == "mixed":
+            argv += ["--parallel-fraction", str(args.parallel_fraction)]
+        return Job(f"data_{path.stem}", argv, done=path)
 
-    data = [gen("train", "parallel", args.train_n, 0, d / "train.parallel.jsonl"),
-            gen("train", "sequential", args.train_n, 0, d / "train.sequential.jsonl"),
-            gen("val", "parallel", args.val_n, 0, d / "val.parallel.jsonl"),
-            gen("val", "sequential", args.val_n, 0, d / "val.sequential.jsonl"),
+    par_mode = "mixed" if args.parallel_fraction < 1 else "parallel"
+    data = [gen("train", par_mode, args.train_n, 0, d / "train.parallel.jsonl"),
+            gen("train", "dfs", args.train_n, 0, d / "train.dfs.jsonl"),
+            gen("val", par_mode, args.val_n, 0, d / "val.parallel.jsonl"),
+            gen("val", "dfs", args.val_n, 0, d / "val.dfs.jsonl"),
             gen("test", "parallel", args.test_n, 0, d / "test.jsonl"),
             gen("train", "parallel", args.grpo_n, 1, d / "grpo.train.jsonl")]
+    if reduced and args.full_test_n > 0:
+        data.append(gen("test", "parallel", args.full_test_n, 0, d / "test_full.jsonl",
+                        (FULL_NUM_RANGE, FULL_TARGET_RANGE)))
     base = m / "base"
     base_job = Job("base", [py, "recipes/init_tiny_model.py", "--data", str(d / "train.parallel.jsonl"),
-                            str(d / "train.sequential.jsonl"), "--out", str(base), "--hidden-size", str(args.hidden),
+                            str(d / "train.dfs.jsonl"), "--out", str(base), "--hidden-size", str(args.hidden),
                             "--layers", str(args.layers), "--intermediate-size", str(2 * args.hidden),
-                            "--seed", str(args.seed)], done=base / "tokenizer_config.json")  # written last
+                            "--vocab-size", str(args.vocab_size), "--seed", str(args.seed)]
+                   + (["--whole-numbers"] if args.whole_numbers else []),
+                   done=base / "tokenizer_config.json")  # written last
 
-    def sft(mode: str) -> Job:
-        o = m / f"sft_{mode}"
-        return Job(f"sft_{mode}", [py, "recipes/sft.py", "--config", "configs/sft/countdown_tiny.yaml",
-                                   "--model_name_or_path", str(base), "--mode", mode, "--generate_data", "none",
-                                   "--train_data", str(d / f"train.{mode}.jsonl"), "--eval_data",
-                                   str(d / f"val.{mode}.jsonl"), "--output_dir", str(o),
-                                   "--num_train_epochs", str(args.sft_epochs), "--learning_rate", str(args.sft_lr),
-                                   "--per_device_train_batch_size", "16", "--eval_steps", "0",
-                                   "--save_steps", "100", "--logging_steps", "25", "--seed", str(args.seed),
-                                   "--disable_tqdm", "true"], done=o / "final" / "README.md")  # the model card is written last
+    def sft(name: str, mode: str, data_name: str, batch: int) -> Job:
+        o = m / f"sft_{name}"
+        argv = [py, "recipes/sft.py", "--config", "configs/sft/countdown_tiny.yaml",
+                "--model_name_or_path", str(base), "--mode", mode, "--generate_data", "none",
+                "--train_data", str(d / f"train.{data_name}.jsonl"), "--eval_data", str(d / f"val.{data_name}.jsonl"),
+                "--output_dir", str(o), "--learning_rate", str(args.sft_lr),
+                "--per_device_train_batch_size", str(batch), "--eval_steps", str(args.sft_eval_steps),
+                "--save_steps", "200", "--logging_steps", "25", "--seed", str(args.seed), "--disable_tqdm", "true",
+                "--warmup_ratio", "0.03"]
+        argv += (["--max_train_tokens", str(args.sft_tokens)] if args.sft_tokens > 0
+                 else ["--num_train_epochs", str(args.sft_epochs)])
+        if mode == "parallel":
+            argv += ["--thread_header", args.thread_header]
+        return Job(f"sft_{name}", argv, done=o / "final" / "README.md")  # the model card is written last
 
-    def bench(model: Path, mode: str, name: str) -> Job:
-        o = out / "eval" / name
+    def bench(model: Path, mode: str, name: str, data: Path, n: int) -> Job:
+        o = ev / name
         return Job(f"eval_{name}", [py, "-m", "eval.benchmark", "--model", str(model), "--task", "countdown",
-                                    "--data", str(d / "test.jsonl"), "--mode", mode, "--n", str(args.test_n),
-                                    "--out", str(o), "--batch-size", "32", "--max-new-tokens",
-                                    str(args.max_new_tokens), "--no-progress"], done=o / "summary.json")
+                                    "--data", str(data), "--mode", mode, "--n", str(n), "--out", str(o),
+                                    "--batch-size", "32", "--max-new-tokens", str(args.max_new_tokens),
+                                    "--no-progress"], done=o / "summary.json")
 
     # rollouts per forward: whole groups, at most 16 rollouts, dividing the step's rollouts
     k = max(d for d in range(1, args.grpo_prompts + 1)
             if args.grpo_prompts % d == 0 and (d == 1 or d * args.grpo_g <= 16))
 
-    def grpo(mode: str) -> Job:
-        o = m / f"grpo_{mode}"
-        return Job(f"grpo_{mode}", [py, "recipes/grpo.py", "--config", "configs/grpo/countdown_tiny.yaml",
-                                    "--model_name_or_path", str(m / f"sft_{mode}" / "final"),
-                                    "--parallel", "true" if mode == "parallel" else "false",
+    def grpo(name: str, parallel: bool) -> Job:
+        o = m / f"grpo_{name}"
+        return Job(f"grpo_{name}", [py, "recipes/grpo.py", "--config", "configs/grpo/countdown_tiny.yaml",
+                                    "--model_name_or_path", str(m / f"sft_{name}" / "final"),
+                                    "--parallel", "true" if parallel else "false",
                                     "--train_data", str(d / "grpo.train.jsonl"), "--eval_data", "none",
                                     "--generate_data", "none", "--output_dir", str(o),
                                     "--max_steps", str(args.grpo_steps), "--num_generations", str(args.grpo_g),
                                     "--prompts_per_step", str(args.grpo_prompts), "--generation_batch_size",
                                     str(args.grpo_prompts), "--max_new_tokens", str(args.max_new_tokens),
-                                    "--micro_batch_size", str(k * args.grpo_g),
-                                    "--learning_rate", str(args.grpo_lr), "--save_steps", "10",
-                                    "--num_samples_to_log", "1", "--seed", str(args.seed)],
+                                    "--micro_batch_size", str(k * args.grpo_g), "--temperature",
+                                    str(args.grpo_temperature), "--learning_rate", str(args.grpo_lr),
+                                    "--acceleration_factor", str(args.acceleration_factor),
+                                    "--save_steps", "10", "--num_samples_to_log", "1", "--seed", str(args.seed)],
                    done=o / "final" / "README.md")  # the model card is written last
 
-    runs = ["sft_sequential", "sft_parallel"] + (["grpo_sequential", "grpo_parallel"] if args.grpo_steps > 0 else [])
-    report = out / "report"
+    kept = out / "self_train" / "kept.jsonl"
+    self_train = Job("self_train", [py, "-m", "data_gen.self_train", "--model", str(m / "sft_parallel" / "final"),
+                                    "--input", str(d / "grpo.train.jsonl"), "--n", str(args.self_train_n),
+                                    "--k", str(args.self_train_k), "--temperature", str(args.self_train_temperature),
+                                    "--keep", "all", "--max-new-tokens", str(args.max_new_tokens),
+                                    "--batch-size", "32", "--out", str(kept), "--no-progress"],
+                     done=kept.with_name(kept.name + ".stats.json"))
+
+    runs = ["sft_dfs", "sft_parallel"] + (["grpo_parallel"] if args.grpo_steps > 0 else [])
+    evals = [bench(m / "sft_parallel" / "final", "parallel", "sft_parallel", d / "test.jsonl", args.test_n),
+             bench(m / "sft_dfs" / "final", "sequential", "sft_dfs", d / "test.jsonl", args.test_n)]
+    full = reduced and args.full_test_n > 0
+    if full:
+        evals += [bench(m / "sft_parallel" / "final", "parallel", "full_sft_parallel", d / "test_full.jsonl",
+                        args.full_test_n),
+                  bench(m / "sft_dfs" / "final", "sequential", "full_sft_dfs", d / "test_full.jsonl",
+                        args.full_test_n)]
     stages = [
-        ("1. data: Countdown search traces (parallel + sequential renderings of the same search)", data),
+        ("1. data: Countdown search traces (fork/join and depth-first renderings of the same search)", data),
         ("2. base: one tokenizer + random tiny Qwen2 for both runs", [base_job]),
-        ("3. sft: packed-graph SFT (parallel) and plain causal SFT (sequential baseline)",
-         [sft("parallel"), sft("sequential")]),
-        ("4. eval_sft: greedy decoding of the test split with the runner",
-         [bench(m / "sft_parallel" / "final", "parallel", "sft_parallel"),
-          bench(m / "sft_sequential" / "final", "sequential", "sft_sequential")]),
+        ("3. sft: packed-graph SFT (parallel) and plain causal SFT (dfs baseline), same compute",
+         [sft("parallel", "parallel", "parallel", args.sft_batch_parallel),
+          sft("dfs", "sequential", "dfs", args.sft_batch_dfs)]),
+        ("4. eval_sft: greedy decoding of the test problems with the runner", evals),
     ]
     if args.grpo_steps > 0:
-        stages += [
-            ("5. grpo: short P-GRPO from each SFT model (correctness + acceleration)",
-             [grpo("parallel"), grpo("sequential")]),
-            ("6. eval_grpo: the same benchmark on the GRPO models",
-             [bench(m / "grpo_parallel" / "final", "parallel", "grpo_parallel"),
-              bench(m / "grpo_sequential" / "final", "sequential", "grpo_sequential")]),
-        ]
-    stages.append(("7. report: table and plots", [
-        Job("compare", [py, "-m", "eval.compare", *[str(out / "eval" / r) for r in runs], "--out", str(report)])]))
+        rl = [grpo("parallel", True)]
+        if args.self_train_n > 0:
+            rl.append(self_train)
+        stages.append(("5. grpo: P-GRPO from the parallel SFT model (correctness + acceleration); "
+                       "self-training samples from the SFT model", rl))
+        post = [bench(m / "grpo_parallel" / "final", "parallel", "grpo_parallel", d / "test.jsonl", args.test_n)]
+        if full:
+            post.append(bench(m / "grpo_parallel" / "final", "parallel", "full_grpo_parallel",
+                              d / "test_full.jsonl", args.full_test_n))
+        stages.append(("6. eval_grpo: the same benchmark on the GRPO model", post))
+    elif args.self_train_n > 0:
+        stages.append(("5. self_train: samples from the parallel SFT model", [self_train]))
+    report = out / "report"
+    cmp_jobs = [Job("compare", [py, "-m", "eval.compare", *[str(ev / r) for r in runs], "--out", str(report)])]
+    if full:
+        cmp_jobs.append(Job("compare_full", [py, "-m", "eval.compare", *[str(ev / f"full_{r}") for r in runs],
+                                             "--out", str(report / "full_range")]))
+    stages.append(("7. report: tables and plots", cmp_jobs))
     return pipe, stages
+
+
+def _pair(rng) -> str:
+    return f"{int(rng[0])},{int(rng[1])}"
+
+
+def _range(text: str) -> tuple:
+    try:
+        lo, hi = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI, got {text!r}") from None
+    if not 1 <= lo <= hi:
+        raise argparse.ArgumentTypeError(f"expected 1 <= LO <= HI, got {text!r}")
+    return lo, hi
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    out = []
+    try:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    except OSError:
+        pass
+    return out
+
+
+def _acc(summary: dict | None) -> tuple[int, int]:
+    """(correct samples, samples) of a benchmark summary."""
+    if not summary:
+        return 0, 0
+    n = int(summary.get("n_samples", summary.get("n_problems", 0)))
+    return round(float(summary.get("accuracy", 0.0)) * n), n
+
+
+def targets(out: Path, args) -> list[tuple[str, str, str]]:
+    """The issue's targets, each as (target, measured, met / missed / n/a)."""
+    from parallel_reason.metrics import wilson_interval
+
+    ev = out / "eval"
+    s = {r: _read_json(ev / r / "summary.json") for r in ("sft_parallel", "sft_dfs", "grpo_parallel")}
+    rows: list[tuple[str, str, str]] = []
+
+    def ci(k: int, n: int) -> str:
+        lo, hi = wilson_interval(k, n)
+        return f"{k / n:.3f} [{lo:.3f}, {hi:.3f}]" if n else "n/a"
+
+    def verdict(ok) -> str:
+        return "n/a" if ok is None else ("met" if ok else "missed")
+
+    par, dfs, rl = s["sft_parallel"], s["sft_dfs"], s["grpo_parallel"]
+    if par:
+        k, n = _acc(par)
+        rows.append(("parallel SFT accuracy >= 0.60", ci(k, n), verdict(k / n >= 0.60 if n else None)))
+        fv = float(par.get("format_valid_rate", 0.0))
+        rows.append(("parallel SFT format-valid >= 0.99", f"{fv:.3f}", verdict(fv >= 0.99)))
+    if par and dfs:
+        gap = float(dfs["accuracy"]) - float(par["accuracy"])
+        rows.append(("parallel accuracy >= dfs baseline - 0.03", f"{float(par['accuracy']):.3f} vs "
+                     f"{float(dfs['accuracy']):.3f} (gap {gap:+.3f})", verdict(gap <= 0.03)))
+        ratio = float(par["critical_path_mean"]) / max(float(dfs["total_tokens_mean"]), 1e-9)
+        rows.append(("parallel mean critical path <= 0.75 x dfs mean tokens", f"{ratio:.3f}", verdict(ratio <= 0.75)))
+    if par and rl:
+        da = float(rl["accuracy"]) - float(par["accuracy"])
+        ds = float(rl["speedup_mean_of_ratios"]) - float(par["speedup_mean_of_ratios"])
+        ok = da >= 0.05 or (ds >= 0.15 and da >= -0.02)
+        rows.append(("P-GRPO: accuracy +0.05, or speedup +0.15 with accuracy within 0.02",
+                     f"accuracy {da:+.3f}, speedup {ds:+.3f}", verdict(ok)))
+    st = _read_json(out / "self_train" / "kept.jsonl.stats.json")
+    if st:
+        rate = float(st.get("kept_rate", 0.0))
+        rows.append(("self-training keeps >= 20% of samples",
+                     f"{rate:.3f} (kept {st.get('kept')} of {st.get('samples')}; kept mean speedup "
+                     f"{_fmt(st.get('kept_speedup_mean'))})", verdict(rate >= 0.20)))
+    return rows
+
+
+def _fmt(v) -> str:
+    return f"{v:.3f}" if isinstance(v, (int, float)) else "n/a"
+
+
+def plots(out: Path) -> list[str]:
+    """SFT loss curves and per-step GRPO rollout metrics (reward, accuracy, speedup, forks)."""
+    from eval.plots import curves
+
+    report, m = out / "report", out / "models"
+    files = []
+    sft = {}
+    for name in ("sft_parallel", "sft_dfs"):
+        st = _read_json(m / name / "trainer_state.json")
+        if st:
+            sft[name] = st.get("log_history", [])
+    if sft:
+        files.append(curves(sft, ["loss", "eval_loss"], report / "sft_curves.png", "SFT").name)
+    rl = _read_jsonl(m / "grpo_parallel" / "metrics.jsonl")
+    if rl:
+        files.append(curves({"grpo_parallel": rl}, ["reward", "accuracy", "speedup", "fork_rate"],
+                            report / "grpo_curves.png", "P-GRPO, per step (training rollouts)").name)
+    return files
 
 
 def write_report(pipe: Pipeline, args, wall: float) -> Path:
     report = pipe.out / "report"
+    report.mkdir(parents=True, exist_ok=True)
     table = (report / "compare.md").read_text(encoding="utf-8") if (report / "compare.md").exists() else ""
+    full = report / "full_range" / "compare.md"
+    figs = plots(pipe.out)
+    variant = (f"Countdown with {args.numbers} numbers in {_pair(args.num_range)}, targets in "
+               f"{_pair(args.target_range)}")
     lines = ["# parallel_reason demo report", "",
-             f"Countdown, {args.numbers} numbers; {args.train_n} training traces; test split of {args.test_n} problems, "
-             f"greedy decoding. Tiny Qwen2 ({args.layers} layers, hidden {args.hidden}) built from the data.", "",
+             f"{variant}; {args.train_n} training problems; {args.test_n} held-out test problems, greedy decoding. "
+             f"Tiny Qwen2 ({args.layers} layers, hidden {args.hidden}) built from the data. Parallel model: "
+             f"{'a mix of fork/join (' + format(args.parallel_fraction, '.0%') + ') and depth-first' if args.parallel_fraction < 1 else 'fork/join'} "
+             f"traces, thread header `{args.thread_header}`; baseline: depth-first traces that stop at the first "
+             f"solution; both SFT runs process the same number of tokens.", "",
              f"Total wall time of this invocation: {wall / 60:.1f} min ({os.cpu_count()} CPU cores).", "",
-             "## Results", "", table.strip(), "",
-             "![accuracy vs critical-path budget](accuracy_vs_budget.png)", "",
-             "![speedup histogram](speedup_hist.png)", "",
-             "## Stages", "", "| stage | seconds | status |", "|---|---|---|"]
+             "## Targets", "", "| target | measured | |", "|---|---|---|"]
+    lines += [f"| {t} | {v} | {ok} |" for t, v, ok in targets(pipe.out, args)]
+    lines += ["", "## Results", "", table.strip(), ""]
+    if full.exists():
+        lines += [f"## The same models on the full range (numbers {_pair(FULL_NUM_RANGE)}, targets "
+                  f"{_pair(FULL_TARGET_RANGE)})", "", full.read_text(encoding="utf-8").strip(), ""]
+    lines += ["![accuracy vs critical-path budget](accuracy_vs_budget.png)", "",
+              "![speedup histogram](speedup_hist.png)", ""]
+    lines += [f"![{f}]({f})" for f in figs] + [""]
+    lines += ["## Stages", "", "| stage | seconds | status |", "|---|---|---|"]
     lines += [f"| {t} | {s:.0f} | {st} |" for t, s, st in pipe.times]
     lines += ["", "## Commands", "", "Run from the repository root; logs in `logs/`.", "", "```bash"]
     lines += [c for _, c in pipe.commands]
     lines += ["```", ""]
-    report.mkdir(parents=True, exist_ok=True)
     path = report / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
-    (report / "stages.json").write_text(json.dumps({"wall_s": wall, "stages": pipe.times}, indent=2),
-                                         encoding="utf-8")
+    (report / "stages.json").write_text(json.dumps({"wall_s": wall, "stages": pipe.times,
+                                                    "targets": targets(pipe.out, args)}, indent=2),
+                                        encoding="utf-8")
     return path
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m eval.demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/demo", help="output folder (data, models, eval, logs, report)")
-    ap.add_argument("--numbers", type=int, default=3, help="Countdown input numbers (3: the short variant)")
-    ap.add_argument("--train-n", type=int, default=4000, help="SFT training traces (per mode)")
-    ap.add_argument("--val-n", type=int, default=200, help="held-out traces for the SFT eval loss")
-    ap.add_argument("--test-n", type=int, default=200, help="test problems benchmarked")
-    ap.add_argument("--grpo-n", type=int, default=1000, help="GRPO training prompts")
-    ap.add_argument("--hidden", type=int, default=128, help="tiny model hidden size (MLP: 2x)")
-    ap.add_argument("--layers", type=int, default=4, help="tiny model layers")
-    ap.add_argument("--sft-epochs", type=float, default=2.0)
-    ap.add_argument("--sft-lr", type=float, default=3e-3)
-    ap.add_argument("--grpo-steps", type=int, default=20, help="0 skips GRPO")
-    ap.add_argument("--grpo-g", type=int, default=8, help="rollouts per prompt")
-    ap.add_argument("--grpo-prompts", type=int, default=8, help="prompts per GRPO step")
-    ap.add_argument("--grpo-lr", type=float, default=5e-5)
-    ap.add_argument("--max-new-tokens", type=int, default=384, help="sampled-token budget per rollout")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--jobs", type=int, default=2, help="commands run side by side")
-    ap.add_argument("--heartbeat", type=float, default=60.0, help="seconds between progress lines (0: off)")
-    ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    g = ap.add_argument_group("problems and traces")
+    g.add_argument("--numbers", type=int, default=3, help="Countdown input numbers (default 3)")
+    g.add_argument("--num-range", type=_range, default=(1, 20), help="input numbers LO,HI (default 1,20: reduced)")
+    g.add_argument("--target-range", type=_range, default=FULL_TARGET_RANGE, help="targets LO,HI (default 10,100)")
+    g.add_argument("--moves", choices=("best", "per-pair"), default="per-pair",
+                   help="moves a search state tries (data_gen.countdown --moves; default per-pair)")
+    g.add_argument("--widths", default="1", help="moves kept per level (data_gen.countdown --widths; default 1)")
+    g.add_argument("--no-leaf-answers", dest="leaf_answers", action="store_false",
+                   help="restate the solution after each join and end with an Answer line (default: the "
+                        "solving move writes the answer)")
+    g.add_argument("--parallel-fraction", type=float, default=0.5,
+                   help="share of fork/join traces in the parallel model's data, the rest depth-first (default 0.5: "
+                        "the model can answer either way, so RL has room to move it towards forking)")
+    g.add_argument("--thread-header", choices=("index", "outline"), default="outline",
+                   help="what the runner writes after <Thread>: its index, or its outline (default)")
+    g.add_argument("--no-show-target", dest="show_target", action="store_false",
+                   help="states without the target ([3 21] instead of [3 21|24])")
+    g.add_argument("--train-n", type=int, default=8000, help="SFT training problems (each rendering)")
+    g.add_argument("--val-n", type=int, default=200, help="held-out traces for the SFT eval loss")
+    g.add_argument("--test-n", type=int, default=500, help="test problems benchmarked")
+    g.add_argument("--full-test-n", type=int, default=500,
+                   help="test problems of the full range (1..99, 10..100), when the demo's range is reduced")
+    g.add_argument("--grpo-n", type=int, default=1000, help="GRPO training prompts")
+    g = ap.add_argument_group("model and SFT")
+    g.add_argument("--hidden", type=int, default=128, help="tiny model hidden size (MLP: 2x)")
+    g.add_argument("--layers", type=int, default=4, help="tiny model layers")
+    g.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary")
+    g.add_argument("--digits", dest="whole_numbers", action="store_false",
+                   help="one token per digit (default: frequent numbers are single tokens)")
+    g.add_argument("--sft-tokens", type=int, default=2_600_000,
+                   help="SFT compute budget per model, in buffer tokens (0: use --sft-epochs)")
+    g.add_argument("--sft-epochs", type=float, default=1.0)
+    g.add_argument("--sft-lr", type=float, default=1.5e-3)
+    g.add_argument("--sft-batch-parallel", type=int, default=4,
+                   help="fork/join traces per optimizer step (default 4: about 1,000 buffer tokens)")
+    g.add_argument("--sft-batch-dfs", type=int, default=16,
+                   help="depth-first traces per optimizer step (default 16: about 1,200 buffer tokens)")
+    g.add_argument("--sft-eval-steps", type=int, default=100)
+    g = ap.add_argument_group("P-GRPO and self-training")
+    g.add_argument("--grpo-steps", type=int, default=20, help="0 skips GRPO")
+    g.add_argument("--grpo-g", type=int, default=8, help="rollouts per prompt")
+    g.add_argument("--grpo-prompts", type=int, default=8, help="prompts per GRPO step")
+    g.add_argument("--grpo-lr", type=float, default=1e-4)
+    g.add_argument("--grpo-temperature", type=float, default=0.7)
+    g.add_argument("--acceleration-factor", type=float, default=1.0)
+    g.add_argument("--self-train-n", type=int, default=100, help="problems sampled by self-training (0: skip)")
+    g.add_argument("--self-train-k", type=int, default=4)
+    g.add_argument("--self-train-temperature", type=float, default=0.7)
+    g = ap.add_argument_group("running")
+    g.add_argument("--max-new-tokens", type=int, default=256, help="sampled-token budget per rollout")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--jobs", type=int, default=2, help="commands run side by side")
+    g.add_argument("--heartbeat", type=float, default=60.0, help="seconds between progress lines (0: off)")
+    g.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     return ap
 
 
@@ -289,9 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     wall = time.perf_counter() - t0
     path = write_report(pipe, args, wall)
-    table = pipe.out / "report" / "compare.md"
-    if table.exists():
-        print("\n" + table.read_text(encoding="utf-8").strip(), flush=True)
+    print("\n" + path.read_text(encoding="utf-8").split("## Stages")[0].strip(), flush=True)
     print(f"\nreport: {path}\ntotal wall time: {wall / 60:.1f} min", flush=True)
     return 0
 

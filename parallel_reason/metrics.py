@@ -22,6 +22,8 @@ with ``len``). Each control tag counts as one token.
 
 from __future__ import annotations
 
+import math
+
 import re
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Sequence
@@ -228,7 +230,7 @@ def format_cell(rec: dict, key: str, fmt: str | None) -> str:
             return ", ".join(f"@{k} {float(x):.3f}" for k, x in sorted(v.items(), key=lambda kv: int(kv[0])))
         except (AttributeError, TypeError, ValueError):  # not {k: value}: shown as it is
             return str(v)
-    if key.startswith("speedup_vs_baseline") and rec.get("is_baseline"):
+    if (key.startswith("speedup_vs_baseline") or key == "cp_over_baseline_tokens") and rec.get("is_baseline"):
         return "baseline"
     if v is None:
         return "n/a"
@@ -236,6 +238,17 @@ def format_cell(rec: dict, key: str, fmt: str | None) -> str:
         return fmt.format(v)
     except (ValueError, TypeError, AttributeError):
         return str(v)
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a rate ``k / n`` (95% for ``z = 1.96``); ``(0, 1)`` when ``n == 0``."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, mid - half), min(1.0, mid + half)
 
 
 def markdown_table(records, columns) -> list[str]:

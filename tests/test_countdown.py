@@ -350,3 +350,104 @@ def test_cli_bad_options(tmp_path, args, message):
     assert r.returncode == 2
     assert message in r.stderr
     assert not (tmp_path / "x.jsonl").exists()
+
+
+# ---------------------------------------------------------------------------
+# generator options: depth-first baseline, mixed data, restated threads, goals, ranges
+
+
+def test_dfs_stops_at_the_first_solution_of_the_same_search(seq_records):
+    """``dfs`` renders the same explored tree as ``sequential`` but stops at the first
+    child whose subtree reaches the target; it is never longer."""
+    dfs = gen.generate(gen.GenConfig(seed=3, mode="dfs"), 300, progress=False)
+    assert [(r["nums"], r["target"], r["answer"]) for r in dfs] == \
+           [(r["nums"], r["target"], r["answer"]) for r in seq_records]
+    shorter = 0
+    for d, s in zip(dfs, seq_records):
+        assert strip_tags(d["completion"]) == d["completion"]
+        assert cd.verify(cd.extract_answer(d["completion"]), d["nums"], d["target"]).ok
+        top = [l for l in d["completion"].split("\n") if l and not l.startswith((" ", "=>", "Answer"))]
+        assert top == [l for l in s["completion"].split("\n") if l in top][:len(top)]
+        # the last top-level move is the one that reaches the target: its subtree ends with it
+        assert d["completion"].split("\n=> ")[-1].startswith(d["answer"])
+        assert metrics.total_tokens(d["completion"]) <= metrics.total_tokens(s["completion"])
+        shorter += metrics.total_tokens(d["completion"]) < metrics.total_tokens(s["completion"])
+    assert shorter > 100  # the same-content rendering goes on after the solution
+
+
+def test_mixed_mode_is_deterministic_and_mixes():
+    cfg = gen.GenConfig(seed=5, n_numbers=3, mode="mixed", parallel_fraction=0.5)
+    a = gen.generate(cfg, 200, progress=False)
+    assert a == gen.generate(cfg, 200, workers=2, chunk_size=7, progress=False)
+    modes = [r["mode"] for r in a]
+    assert set(modes) == {"parallel", "dfs"} and 60 <= modes.count("parallel") <= 140
+    for r in a:
+        assert (metrics.stats(r["completion"]).blocks > 0) == (r["mode"] == "parallel")
+    only = gen.generate(gen.GenConfig(seed=5, n_numbers=3, mode="mixed", parallel_fraction=1.0), 50, progress=False)
+    assert all(r["mode"] == "parallel" for r in only)
+
+
+def test_restated_threads_goals_and_ranges():
+    cfg = gen.GenConfig(seed=2, n_numbers=3, restate=True, show_target=True, num_range=(1, 20),
+                        target_range=(10, 60), widths=(3,))
+    recs = gen.generate(cfg, 80, progress=False)
+    for r in recs:
+        assert all(1 <= x <= 20 for x in r["nums"]) and 10 <= r["target"] <= 60
+        traj = parse(r["completion"])
+        for block, _ in traj.blocks():
+            for outline, thread in zip(block.outlines, block.threads):
+                plan = outline.split(": ", 1)[1]
+                assert plan.endswith(f"|{r['target']}]")  # the state carries the goal
+                assert thread.parts[0].startswith(" " + plan + " ")  # the thread restates its outline
+    # the dfs rendering carries the goal too; the default renders neither
+    d = gen.generate(gen.GenConfig(seed=2, n_numbers=3, mode="dfs", show_target=True), 5, progress=False)
+    assert all(f"|{r['target']}]" in r["completion"] for r in d)
+    plain = gen.generate(gen.GenConfig(seed=2, n_numbers=3), 5, progress=False)
+    assert all("|" not in r["completion"] for r in plain)
+
+
+def test_per_pair_moves_follow_the_order_of_the_numbers():
+    recs = gen.generate(gen.GenConfig(seed=4, n_numbers=3, moves="per-pair", widths=(1,)), 60, progress=False)
+    for r in recs:
+        a, b, c = r["nums"]
+        pairs = [sorted(p) for p in ((a, b), (a, c), (b, c))]
+        block = parse(r["completion"]).blocks()[0][0]
+        used = []
+        for outline in block.outlines:
+            move = outline.split(": ", 1)[1].split("=")[0]
+            x, y = (int(v) for v in move.replace("+", " ").replace("-", " ").replace("*", " ").replace("/", " ").split())
+            used.append(pairs.index(sorted((x, y))))
+        assert used == sorted(used)  # pairs in order; a pair whose state repeats is dropped
+    with pytest.raises(ValueError, match="moves"):
+        gen.search([1, 2, 3], 6, random.Random(0), moves="random")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--num-range", "5"], "LO,HI"), (["--target-range", "9,3"], "1 <= LO <= HI"),
+    (["--mode", "mixed", "--parallel-fraction", "1.5"], "parallel_fraction")])
+def test_cli_bad_ranges(tmp_path, args, message, capsys):
+    with pytest.raises((SystemExit, ValueError)) as e:
+        gen.main(["--n", "3", "--out", str(tmp_path / "x.jsonl"), *args])
+    assert message in (str(e.value) + capsys.readouterr().err)
+
+
+def test_leaf_answers_need_no_copy_after_a_join():
+    cfg = gen.GenConfig(seed=6, n_numbers=3, restate=True, show_target=True, moves="per-pair", widths=(1,),
+                        leaf_answers=True)
+    par = gen.generate(cfg, 60, progress=False)
+    dfs = gen.generate(gen.GenConfig(**{**cfg.__dict__, "mode": "dfs"}), 60, progress=False)
+    for p, d in zip(par, dfs):
+        assert p["completion"].endswith("</Parallel>")  # nothing is written after the join
+        assert d["completion"].endswith("=> Answer: " + d["answer"])  # the solving move ends the chain
+        for r in (p, d):
+            assert "Answer: " in r["completion"] and " = " not in r["completion"]  # no restated solution
+            assert cd.verify(cd.extract_answer(r["completion"]), r["nums"], r["target"]).ok
+        for block, _ in parse(p["completion"]).blocks():
+            for t in block.threads:
+                last = t.parts[-1]
+                assert last.endswith("=> none") or ("=> Answer: " in last and last.endswith("\n"))
+    # 4 numbers: nested blocks, nothing after the inner joins either
+    four = gen.generate(gen.GenConfig(seed=6, leaf_answers=True), 20, progress=False)
+    for r in four:
+        assert "</Parallel></Thread>" in r["completion"] and r["completion"].endswith("</Parallel>")
+        assert cd.verify(cd.extract_answer(r["completion"]), r["nums"], r["target"]).ok

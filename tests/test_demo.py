@@ -13,8 +13,9 @@ import pytest
 from eval import demo
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--train-n", "120", "--val-n", "12", "--test-n", "12", "--grpo-n", "24", "--sft-epochs", "1",
-         "--grpo-steps", "2", "--grpo-g", "4", "--grpo-prompts", "2", "--hidden", "32", "--layers", "1",
+SMALL = ["--train-n", "120", "--val-n", "12", "--test-n", "12", "--full-test-n", "6", "--grpo-n", "24",
+         "--sft-tokens", "0", "--sft-epochs", "1", "--grpo-steps", "2", "--grpo-g", "4", "--grpo-prompts", "2",
+         "--hidden", "32", "--layers", "1", "--vocab-size", "400", "--self-train-n", "4", "--self-train-k", "2",
          "--max-new-tokens", "48", "--heartbeat", "0"]
 
 
@@ -27,10 +28,12 @@ def test_dry_run_commands_parse_with_each_tool(tmp_path, capsys):
     assert demo.main(["--out", str(tmp_path / "d"), *SMALL, "--dry-run"]) == 0
     pipe, stages = _stages(tmp_path)
     names = [j.name for _, jobs in stages for j in jobs]
-    assert names[:6] == ["data_train.parallel", "data_train.sequential", "data_val.parallel", "data_val.sequential",
-                         "data_test", "data_grpo.train"]
-    assert {"base", "sft_parallel", "sft_sequential", "eval_sft_parallel", "eval_sft_sequential", "grpo_parallel",
-            "grpo_sequential", "eval_grpo_parallel", "eval_grpo_sequential", "compare"} <= set(names)
+    assert names[:7] == ["data_train.parallel", "data_train.dfs", "data_val.parallel", "data_val.dfs",
+                         "data_test", "data_grpo.train", "data_test_full"]
+    assert {"base", "sft_parallel", "sft_dfs", "eval_sft_parallel", "eval_sft_dfs", "eval_full_sft_parallel",
+            "eval_full_sft_dfs", "grpo_parallel", "self_train", "eval_grpo_parallel", "compare",
+            "compare_full"} <= set(names)
+    from data_gen import countdown as gen
     from eval.benchmark import build_parser
     from parallel_reason import grpo, sft
 
@@ -39,10 +42,14 @@ def test_dry_run_commands_parse_with_each_tool(tmp_path, capsys):
             argv = j.argv[1:]
             if argv[:2] == ["-m", "eval.benchmark"]:
                 ns = build_parser().parse_args(argv[2:])
-                assert ns.mode == ("sequential" if "sequential" in j.name else "parallel")
+                assert ns.mode == ("sequential" if "dfs" in j.name else "parallel")
+            elif argv[:2] == ["-m", "data_gen.countdown"]:
+                ns = gen.build_parser().parse_args(argv[2:])
+                assert ns.num_range == ((1, 99) if "full" in j.name else (1, 20))
             elif argv[0] == "recipes/sft.py":
                 cfg = sft.parse_args(argv[1:])
-                assert cfg.mode in j.name and cfg.model_name_or_path.endswith("base")
+                assert cfg.mode == ("sequential" if "dfs" in j.name else "parallel")
+                assert cfg.model_name_or_path.endswith("base")
             elif argv[0] == "recipes/grpo.py":
                 cfg = grpo.parse_args(argv[1:])
                 assert cfg.parallel == ("parallel" in j.name)
@@ -84,10 +91,15 @@ def test_miniature_pipeline_end_to_end(tmp_path):
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     table = (out / "report" / "compare.md").read_text()
-    for run in ("sft_sequential", "sft_parallel", "grpo_sequential", "grpo_parallel"):
+    for run in ("sft_dfs", "sft_parallel", "grpo_parallel"):
         assert f"| {run} |" in table
         summary = json.loads((out / "eval" / run / "summary.json").read_text())
         assert summary["n_problems"] == 12
+        assert json.loads((out / "eval" / f"full_{run}" / "summary.json").read_text())["n_problems"] == 6
+    report = (out / "report" / "README.md").read_text()
+    assert "## Targets" in report and "self-training keeps" in report
+    assert (out / "report" / "sft_curves.png").stat().st_size > 0
+    assert (out / "report" / "grpo_curves.png").stat().st_size > 0
     assert (out / "report" / "accuracy_vs_budget.png").stat().st_size > 0
     assert (out / "report" / "speedup_hist.png").stat().st_size > 0
     stages = json.loads((out / "report" / "stages.json").read_text())["stages"]

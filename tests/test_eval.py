@@ -285,6 +285,29 @@ def test_compare(workdir, two_runs, capsys):
     rom = sum(seq_rows[r["id"]]["total_tokens"] for r in par_rows) / sum(r["critical_path"] for r in par_rows)
     assert body["par"]["vs seq (mean of ratios)"] == f"{mor:.3f}"
     assert body["par"]["vs seq (ratio of means)"] == f"{rom:.3f}"
+    assert body["par"]["critical path / seq tokens"] == f"{1 / rom:.3f}"
+    assert body["seq"]["critical path / seq tokens"] == "baseline"
+    # rates with 95% Wilson intervals, and the share of samples that forked
+    from parallel_reason.metrics import wilson_interval
+
+    for name in ("seq", "par"):
+        rows = _lines(workdir / name / "results.jsonl")
+        k = sum(bool(r["correct"]) for r in rows)
+        lo, hi = wilson_interval(k, len(rows))
+        assert body[name]["accuracy 95% CI"] == f"[{lo:.3f}, {hi:.3f}]"
+        assert body[name]["forks"] == f"{sum(r['blocks'] > 0 for r in rows) / len(rows):.3f}"
+    assert body["seq"]["forks"] == "0.000"
+
+
+def test_wilson_interval_known_values():
+    from parallel_reason.metrics import wilson_interval
+
+    lo, hi = wilson_interval(60, 100)  # textbook: 0.502 .. 0.691
+    assert abs(lo - 0.5020) < 1e-3 and abs(hi - 0.6906) < 1e-3
+    assert wilson_interval(0, 500)[0] < 1e-12 and wilson_interval(500, 500)[1] > 1 - 1e-12
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    lo, hi = wilson_interval(300, 500)
+    assert lo < 0.6 < hi and hi - lo < 0.09  # 500 problems: about +-4 points
 
 
 def test_compare_without_baseline_and_budget_curve(workdir, two_runs, tmp_path):

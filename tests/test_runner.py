@@ -466,3 +466,99 @@ def test_bad_arguments(tok, model):
         Runner(model, tok, join="tree")
     with pytest.raises(ValueError):
         runner.replay(["a", "b"], ["x"])
+
+
+# ---------------------------------------------------------------------- thread header "outline"
+
+
+def restated(text: str) -> str:
+    """``text`` with every thread restating its outline (the form thread_header=outline trains)."""
+    from parallel_reason.format import Block, Thread, Trajectory, parse, render
+
+    def walk(parts):
+        out = []
+        for p in parts:
+            if isinstance(p, Block):
+                threads = []
+                for o, t in zip(p.outlines, p.threads):
+                    body = walk(t.parts)
+                    plan = o[len(t.header):]
+                    body = [plan + body[0]] if body and isinstance(body[0], str) else [plan, *body]
+                    threads.append(Thread(header=t.header, parts=body))
+                out.append(Block(outlines=list(p.outlines), threads=threads))
+            else:
+                out.append(p)
+        return out
+
+    return render(Trajectory(walk(parse(text).parts)))
+
+
+def test_outline_header_replay_matches_trainer_graph(tok, model):
+    """Header mode ``outline``: the runner opens thread i with outline i's own ids (never
+    sampled, never trained), and what it records equals the trainer's graph of the text."""
+    from parallel_reason.layout import THREAD_HEADERS, encode, tokenize_trajectory
+
+    assert THREAD_HEADERS == ("index", "outline")
+    rng = random.Random(11)
+    texts = [restated(random_trajectory(rng, depth=2, max_width=3, p_block=0.9)) for _ in range(5)]
+    prompts = [f"Numbers: {k} 4 5\nTarget: {k + 9}\n" for k in range(5)]
+    runner = Runner(model, tok, max_new_tokens=4096, max_width=4, max_depth=3, batch_size=2, thread_header="outline")
+    outs = runner.replay(prompts, texts)
+    assert sum(r.forks for r in outs) >= 4
+    for r, p, text in zip(outs, prompts, texts):
+        assert r.finish_reason == "eos" and r.completion == text + tok.eos_token
+        ref = graph_from_text(p, text, tok, thread_header="outline")
+        for name in ("input_ids", "pred", "position_ids", "loss_mask", "seg_id", "seg_vis"):
+            assert torch.equal(getattr(ref, name), getattr(r.graph, name)), name
+        # the restated outlines are not trained: fewer trained tokens than with "i:" openers
+        assert int(ref.loss_mask.sum()) < int(graph_from_text(p, text, tok).loss_mask.sum()) or r.forks == 0
+    assert worst_logprob_diff(model, outs, tok.pad_token_id) <= TOL
+    # the opener of thread i is separator + <Thread> + outline i's tokens
+    from parallel_reason.format import Block, parse
+
+    text = next(t for t in texts if any(isinstance(x, Block) for x in parse(t).parts))
+    block = next(x for x in parse(text).parts if isinstance(x, Block))
+    tblock = next(it for it in tokenize_trajectory(text, tok, thread_header="outline") if isinstance(it, TBlock))
+    for i, (o, t) in enumerate(zip(block.outlines, tblock.threads), 1):
+        assert t.opener == encode(tok, "\n") + [tag_token_ids(tok)["<Thread>"]] + encode(tok, o)
+
+
+def test_outline_header_generation_copies_sampled_outlines(tok, markov):
+    """Sampled forks open each thread with the outline's sampled ids, whatever the model wrote."""
+    runner = Runner(markov, tok, max_new_tokens=200, max_width=4, max_depth=2, batch_size=4, thread_header="outline")
+    outs = runner.generate([f"Numbers: {k} 2 3\nTarget: 9\n" for k in range(12)], n=2, temperature=1.0, seed=3)
+    ids = tag_token_ids(tok)
+    checked = 0
+    for r in outs:
+        for it in r.items:
+            if not isinstance(it, TBlock) or not it.threads:
+                continue
+            head, outlines, k = it.head, [], 0
+            while ids["<Outline>"] in head[k:]:  # the sampled ids of every outline, in order
+                a = head.index(ids["<Outline>"], k) + 1
+                b = head.index(ids["</Outline>"], a)
+                outlines.append(head[a:b])
+                k = b
+            for i, t in enumerate(it.threads):
+                assert t.opener == encode(tok, "\n") + [ids["<Thread>"]] + outlines[i]
+                checked += 1
+    assert checked >= 4
+    assert worst_logprob_diff(markov, outs, tok.pad_token_id) <= TOL
+
+
+def test_outline_header_rejects_threads_that_do_not_restate(tok):
+    from parallel_reason.layout import tokenize_trajectory
+
+    text = "a <Parallel>\n<Outlines><Outline>1: x y</Outline></Outlines>\n<Thread>1: z</Thread>\n</Parallel>\nend"
+    with pytest.raises(ValueError, match="does not restate its outline"):
+        tokenize_trajectory(text, tok, thread_header="outline")
+    with pytest.raises(ValueError, match="thread_header"):
+        tokenize_trajectory(text, tok, thread_header="title")
+
+
+def test_runner_reads_the_header_mode_from_the_model_config(tok):
+    m = make_model(tok, seed=2)
+    assert Runner(m, tok).thread_header == "index"
+    m.config.thread_header = "outline"
+    assert Runner(m, tok).thread_header == "outline"
+    assert Runner(m, tok, thread_header="index").thread_header == "index"

@@ -62,3 +62,20 @@ def test_tied_embeddings():
     add_control_tokens(tok, model)
     tid = tok.convert_tokens_to_ids("<Thread>")
     assert torch.equal(model.get_input_embeddings().weight[tid], model.get_output_embeddings().weight[tid])
+
+
+def test_load_tokenizer_keeps_whole_numbers(tmp_path):
+    """A tokenizer trained with whole-number pieces loads with them (transformers would
+    rebuild a Qwen2 tokenizer with its own digit-splitting pre-tokenizer)."""
+    from parallel_reason.tiny import build_tiny
+    from parallel_reason.tokens import load_tokenizer
+
+    corpus = [f"Numbers: {a} {a + 7} {a * 3}\nTarget: {a + 20}\n{a}+7={a + 7}" for a in range(1, 60)] * 3
+    tok, _ = build_tiny(corpus, tmp_path / "m", vocab_size=400, split_digits=False, hidden_size=32, layers=1)
+    text = "Numbers: 12 19 36\nTarget: 32\n12+7=19"
+    loaded = load_tokenizer(str(tmp_path / "m"))
+    assert loaded.tokenize(text) == tok.tokenize(text)
+    assert "19" in loaded.tokenize(text)  # a frequent number is one token
+    assert loaded.decode(loaded(text)["input_ids"]) == text
+    digits, _ = build_tiny(corpus, tmp_path / "d", vocab_size=400, hidden_size=32, layers=1)
+    assert "19" not in load_tokenizer(str(tmp_path / "d")).tokenize(text)
