@@ -370,6 +370,7 @@ class GenConfig:
     show_target: bool = False  # every state ends with the target: [3 21|24]
     moves: str = "best"  # which moves a state tries: see search()
     leaf_answers: bool = False  # the solving move states the answer (see Style)
+    split_fractions: tuple = DEFAULT_SPLIT_FRACTIONS  # train/val/test shares of the problem space
     parallel_fraction: float = 0.5  # mixed: share of records rendered in parallel (the rest: dfs)
 
     def __post_init__(self) -> None:
@@ -383,6 +384,9 @@ class GenConfig:
             raise ValueError(f"max_depth must be >= 0, got {self.max_depth}")
         if not self.widths or any(int(w) < 1 for w in self.widths):
             raise ValueError(f"widths must be positive integers, got {self.widths}")
+        if len(self.split_fractions) != 3 or min(self.split_fractions) < 0 or \
+                abs(sum(self.split_fractions) - 1.0) > 1e-9:
+            raise ValueError(f"split_fractions must be three shares summing to 1, got {self.split_fractions}")
         if not 0.0 <= self.parallel_fraction <= 1.0:
             raise ValueError(f"parallel_fraction must be in [0, 1], got {self.parallel_fraction}")
         for name in ("num_range", "target_range"):
@@ -403,7 +407,7 @@ def make_candidate(cfg: GenConfig, k: int) -> dict | None:
     or None when it belongs to another split or the search found no solution."""
     rng = candidate_rng(cfg, k)
     nums, target = task.make_problem(rng, cfg.n_numbers, tuple(cfg.num_range), tuple(cfg.target_range))
-    if split_of(nums, target) != cfg.split:
+    if split_of(nums, target, cfg.split_fractions) != cfg.split:
         return None
     root = search(nums, target, rng, cfg.widths, cfg.max_depth, cfg.moves)
     if root.found is None:
@@ -449,7 +453,7 @@ def generate(cfg: GenConfig, n: int, workers: int = 1, chunk_size: int = 64,
     given, receives counts (candidates, other_split, unsolved, duplicates)."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    max_candidates = 200 * n + 10_000
+    max_candidates = 1000 * n + 100_000
     records: list[dict] = []
     seen: set = set()
     counts = {"candidates": 0, "other_split": 0, "unsolved": 0, "duplicates": 0}
@@ -576,6 +580,16 @@ def _widths(text: str) -> tuple:
     return ws
 
 
+def _fractions(text: str) -> tuple:
+    try:
+        fr = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated shares, got {text!r}") from None
+    if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1.0) > 1e-9:
+        raise argparse.ArgumentTypeError(f"expected three non-negative shares summing to 1, got {text!r}")
+    return fr
+
+
 def _range(text: str) -> tuple:
     try:
         lo, hi = (int(x) for x in text.split(","))
@@ -613,6 +627,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input numbers are drawn uniformly from LO..HI (default %(default)s: 1,99)")
     p.add_argument("--target-range", type=_range, default=task.TARGET_RANGE,
                    help="targets are drawn among the reachable values in LO..HI (default 10,100)")
+    p.add_argument("--split-fractions", type=_fractions, default=DEFAULT_SPLIT_FRACTIONS,
+                   help="train,val,test shares of the problem space (default 0.9,0.05,0.05); every split of "
+                        "one dataset must be generated with the same shares")
     p.add_argument("--parallel-fraction", type=float, default=0.5,
                    help="--mode mixed: share of records written as fork/join traces, the rest as dfs (default 0.5)")
     p.add_argument("--moves", choices=MOVE_RULES, default="best",
@@ -637,7 +654,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = GenConfig(n_numbers=args.numbers, seed=args.seed, split=args.split, mode=args.mode,
                     max_depth=args.max_depth, widths=args.widths, num_range=args.num_range,
                     target_range=args.target_range, restate=args.restate, show_target=args.show_target,
-                    moves=args.moves, leaf_answers=args.leaf_answers,
+                    moves=args.moves, leaf_answers=args.leaf_answers, split_fractions=args.split_fractions,
                     parallel_fraction=args.parallel_fraction)
     t0 = time.perf_counter()
     info: dict = {}

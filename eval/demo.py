@@ -142,7 +142,8 @@ def build(args) -> tuple[Pipeline, list[tuple[str, list[Job]]]]:
     def gen(split: str, mode: str, n: int, seed: int, path: Path, ranges: tuple | None = None) -> Job:
         num_range, target_range = ranges or (args.num_range, args.target_range)
         argv = [py, "-m", "data_gen.countdown", "--n", str(n), "--numbers", str(args.numbers), "--seed", str(seed),
-                "--split", split, "--mode", mode, "--num-range", _pair(num_range), "--target-range",
+                "--split", split, "--split-fractions", args.split_fractions, "--mode", mode,
+                "--num-range", _pair(num_range), "--target-range",
                 _pair(target_range), "--widths", args.widths, "--out", str(path), "--no-progress", *fmt]
         if mode in ("parallel", "mixed") and args.thread_header == "outline":
             argv.append("--restate")
@@ -422,6 +423,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    help="what the runner writes after <Thread>: its index, or its outline (default)")
     g.add_argument("--no-show-target", dest="show_target", action="store_false",
                    help="states without the target ([3 21] instead of [3 21|24])")
+    g.add_argument("--split-fractions", default="0.85,0.05,0.1",
+                   help="train,val,test shares of the problem space (default 0.85,0.05,0.1: numbers 1..20 hold "
+                        "about 9,500 problems this search solves, and the test split needs 500)")
     g.add_argument("--train-n", type=int, default=8000, help="SFT training problems (each rendering)")
     g.add_argument("--val-n", type=int, default=200, help="held-out traces for the SFT eval loss")
     g.add_argument("--test-n", type=int, default=500, help="test problems benchmarked")
