@@ -143,14 +143,15 @@ def side_paths(out: str | Path) -> tuple[Path, Path]:
 # Filtering
 
 
-def same_tokens(rollout, prompt_text: str, completion: str, tokenizer, join: str = "concat") -> bool:
+def same_tokens(rollout, prompt_text: str, completion: str, tokenizer, join: str = "concat",
+                thread_header: str = "index") -> bool:
     """Does SFT's packed graph of ``prompt_text`` + ``completion`` (+ EOS), re-tokenized
-    from text by :func:`parallel_reason.layout.graph_from_text`, equal the graph the
-    runner sampled (ids, predecessors, positions, loss mask)?"""
+    from text by :func:`parallel_reason.layout.graph_from_text` with the model's thread
+    header mode, equal the graph the runner sampled (ids, predecessors, positions, loss mask)?"""
     from parallel_reason.layout import graph_from_text
 
     try:
-        g = graph_from_text(prompt_text, completion, tokenizer, join=join, eos=True)
+        g = graph_from_text(prompt_text, completion, tokenizer, join=join, eos=True, thread_header=thread_header)
     except ValueError:  # FormatError included: the text does not parse strictly
         return False
     r = rollout.graph
@@ -529,8 +530,8 @@ def run(args, argv: Sequence[str] | None = None) -> dict:
                         for ro in ros:
                             s = score_sample(task_mod, p, ro, limits, args.answer_pattern, tok)
                             ok = s["finish_reason"] == "eos" and s["format_valid"]
-                            s["retokenize_match"] = (same_tokens(ro, p["text"], s["completion"], tok, args.join)
-                                                     if ok else None)
+                            s["retokenize_match"] = (same_tokens(ro, p["text"], s["completion"], tok, args.join,
+                                                                 runner.thread_header) if ok else None)
                             # invalid UTF-8 byte tokens decode to U+FFFD: the text lost what was sampled
                             s["replacement_char"] = "\ufffd" in s["completion"]
                             scores.append(s)

@@ -456,7 +456,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     g.add_argument("--acceleration-factor", type=float, default=1.0)
     g.add_argument("--self-train-n", type=int, default=100, help="problems sampled by self-training (0: skip)")
     g.add_argument("--self-train-k", type=int, default=4)
-    g.add_argument("--self-train-temperature", type=float, default=0.7)
+    g.add_argument("--self-train-temperature", type=float, default=0.5)
     g = ap.add_argument_group("running")
     g.add_argument("--max-new-tokens", type=int, default=256, help="sampled-token budget per rollout")
     g.add_argument("--seed", type=int, default=0)

@@ -354,3 +354,23 @@ def test_math_record_and_chat_prompt(tmp_path):
     assert ex.completion == completion and ex.meta["answer"] == "42"
     (again,) = load_problems(str(out), "math")
     assert again["args"] == {"answer": "42"}
+
+
+def test_same_tokens_uses_the_models_thread_header(setup):
+    """A model trained with thread_header=outline is re-tokenized with it: its rollouts
+    match the text's graph (with the default header they would not)."""
+    from transformers import AutoModelForCausalLM
+
+    from data_gen import countdown as gen
+    from parallel_reason.runner import Runner
+
+    tok = setup["tok"]
+    model = AutoModelForCausalLM.from_pretrained(setup["dir"] / "random").eval()
+    model.config.thread_header = "outline"
+    rec = gen.generate(gen.GenConfig(seed=9, n_numbers=3, max_depth=1, restate=True), 1, progress=False)[0]
+    runner = Runner(model, tok, max_new_tokens=400)
+    assert runner.thread_header == "outline"
+    ro = runner.replay([rec["prompt"]], [rec["completion"]])[0]
+    assert ro.finish_reason == "eos" and ro.forks == 1
+    assert st.same_tokens(ro, rec["prompt"], rec["completion"], tok, thread_header=runner.thread_header)
+    assert not st.same_tokens(ro, rec["prompt"], rec["completion"], tok)  # "i:" openers: another graph
