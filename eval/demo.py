@@ -338,7 +338,7 @@ def targets(out: Path, args) -> list[tuple[str, str, str]]:
         rate = float(st.get("kept_rate", 0.0))
         rows.append(("self-training keeps >= 20% of samples",
                      f"{rate:.3f} (kept {st.get('kept')} of {st.get('samples')}; kept mean speedup "
-                     f"{_fmt(st.get('kept_speedup_mean'))})", verdict(rate >= 0.20)))
+                     f"{_fmt(st.get('speedup_kept_mean'))})", verdict(rate >= 0.20)))
     return rows
 
 
