@@ -358,7 +358,8 @@ def plots(out: Path) -> list[str]:
         if st:
             sft[name] = st.get("log_history", [])
     if sft:
-        files.append(curves(sft, ["loss", "eval_loss"], report / "sft_curves.png", "SFT").name)
+        files.append(curves(sft, ["loss", "eval_loss"], report / "sft_curves.png",
+                            "SFT (same tokens: the dfs traces are shorter, so more steps)", logy=True).name)
     rl = _read_jsonl(m / "grpo_parallel" / "metrics.jsonl")
     if rl:
         files.append(curves({"grpo_parallel": rl}, ["reward", "accuracy", "speedup", "fork_rate"],

@@ -91,7 +91,7 @@ def speedup_histogram(runs: Mapping[str, Sequence[dict]], path: str | Path, bins
 
 
 def curves(runs: Mapping[str, Sequence[dict]], keys: Sequence[str], path: str | Path,
-           title: str | None = None, xkey: str = "step") -> Path:
+           title: str | None = None, xkey: str = "step", logy: bool = False) -> Path:
     """One panel per metric in ``keys``: each run's value against ``xkey`` (entries
     lacking a metric are skipped), e.g. SFT losses or per-step GRPO rollout metrics."""
     fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.4), dpi=110, squeeze=False)
@@ -103,6 +103,8 @@ def curves(runs: Mapping[str, Sequence[dict]], keys: Sequence[str], path: str | 
                 ax.plot([x for x, _ in pts], [y for _, y in pts], marker="." if len(pts) < 60 else None,
                         label=name)
         ax.set_xlabel(xkey)
+        if logy:
+            ax.set_yscale("log")
         ax.set_title(key, fontsize="medium")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize="small")

@@ -1232,6 +1232,7 @@ class GRPOTrainer:
                 "base_model": cfg.model_name_or_path or None,
                 "datasets": [d for d in (cfg.train_data,) if d], "mode": "parallel" if cfg.parallel else "sequential",
                 "join": cfg.join, "summary": summary, "metrics": metrics or {}, "config": cfg.to_dict(),
+                "thread_header": _thread_header_of(self.model),
                 "extra": {"GRPO steps": self.global_step, "processes": self.acc.num_processes, "task": cfg.task}}
 
 
@@ -1260,6 +1261,12 @@ def _completion_of(rollout) -> str:
 
 def _tracker_config(cfg: GRPOConfig) -> dict:
     return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in cfg.to_dict().items()}
+
+
+def _thread_header_of(model) -> str:
+    from .runner.hf import model_thread_header
+
+    return model_thread_header(model)
 
 
 def default_runner_factory(model, tokenizer, cfg: GRPOConfig):

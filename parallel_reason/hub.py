@@ -292,9 +292,12 @@ def render_model_card(card: dict, tokenizer=None) -> str:
               "...sequential continuation, possibly more blocks...", "```", "",
               "- The number of outlines is the number of threads; threads may nest blocks.",
               "- A thread sees the shared prefix and the outlines, never its siblings.",
-              f"- The runner writes each thread's opener (`\\n{THREAD_OPEN}i:`) and the join "
-              f"(`\\n{PARALLEL_CLOSE}`) itself: those tokens were never trained. The model writes "
-              f"everything else, including each `{THREAD_CLOSE}`.",
+              f"- The runner writes each thread's opener and the join (`\\n{PARALLEL_CLOSE}`) itself: those "
+              f"tokens were never trained. The model writes everything else, including each `{THREAD_CLOSE}`. "
+              + (f"Thread header `outline`: the opener is `\\n{THREAD_OPEN}` followed by the thread's own "
+                 "outline (`i: plan`), copied from the block; the mode is in `config.json` (`thread_header`) "
+                 "and the runner reads it." if card.get("thread_header") == "outline"
+                 else f"The opener is `\\n{THREAD_OPEN}i:`."),
               f"- Join mode `{card.get('join') or 'concat'}`: after `{PARALLEL_CLOSE}` the continuation "
               "sees the prefix and all threads re-read as one linear text (decodable by any engine "
               "with prefix caching).", ""]

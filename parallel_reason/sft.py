@@ -710,6 +710,7 @@ class PackedSFTTrainer:
     def _card(self, metrics: dict | None = None) -> dict:
         cfg = self.cfg
         return {"model_name": cfg.model_card_name or Path(cfg.output_dir).name, "stage": "sft",
+                "thread_header": cfg.thread_header if cfg.mode == "parallel" else None,
                 "base_model": cfg.model_name_or_path if cfg.model_name_or_path != TINY else self.base_path,
                 "datasets": [d for d in (cfg.train_data,) if d], "mode": cfg.mode, "join": cfg.join,
                 "metrics": metrics or {}, "config": cfg.to_dict(),

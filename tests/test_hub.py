@@ -574,3 +574,13 @@ def test_failed_push_leaves_the_folder_as_it_was_and_never_echoes_the_token(mode
         hub.push_trained(model_dir, "me/tiny-par")
     assert TOKEN not in str(ei.value) and "[REDACTED]" in str(ei.value)
     assert {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()} == before
+
+
+def test_card_states_the_thread_header_the_model_was_trained_with():
+    from parallel_reason.hub import render_model_card
+
+    base = {"model_name": "m", "stage": "sft", "mode": "parallel", "join": "concat", "metrics": {}, "config": {}}
+    outline = render_model_card({**base, "thread_header": "outline"})
+    index = render_model_card({**base, "thread_header": "index"})
+    assert "Thread header `outline`" in outline and "thread_header" in outline
+    assert "Thread header `outline`" not in index and "The opener is `\\n<Thread>i:`" in index
