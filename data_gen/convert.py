@@ -33,6 +33,7 @@ from typing import Iterable, Sequence
 
 from parallel_reason.dialects import CONVERTERS, DialectError, convert, dialect_name
 from parallel_reason.format import Limits
+from parallel_reason.data import read_bytes
 from parallel_reason.inputs import InputError, reports_input_errors
 from parallel_reason.metrics import stats
 
@@ -71,18 +72,10 @@ def _json_list(data: bytes) -> list | None:
 def read_input(path: str | os.PathLike) -> list:
     """The items of the input: ``(line number, text of the line)`` for JSON lines, or
     ``(index, record)`` when the file is one JSON list."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"--input {path}: no such file")
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise InputError(f"--input {path}: cannot be read ({e.strerror or e})") from None
+    data = read_bytes(path, f"--input {path}")
     records = _json_list(data)
     if records is not None:
         return list(enumerate(records))
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
     return [(ln, line) for ln, line in enumerate(data.split(b"\n"), 1)]
 
 

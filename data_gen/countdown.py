@@ -590,7 +590,8 @@ def _fractions(text: str) -> tuple:
     return fr
 
 
-def _range(text: str) -> tuple:
+def parse_range(text: str) -> tuple:
+    """``"LO,HI"`` -> ``(LO, HI)`` with ``1 <= LO <= HI`` (an argparse type)."""
     try:
         lo, hi = (int(x) for x in text.split(","))
     except ValueError:
@@ -623,9 +624,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-depth", type=_bounded(0), default=2, help="maximum nesting depth of parallel blocks (default 2)")
     p.add_argument("--widths", type=_widths, default=DEFAULT_WIDTHS,
                    help="moves kept per search level, comma-separated, the last repeats (default 3,2)")
-    p.add_argument("--num-range", type=_range, default=task.NUM_RANGE,
+    p.add_argument("--num-range", type=parse_range, default=task.NUM_RANGE,
                    help="input numbers are drawn uniformly from LO..HI (default %(default)s: 1,99)")
-    p.add_argument("--target-range", type=_range, default=task.TARGET_RANGE,
+    p.add_argument("--target-range", type=parse_range, default=task.TARGET_RANGE,
                    help="targets are drawn among the reachable values in LO..HI (default 10,100)")
     p.add_argument("--split-fractions", type=_fractions, default=DEFAULT_SPLIT_FRACTIONS,
                    help="train,val,test shares of the problem space (default 0.9,0.05,0.05); every split of "

@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data_gen.countdown import parse_range
+
 ROOT = Path(__file__).resolve().parents[1]
 #: the full Countdown distribution (``parallel_reason.tasks.countdown``)
 FULL_NUM_RANGE = (1, 99)
@@ -262,16 +264,6 @@ def _pair(rng) -> str:
     return f"{int(rng[0])},{int(rng[1])}"
 
 
-def _range(text: str) -> tuple:
-    try:
-        lo, hi = (int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LO,HI, got {text!r}") from None
-    if not 1 <= lo <= hi:
-        raise argparse.ArgumentTypeError(f"expected 1 <= LO <= HI, got {text!r}")
-    return lo, hi
-
-
 def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -409,8 +401,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default="runs/demo", help="output folder (data, models, eval, logs, report)")
     g = ap.add_argument_group("problems and traces")
     g.add_argument("--numbers", type=int, default=3, help="Countdown input numbers (default 3)")
-    g.add_argument("--num-range", type=_range, default=(1, 20), help="input numbers LO,HI (default 1,20: reduced)")
-    g.add_argument("--target-range", type=_range, default=FULL_TARGET_RANGE, help="targets LO,HI (default 10,100)")
+    g.add_argument("--num-range", type=parse_range, default=(1, 20), help="input numbers LO,HI (default 1,20: reduced)")
+    g.add_argument("--target-range", type=parse_range, default=FULL_TARGET_RANGE, help="targets LO,HI (default 10,100)")
     g.add_argument("--moves", choices=("best", "per-pair"), default="per-pair",
                    help="moves a search state tries (data_gen.countdown --moves; default per-pair)")
     g.add_argument("--widths", default="1", help="moves kept per level (data_gen.countdown --widths; default 1)")

@@ -86,13 +86,16 @@ def parse_record(line: bytes | str, origin: str) -> dict:
     return rec
 
 
-def _read_bytes(path: Path) -> bytes:
+def read_bytes(path: str | os.PathLike, label: str | None = None) -> bytes:
+    """The bytes of a data file without a UTF-8 byte order mark; :class:`DataError`
+    (named by ``label``, default the path) when it is missing or unreadable."""
+    path, label = Path(path), label or str(path)
     if not path.is_file():
-        raise DataError(f"{path}: no such file")
+        raise DataError(f"{label}: no such file")
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+        raise DataError(f"{label}: cannot be read ({e.strerror or e})") from None
     return data[3:] if data.startswith(b"\xef\xbb\xbf") else data  # a UTF-8 byte order mark
 
 
@@ -101,7 +104,7 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[str, dict]]:
     :class:`DataError` naming the first line that is not a JSON object."""
     path = Path(path)
     out = []
-    for lineno, line in enumerate(_read_bytes(path).split(b"\n"), 1):
+    for lineno, line in enumerate(read_bytes(path).split(b"\n"), 1):
         if line.strip():
             origin = f"{path}:{lineno}"
             out.append((origin, parse_record(line, origin)))
@@ -110,7 +113,7 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[str, dict]]:
 
 def _read_json(path: Path) -> list[tuple[str, dict]]:
     try:
-        obj = json.loads(_read_bytes(path).decode("utf-8"))
+        obj = json.loads(read_bytes(path).decode("utf-8"))
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except json.JSONDecodeError as e:
