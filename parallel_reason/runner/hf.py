@@ -568,14 +568,10 @@ def rollout_seed(seed: int, sample_index: int) -> int:
 
 
 def model_thread_header(model) -> str:
-    """The thread header mode stored in a model's config (``index`` when absent)."""
-    while hasattr(model, "module"):
-        model = model.module
-    for m in (model, getattr(model, "base_model", None), getattr(getattr(model, "base_model", None), "model", None)):
-        mode = getattr(getattr(m, "config", None), "thread_header", None)
-        if mode is not None:
-            return check_thread_header(mode)
-    return "index"
+    """The thread header mode stored in a model's config (``index`` when absent); DDP
+    wrappers are stripped, compile and PEFT wrappers forward ``config``."""
+    mode = getattr(getattr(_unwrap(model), "config", None), "thread_header", None)
+    return check_thread_header(mode) if mode is not None else "index"
 
 
 class Runner:
