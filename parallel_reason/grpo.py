@@ -86,29 +86,25 @@ differ from the one the trainer scores (an off-policy bias on every token).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import inspect
 import json
 import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Callable, Sequence, Union
+from typing import Callable, Sequence
 
 import torch
 
-from . import hub
-from .config import config_field, config_from_dict, parse_config
-from .config import config_help as _config_help
+from .config import config_field
+from .config import config_help as config_help_of
 from . import rewards as R
 from .attention import collate
 from .format import Limits
-from .inputs import check_model_path, reports_input_errors
+from .inputs import reports_input_errors
 from .layout import PackedGraph
 from .logprobs import packed_logprobs
+from .training import Trainer, TrainConfig, apply_peft, is_peft, load_pretrained, make_optimizer
 
 log = logging.getLogger("parallel_reason.grpo")
 
@@ -130,48 +126,33 @@ _f = config_field
 
 
 @dataclass
-class GRPOConfig:
-    """Every option of a GRPO run. Load with :func:`parse_args` (``--config FILE``
-    then ``--field value`` overrides) or build in code. Sizes are per process."""
+class GRPOConfig(TrainConfig):
+    """Every option of a GRPO run: the common ones of :class:`TrainConfig` and GRPO's
+    own. Load with :func:`parse_args` (``--config FILE`` then ``--field value``
+    overrides) or build in code. Sizes are per process."""
 
-    # model
+    recipe = "recipes/grpo.py"
+
+    # common fields with GRPO's defaults
     model_name_or_path: str = _f("", "hub id or local path of the policy (usually the SFT model: runs/sft/.../final)")
-    tokenizer_name_or_path: str | None = _f(None, "defaults to model_name_or_path")
-    revision: str | None = _f(None, "model revision (branch, tag or commit)")
-    trust_remote_code: bool = _f(False, "allow custom modelling code from the hub")
-    attn_implementation: str = _f("sdpa", "sdpa | eager | flex_attention (GPU): the training forward's packed mask")
-    torch_dtype: str = _f("float32", "dtype the weights are loaded in: float32 | bfloat16 | float16 | auto")
-    bf16: Union[bool, str] = _f("auto", "bf16 autocast of the training forward: auto | true | false")
-    gradient_checkpointing: bool = _f(False, "recompute activations in backward")
-    disable_dropout: bool = _f(True, "set every dropout to 0 (the ratio must compare deterministic policies)")
-
-    # LoRA (PEFT)
-    use_peft: bool = _f(False, "train LoRA adapters; the KL reference is then the base model (disable_adapter)")
-    lora_r: int = _f(16, "LoRA rank")
-    lora_alpha: int = _f(32, "LoRA alpha")
     lora_dropout: float = _f(0.0, "LoRA dropout (0: keep the policy deterministic)")
-    lora_target_modules: list[str] = _f(["all-linear"], "modules that get adapters ('all-linear' or names)")
     lora_modules_to_save: list[str] = _f([], "modules trained in full (SFT already trained the tag embeddings)")
-    merge_lora: bool = _f(True, "final model: merge the adapter into the weights (adapter kept in final/adapter)")
-
-    # data
     train_data: str | None = _f(None, "prompts: JSONL/JSON/parquet/csv, save_to_disk folder or `datasets` name; "
                                       "a record holds the prompt and the task's columns (nums, target, ...)")
-    eval_data: str | None = _f(None, "held-out prompts for accuracy/speedup evaluation (same forms)")
-    data_config: str | None = _f(None, "`datasets` config name")
-    train_split: str = _f("train", "split of train_data (`datasets` sources)")
-    eval_split: str = _f("validation", "split of eval_data (`datasets` sources)")
     prompt_field: str = _f("prompt", "record field holding the prompt (text or chat messages); without it the "
                                      "task's prompt(**columns) is used")
+    generate_eval_n: int = _f(200, "recipes: prompts generated for eval_data (split test)")
+    learning_rate: float = _f(1e-6, "peak learning rate")
+    lr_scheduler_type: str = _f("constant", "transformers scheduler name")
+    adam_beta2: float = _f(0.99, "AdamW beta2")
+    output_dir: str = _f("runs/grpo", "checkpoints, final model, metrics.jsonl, samples.jsonl")
+    max_steps: int = _f(100, "training steps (one step = one batch of rollouts)")
+    logging_steps: int = _f(1, "log every N steps")
+
+    # model and data
+    disable_dropout: bool = _f(True, "set every dropout to 0 (the ratio must compare deterministic policies)")
     task: str = _f("countdown", "task of the correctness reward when the data has no 'task' column")
-    apply_chat_template: bool = _f(False, "render string prompts with the tokenizer's chat template (as SFT did)")
-    generate_data: str | None = _f(None, "recipes/grpo.py: data_gen module that writes train_data (split train) and "
-                                         "eval_data (split test) when they are missing (e.g. countdown)")
-    generate_train_n: int = _f(2000, "recipes/grpo.py: prompts generated for train_data")
-    generate_eval_n: int = _f(200, "recipes/grpo.py: prompts generated for eval_data")
     generate_seed: int = _f(1, "recipes/grpo.py: generator seed (differs from SFT's so RL sees other problems)")
-    max_train_samples: int | None = _f(None, "use only the first N training prompts")
-    max_eval_samples: int | None = _f(None, "use only the first N held-out prompts")
 
     # rollouts
     parallel: bool = _f(True, "false: the sequential baseline (plain GRPO: tags are ordinary tokens, no fork)")
@@ -182,7 +163,6 @@ class GRPOConfig:
     max_thread_tokens: int | None = _f(None, "sampled-token budget of one thread")
     max_width: int | None = _f(8, "most threads of a block")
     max_depth: int | None = _f(2, "deepest block nesting")
-    join: str = _f("concat", "join mode (runner and packed graph)")
     temperature: float = _f(1.0, "sampling temperature of training rollouts")
     top_p: float = _f(1.0, "nucleus sampling")
     top_k: int = _f(0, "top-k sampling (0: off)")
@@ -214,44 +194,13 @@ class GRPOConfig:
     format_no_block: float | None = _f(None, "format reward of a well-formed completion without any block "
                                              "(None: same as format_valid)")
 
-    # optimiser
+    # optimiser, logging, evaluation
     optim: str = _f("adamw", "adamw | sgd")
-    learning_rate: float = _f(1e-6, "peak learning rate")
-    lr_scheduler_type: str = _f("constant", "transformers scheduler name")
-    warmup_steps: int = _f(0, "warmup optimiser steps")
-    weight_decay: float = _f(0.0, "weight decay (not on biases and norms)")
-    adam_beta1: float = _f(0.9, "AdamW beta1")
-    adam_beta2: float = _f(0.99, "AdamW beta2")
-    adam_epsilon: float = _f(1e-8, "AdamW epsilon")
-    max_grad_norm: float = _f(1.0, "gradient clipping (0: off)")
-
-    # run
-    output_dir: str = _f("runs/grpo", "checkpoints, final model, metrics.jsonl, samples.jsonl")
-    overwrite_output_dir: bool = _f(False, "delete existing checkpoints instead of refusing to start")
-    seed: int = _f(42, "seed of the prompt order and the rollouts")
-    max_steps: int = _f(100, "training steps (one step = one batch of rollouts)")
-    logging_steps: int = _f(1, "log every N steps")
     num_samples_to_log: int = _f(4, "completions per logged step written to samples.jsonl (and a wandb Table)")
-    eval_steps: int = _f(0, "evaluate every N steps (0: only at start and end)")
-    eval_on_start: bool = _f(True, "evaluate before the first step (when eval_data is set)")
     eval_num_prompts: int | None = _f(None, "held-out prompts per evaluation (default: all)")
     eval_temperature: float = _f(0.0, "evaluation sampling temperature (0: greedy)")
     eval_batch_size: int = _f(16, "held-out prompts per runner call")
-    save_steps: int = _f(0, "checkpoint every N steps (0: none, only the final model)")
-    save_total_limit: int | None = _f(2, "keep the last N checkpoints")
-    resume_from_checkpoint: str | None = _f(None, "auto (latest in output_dir, if any) | path to a checkpoint")
     save_final_model: bool = _f(True, "write output_dir/final with the model card")
-    report_to: list[str] = _f(["none"], "none | tensorboard | wandb (list)")
-    project: str = _f("parallel-reason", "tracker project name")
-    run_name: str | None = _f(None, "tracker run name (default: basename of output_dir)")
-    log_level: str = _f("info", "python logging level of the main process")
-    model_card_name: str | None = _f(None, "title of the model card")
-
-    # Hugging Face Hub
-    push_to_hub: bool = _f(False, "after training, publish output_dir/final with parallel_reason.hub.push "
-                                  "(token: HF_TOKEN or the stored login; needs save_final_model)")
-    hub_model_id: str | None = _f(None, "hub repo of push_to_hub, namespace/name (created when missing)")
-    hub_private: bool = _f(False, "push_to_hub: create the repo private")
 
     def validate(self) -> "GRPOConfig":
         def bad(msg):
@@ -262,19 +211,15 @@ class GRPOConfig:
             bad(f"loss_normalization must be one of {NORMALIZATIONS} (or TRL's {sorted(TRL_LOSS_TYPES)}), "
                 f"got {self.loss_normalization!r}")
         choices = {"scale_rewards": ("none", "group", "batch"), "old_logprobs": ("runner", "recompute"),
-                   "ref_model": ("auto", "copy", "disable_adapter"), "optim": ("adamw", "sgd"),
-                   "torch_dtype": ("float32", "bfloat16", "float16", "auto"),
-                   "attn_implementation": ("sdpa", "eager", "flex_attention")}
+                   "ref_model": ("auto", "copy", "disable_adapter"), "optim": ("adamw", "sgd")}
         for k, allowed in choices.items():
             if getattr(self, k) not in allowed:
                 bad(f"{k} must be one of {allowed}, got {getattr(self, k)!r}")
-        if self.bf16 not in (True, False, "auto"):
-            bad(f"bf16 must be true, false or auto, got {self.bf16!r}")
         for k in ("num_generations", "prompts_per_step", "num_iterations", "generation_batch_size",
-                  "max_new_tokens", "logging_steps", "eval_batch_size"):
+                  "max_new_tokens", "eval_batch_size"):
             if getattr(self, k) < 1:
                 bad(f"{k} must be >= 1, got {getattr(self, k)}")
-        for k in ("max_steps", "eval_steps", "save_steps", "warmup_steps", "num_samples_to_log"):
+        for k in ("max_steps", "num_samples_to_log"):
             if getattr(self, k) < 0:
                 bad(f"{k} must be >= 0, got {getattr(self, k)}")
         if self.epsilon_low < 0 or self.epsilon_high < 0 or self.epsilon_low >= 1:
@@ -289,10 +234,6 @@ class GRPOConfig:
             bad(f"mini_batch_size {mb} must divide prompts_per_step * num_generations = {n}")
         if micro < 1 or mb % micro:
             bad(f"micro_batch_size {micro} must divide the mini-batch ({mb})")
-        trackers = [r for r in self.report_to if r != "none"]
-        for r in trackers:
-            if r not in ("wandb", "tensorboard"):
-                bad(f"report_to: unknown tracker {r!r} (none | tensorboard | wandb)")
         if len(self.rewards) == 0:
             bad("rewards: at least one reward function")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
@@ -303,12 +244,7 @@ class GRPOConfig:
 
         if self.task not in TASKS:
             bad(f"task {self.task!r} is unknown; available: {', '.join(sorted(TASKS))}")
-        from .sft import check_hub_fields, check_optimizer_fields
-
-        check_optimizer_fields(self)
-
-        check_hub_fields(self)
-        return self
+        return super().validate()
 
     @property
     def rollouts_per_step(self) -> int:
@@ -326,25 +262,15 @@ class GRPOConfig:
     def optimizer_steps_per_step(self) -> int:
         return self.num_iterations * (self.rollouts_per_step // self.mini_batch)
 
-    @classmethod
-    def from_dict(cls, d: dict, where: str = "config") -> "GRPOConfig":
-        return config_from_dict(cls, d, where)
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike, overrides: Sequence[str] = ()) -> "GRPOConfig":
-        return parse_args(["--config", str(path), *overrides])
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def config_help() -> str:
-    return _config_help(GRPOConfig, "recipes/grpo.py --config FILE.yaml [--field value ...]")
+    return config_help_of(GRPOConfig, GRPOConfig.usage())
 
 
 def parse_args(argv: Sequence[str] | None = None) -> GRPOConfig:
     """``--config FILE`` then ``--field value`` overrides (:func:`parallel_reason.config.parse_config`)."""
-    return parse_config(GRPOConfig, argv, "recipes/grpo.py --config FILE.yaml [--field value ...]")
+    return GRPOConfig.parse(argv)
 
 
 # ---------------------------------------------------------------------------
@@ -587,7 +513,7 @@ def step_seeds(seed: int, step: int, rank: int, per_step: int) -> list[int]:
 # The trainer
 
 
-class GRPOTrainer:
+class GRPOTrainer(Trainer):
     """The accelerate loop; see the module docstring.
 
     ``model``/``tokenizer`` (tests, notebooks) override loading
@@ -596,41 +522,17 @@ class GRPOTrainer:
     ``reward_weights``) override the configured rewards; ``runner_factory(model,
     tokenizer, config)`` builds the rollout engine (default: the HF fork/join runner)."""
 
+    run_files = (METRICS_NAME, SAMPLES_NAME)
+
     def __init__(self, cfg: GRPOConfig, model=None, tokenizer=None, train_rows: Sequence[dict] | None = None,
                  eval_rows: Sequence[dict] | None = None, reward_funcs: Sequence[Callable] | None = None,
                  reward_weights: Sequence[float] | None = None, runner_factory: Callable | None = None):
-        from transformers import get_scheduler
-
-        from .sft import list_checkpoints, make_accelerator, make_optimizer, resolve_resume, setup_logging
-
-        self.cfg = cfg = cfg.validate()
-        if model is None:  # before the data, the accelerator and the weights
-            check_model_path(cfg.model_name_or_path, "model_name_or_path", cfg.revision)
-        if tokenizer is None and cfg.tokenizer_name_or_path:
-            check_model_path(cfg.tokenizer_name_or_path, "tokenizer_name_or_path", cfg.revision)
         n_micro = cfg.mini_batch // cfg.micro_batch
         # accelerate divides each micro-batch loss by the accumulation steps and calls
         # optimizer.step() for real only at the end of a window of n_micro micro-batches
-        self.acc = acc = make_accelerator(SimpleNamespace(
-            gradient_accumulation_steps=n_micro, bf16=cfg.bf16, report_to=cfg.report_to, output_dir=cfg.output_dir,
-            per_device_train_batch_size=cfg.micro_batch, max_grad_norm=cfg.max_grad_norm))
+        self.setup(cfg, n_micro, cfg.micro_batch, check_model=model is None)
         self.n_micro = n_micro
-        setup_logging(acc, cfg.log_level)
-        if cfg.push_to_hub and acc.is_main_process:
-            hub.require_token()  # fail now, not after training
-        from accelerate.utils import set_seed
-
-        set_seed(cfg.seed)
-        self.out = out = Path(cfg.output_dir)
-        if cfg.overwrite_output_dir and cfg.resume_from_checkpoint is None and acc.is_main_process:
-            for p in list_checkpoints(out, complete_only=False) + [out / "final"]:
-                shutil.rmtree(p, ignore_errors=True)
-            for name in (METRICS_NAME, SAMPLES_NAME):
-                (out / name).unlink(missing_ok=True)
-        acc.wait_for_everyone()
-        self.resume_dir = resolve_resume(cfg)
-        if acc.is_main_process:
-            out.mkdir(parents=True, exist_ok=True)
+        cfg, acc = self.cfg, self.acc
 
         # data
         if train_rows is None:
@@ -660,30 +562,13 @@ class GRPOTrainer:
         if cfg.beta > 0:
             self.ref_mode = cfg.ref_model
             if self.ref_mode == "auto":
-                self.ref_mode = "disable_adapter" if (cfg.use_peft or _is_peft(model)) else "copy"
+                self.ref_mode = "disable_adapter" if (cfg.use_peft or is_peft(model)) else "copy"
             if self.ref_mode == "copy":
                 ref = copy.deepcopy(model).eval().requires_grad_(False)
-        if cfg.use_peft and not _is_peft(model):
-            from .sft import apply_peft
-
+        if cfg.use_peft and not is_peft(model):
             model = apply_peft(model, cfg)
-            if acc.is_main_process:
-                n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-                n_all = sum(p.numel() for p in model.parameters())
-                log.info("LoRA: %d of %d parameters trainable (%.2f%%)", n_train, n_all, 100 * n_train / n_all)
-        if self.ref_mode == "disable_adapter" and not _is_peft(model):
+        if self.ref_mode == "disable_adapter" and not is_peft(model):
             raise ValueError("config: ref_model disable_adapter needs a LoRA policy (use_peft: true)")
-        if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            if _is_peft(model) and hasattr(model, "enable_input_require_grads"):
-                model.enable_input_require_grads()
-        if getattr(model, "config", None) is not None:
-            model.config.use_cache = False
-        model.train()
-
-        # optimiser and schedule: one scheduler step per optimiser step
-        total = max(cfg.max_steps * cfg.optimizer_steps_per_step, 1)
-        from accelerate.utils import DistributedType
 
         def make_opt(m):
             if cfg.optim == "sgd":
@@ -691,18 +576,10 @@ class GRPOTrainer:
                                        weight_decay=cfg.weight_decay)
             return make_optimizer(m, cfg)
 
-        if acc.distributed_type == DistributedType.FSDP:  # optimiser over the wrapped parameters
-            model = acc.prepare(model)
-            optimizer = make_opt(model)
-            scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=cfg.warmup_steps,
-                                      num_training_steps=total)
-            optimizer, scheduler = acc.prepare(optimizer, scheduler)
-        else:
-            optimizer = make_opt(model)
-            scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=cfg.warmup_steps,
-                                      num_training_steps=total)
-            model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
-        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        # one scheduler step per optimiser step
+        self.prepare(model, max(cfg.max_steps * cfg.optimizer_steps_per_step, 1), cfg.warmup_steps, make_opt)
+        from accelerate.utils import DistributedType
+
         if ref is not None:
             if acc.distributed_type == DistributedType.DEEPSPEED:
                 from trl.models.utils import prepare_deepspeed
@@ -726,46 +603,23 @@ class GRPOTrainer:
         self.runner_factory = runner_factory or default_runner_factory
         self.order = PromptOrder(len(self.train_rows), cfg.prompts_per_step, cfg.seed, acc.process_index,
                                  acc.num_processes)
-        self.global_step = 0
-        self.log_history: list[dict] = []
         if self.resume_dir is not None:
             self._load_state(self.resume_dir)
-        trackers = [r for r in cfg.report_to if r != "none"]
-        if trackers:
-            run_name = cfg.run_name or out.name
-            acc.init_trackers(cfg.project, config=_tracker_config(cfg),
-                              init_kwargs={"wandb": {"name": run_name, "dir": cfg.output_dir}})
+        self.init_trackers()
 
     # -- setup --------------------------------------------------------------------
 
     def _load(self, model, tokenizer):
         """Tokenizer and model from ``model_name_or_path``; control tokens are added
         (embeddings resized) if the tokenizer lacks them."""
-        from transformers import AutoModelForCausalLM
-
-        from .tokens import add_control_tokens, load_tokenizer
-
         cfg = self.cfg
         if not cfg.model_name_or_path:
             raise ValueError("config: model_name_or_path is not set")
-        if tokenizer is None:
-            tokenizer = load_tokenizer(cfg.tokenizer_name_or_path or cfg.model_name_or_path,
-                                       revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-        if model is None:
-            dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-                     "auto": "auto"}[cfg.torch_dtype]
-            model = AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path, revision=cfg.revision,
-                                                         trust_remote_code=cfg.trust_remote_code, dtype=dtype,
-                                                         attn_implementation=cfg.attn_implementation)
-        added = add_control_tokens(tokenizer, model)
+        tokenizer, model, added = load_pretrained(cfg, cfg.model_name_or_path, model, tokenizer)
         if added:
             log.warning("the policy's tokenizer lacked control tokens %s: added (untrained rows); GRPO normally "
                         "starts from an SFT model that knows them", added)
         return tokenizer, model
-
-    @property
-    def unwrapped(self):
-        return self.acc.unwrap_model(self.model)
 
     # -- rollouts ----------------------------------------------------------------
 
@@ -983,21 +837,15 @@ class GRPOTrainer:
 
     # -- logging -------------------------------------------------------------------
 
-    def _log(self, entry: dict) -> None:
-        """One line of metrics.jsonl (main process), the trackers, the python log."""
-        self.log_history.append(entry)
-        acc = self.acc
-        if [r for r in self.cfg.report_to if r != "none"]:
-            acc.log({(k if k.startswith("eval/") else f"train/{k}"): v for k, v in entry.items()
-                     if k != "step" and v is not None}, step=entry["step"])
-        if acc.is_main_process:
-            with open(self.out / METRICS_NAME, "a", encoding="utf-8") as f:
-                f.write(json.dumps(entry) + "\n")
-            keys = ("reward", "accuracy", "speedup", "fork_rate", "format_valid", "total_tokens", "critical_path", "kl",
-                    "clip_fraction", "entropy", "eval/accuracy", "eval/speedup_mean_of_ratios", "eval/format_valid",
-                    "eval/total_tokens", "time/rollout_s", "time/train_s")
-            log.info("step %d: %s", entry["step"], " ".join(
-                f"{k}={entry[k]:.4g}" for k in keys if isinstance(entry.get(k), float)))
+    def report(self, entry: dict) -> None:
+        """One line of metrics.jsonl and a short python log line (main process)."""
+        with open(self.out / METRICS_NAME, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+        keys = ("reward", "accuracy", "speedup", "fork_rate", "format_valid", "total_tokens", "critical_path", "kl",
+                "clip_fraction", "entropy", "eval/accuracy", "eval/speedup_mean_of_ratios", "eval/format_valid",
+                "eval/total_tokens", "time/rollout_s", "time/train_s")
+        log.info("step %d: %s", entry["step"], " ".join(
+            f"{k}={entry[k]:.4g}" for k in keys if isinstance(entry.get(k), float)))
 
     def log_samples(self, rows: Sequence[dict], batch: RolloutBatch, step: int) -> None:
         """The first rollout of the first ``num_samples_to_log`` groups: samples.jsonl
@@ -1072,9 +920,7 @@ class GRPOTrainer:
                 self._log({"step": self.global_step, **{f"eval/{k}": v for k, v in self.evaluate().items()}})
             metrics = {k: v for k, v in self.log_history[-1].items() if k.startswith("eval/")}
         final = self.save_final(metrics) if cfg.save_final_model else None
-        acc.end_training()
-        if final is not None and cfg.push_to_hub and acc.is_main_process:  # after the last barrier
-            hub.push_trained(final, cfg.hub_model_id, private=cfg.hub_private)
+        self.finish(final)
         return GRPOResult(self.global_step, list(self.log_history), str(final) if final else None)
 
     # -- evaluation -------------------------------------------------------------------
@@ -1123,24 +969,12 @@ class GRPOTrainer:
 
     # -- checkpoints -------------------------------------------------------------------
 
-    def _state(self) -> dict:
-        return {"global_step": self.global_step, "num_train_prompts": len(self.train_rows),
-                "num_processes": self.acc.num_processes, "prompts_per_step": self.cfg.prompts_per_step,
-                "seed": self.cfg.seed, "log_history": self.log_history, "config": self.cfg.to_dict()}
+    def state(self) -> dict:
+        return {"num_train_prompts": len(self.train_rows), "prompts_per_step": self.cfg.prompts_per_step,
+                "seed": self.cfg.seed}
 
     def _load_state(self, ckpt: Path) -> None:
-        from .sft import ACCEL_STATE_DIR, STATE_NAME
-
-        st = json.loads((ckpt / STATE_NAME).read_text(encoding="utf-8"))
-        expect = (("num_train_prompts", len(self.train_rows)), ("num_processes", self.acc.num_processes),
-                  ("prompts_per_step", self.cfg.prompts_per_step), ("seed", self.cfg.seed))
-        mismatch = [(k, st.get(k), v) for k, v in expect if st.get(k) != v]
-        if mismatch:
-            raise ValueError(f"cannot resume exactly from {ckpt}: " + ", ".join(
-                f"{k} was {a}, is now {b}" for k, a, b in mismatch) + " (same prompts and step layout needed)")
-        self.acc.load_state(str(ckpt / ACCEL_STATE_DIR))
-        self.global_step = int(st["global_step"])
-        self.log_history = [e for e in st.get("log_history", []) if e.get("step", 0) <= self.global_step]
+        self.load_checkpoint(ckpt, self.state(), "prompts and step layout")
         if self.acc.is_main_process:  # drop lines a crashed run wrote after this checkpoint
             for name in (METRICS_NAME, SAMPLES_NAME):
                 p = self.out / name
@@ -1148,77 +982,8 @@ class GRPOTrainer:
                     keep = [l for l in p.read_text(encoding="utf-8").splitlines()
                             if l.strip() and json.loads(l).get("step", 0) <= self.global_step]
                     p.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
-        log.info("resumed from %s at step %d", ckpt, self.global_step)
 
-    def _full_state_dict(self):
-        from accelerate.utils import DistributedType
-
-        if self.acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
-            return self.acc.get_state_dict(self.model)  # collective: every rank
-        return None
-
-    def save_checkpoint(self) -> Path:
-        """``checkpoint-N/``: accelerate state (model, optimiser, scheduler, RNG of
-        every process) in ``accelerate_state/``, the model + card, and
-        ``trainer_state.json`` (written last: marks the checkpoint complete) with the
-        step counter, which fixes the prompt order and the rollout seeds."""
-        from .sft import ACCEL_STATE_DIR, CHECKPOINT_PREFIX, STATE_NAME
-
-        acc = self.acc
-        ckpt = self.out / f"{CHECKPOINT_PREFIX}{self.global_step}"
-        acc.wait_for_everyone()
-        acc.save_state(str(ckpt / ACCEL_STATE_DIR))
-        sd = self._full_state_dict()
-        if acc.is_main_process:
-            hub.save_checkpoint(acc.unwrap_model(self.model), self.tokenizer, ckpt, self.model_card(), state_dict=sd)
-            hub.write_json(ckpt / STATE_NAME, self._state())
-            self._rotate()
-        acc.wait_for_everyone()
-        return ckpt
-
-    def _rotate(self) -> None:
-        from .sft import list_checkpoints
-
-        k = self.cfg.save_total_limit
-        if k is None:
-            return
-        cks = list_checkpoints(self.out, complete_only=False)
-        for p in cks[:-k] if len(cks) > k else []:
-            shutil.rmtree(p, ignore_errors=True)
-
-    def save_final(self, metrics: dict | None = None) -> Path:
-        """``output_dir/final``: weights (LoRA: adapter in ``final/adapter`` and, with
-        ``merge_lora``, the merged model in ``final``), tokenizer and model card
-        through :func:`parallel_reason.hub.save_checkpoint`."""
-        from .sft import STATE_NAME
-
-        acc = self.acc
-        final = self.out / "final"
-        acc.wait_for_everyone()
-        sd = self._full_state_dict()
-        if acc.is_main_process:
-            if final.exists():
-                shutil.rmtree(final)
-            model = acc.unwrap_model(self.model)
-            card = self.model_card(metrics)
-            if _is_peft(model):
-                from accelerate.utils import DistributedType
-
-                hub.save_checkpoint(model, self.tokenizer, final / "adapter", card, state_dict=sd)
-                zero3 = acc.distributed_type == DistributedType.DEEPSPEED and \
-                    acc.state.deepspeed_plugin.zero_stage == 3
-                if self.cfg.merge_lora and not zero3:
-                    hub.save_checkpoint(copy.deepcopy(model), self.tokenizer, final, card, state_dict=sd,
-                                        merge_peft=True)
-                elif self.cfg.merge_lora:
-                    log.warning("ZeRO-3: the adapter is saved in final/adapter but not merged (parameters are sharded)")
-            else:
-                hub.save_checkpoint(model, self.tokenizer, final, card, state_dict=sd)
-            hub.write_json(self.out / STATE_NAME, self._state())
-        acc.wait_for_everyone()
-        return final
-
-    def model_card(self, metrics: dict | None = None) -> dict:
+    def card(self, metrics: dict | None = None) -> dict:
         """Card for :func:`parallel_reason.hub.render_model_card`."""
         cfg = self.cfg
         rewards = " + ".join(f"{w:g} x {R.reward_name(f)}" for f, w in zip(self.reward_funcs, self.reward_weights))
@@ -1246,21 +1011,9 @@ class GRPOResult:
         return [e[key] for e in self.log_history if key in e]
 
 
-def _is_peft(model) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(model, PeftModel)
-
-
 def _completion_of(rollout) -> str:
     v = getattr(rollout, "completion", None)
     return v if isinstance(v, str) else ""
-
-
-def _tracker_config(cfg: GRPOConfig) -> dict:
-    return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in cfg.to_dict().items()}
 
 
 def _thread_header_of(model) -> str:
