@@ -547,7 +547,20 @@ class GRPOTrainer(Trainer):
         check_prompts(self.train_rows, cfg.task, cfg.prompt_field, verifier)
         check_prompts(self.eval_rows or [], cfg.task, cfg.prompt_field, verifier)
 
-        # model
+        self._setup_model(model, tokenizer)
+        self._setup_rewards(reward_funcs, reward_weights)
+        self.runner_factory = runner_factory or default_runner_factory
+        self.order = PromptOrder(len(self.train_rows), cfg.prompts_per_step, cfg.seed, acc.process_index,
+                                 acc.num_processes)
+        if self.resume_dir is not None:
+            self._load_state(self.resume_dir)
+        self.init_trackers()
+
+    # -- setup --------------------------------------------------------------------
+
+    def _setup_model(self, model, tokenizer) -> None:
+        """Policy (LoRA when configured), optimizer and schedule, and the KL reference."""
+        cfg, acc = self.cfg, self.acc
         if model is None or tokenizer is None:
             tokenizer, model = self._load(model, tokenizer)
         if tokenizer.pad_token_id is None:
@@ -578,9 +591,9 @@ class GRPOTrainer(Trainer):
 
         # one scheduler step per optimiser step
         self.prepare(model, max(cfg.max_steps * cfg.optimizer_steps_per_step, 1), cfg.warmup_steps, make_opt)
-        from accelerate.utils import DistributedType
-
         if ref is not None:
+            from accelerate.utils import DistributedType
+
             if acc.distributed_type == DistributedType.DEEPSPEED:
                 from trl.models.utils import prepare_deepspeed
 
@@ -589,25 +602,18 @@ class GRPOTrainer(Trainer):
                 ref = acc.prepare_model(ref, evaluation_mode=True)
         self.ref_model = ref
 
-        # rewards and rollouts
+    def _setup_rewards(self, reward_funcs, reward_weights) -> None:
         if reward_funcs is None:
             from .metrics import tokenizer_counter
 
-            self.reward_funcs, self.reward_weights = R.build_reward_funcs(cfg, count=tokenizer_counter(tokenizer))
-        else:
-            self.reward_funcs = list(reward_funcs)
-            self.reward_weights = [float(w) for w in reward_weights] if reward_weights is not None \
-                else [1.0] * len(self.reward_funcs)
-            if len(self.reward_weights) != len(self.reward_funcs):
-                raise ValueError(f"{len(self.reward_weights)} reward weights for {len(self.reward_funcs)} rewards")
-        self.runner_factory = runner_factory or default_runner_factory
-        self.order = PromptOrder(len(self.train_rows), cfg.prompts_per_step, cfg.seed, acc.process_index,
-                                 acc.num_processes)
-        if self.resume_dir is not None:
-            self._load_state(self.resume_dir)
-        self.init_trackers()
-
-    # -- setup --------------------------------------------------------------------
+            self.reward_funcs, self.reward_weights = R.build_reward_funcs(self.cfg,
+                                                                          count=tokenizer_counter(self.tokenizer))
+            return
+        self.reward_funcs = list(reward_funcs)
+        self.reward_weights = [float(w) for w in reward_weights] if reward_weights is not None \
+            else [1.0] * len(self.reward_funcs)
+        if len(self.reward_weights) != len(self.reward_funcs):
+            raise ValueError(f"{len(self.reward_weights)} reward weights for {len(self.reward_funcs)} rewards")
 
     def _load(self, model, tokenizer):
         """Tokenizer and model from ``model_name_or_path``; control tokens are added
@@ -723,52 +729,18 @@ class GRPOTrainer(Trainer):
 
     def optimize(self, batch: RolloutBatch) -> dict:
         """``num_iterations`` passes over the batch, one optimiser step per mini-batch."""
-        cfg, acc, model = self.cfg, self.acc, self.model
-        model.train()
+        cfg, acc = self.cfg, self.acc
+        self.model.train()
         self.prepare_old_and_ref(batch)
         N = len(batch.graphs)
         if N != cfg.rollouts_per_step:
             raise ValueError(f"batch of {N} rollouts, config expects {cfg.rollouts_per_step}")
-        mb, micro = cfg.mini_batch, cfg.micro_batch
-        max_tokens = cfg.max_tokens_norm or cfg.max_new_tokens
-        W = acc.num_processes
         sums: dict[str, float] = {}
         grad_norms: list[float] = []
         for _ in range(cfg.num_iterations):
-            for start in range(0, N, mb):
-                idx = list(range(start, start + mb))
-                counts = torch.tensor([float(sum(int(batch.graphs[i].loss_mask.sum()) for i in idx)), float(mb)],
-                                      device=acc.device)
-                counts = acc.reduce(counts, reduction="sum") if W > 1 else counts
-                n_tok, n_roll = float(counts[0]), float(counts[1])
-                for k in range(0, mb, micro):
-                    sl = idx[k:k + micro]
-                    with acc.accumulate(model):
-                        loss, st = grpo_loss(
-                            model, [batch.graphs[i] for i in sl], batch.advantages[sl],
-                            [batch.old_logprobs[i] for i in sl],
-                            None if batch.ref_logprobs is None else [batch.ref_logprobs[i] for i in sl],
-                            epsilon_low=cfg.epsilon_low, epsilon_high=cfg.epsilon_high, beta=cfg.beta,
-                            normalization=cfg.loss_normalization, max_tokens=max_tokens, num_tokens=n_tok,
-                            num_rollouts=n_roll, pad_id=self.tokenizer.pad_token_id,
-                            # x W: DDP averages gradients over processes; x n_micro: accelerate
-                            # divides by the accumulation steps. The sum over micro-batches and
-                            # processes is then exactly the mini-batch loss.
-                            scale=float(W * self.n_micro))
-                        acc.backward(loss)
-                        if acc.sync_gradients and cfg.max_grad_norm > 0:
-                            gn = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                            if gn is not None:
-                                grad_norms.append(float(gn))
-                        self.optimizer.step()
-                        if acc.sync_gradients:
-                            self.scheduler.step()
-                        self.optimizer.zero_grad(set_to_none=True)
-                    for key, v in st.items():
-                        sums[key] = sums.get(key, 0.0) + v
-                if not acc.sync_gradients:  # full windows by construction; guard the invariant
-                    raise RuntimeError("gradient accumulation window ended without an optimiser step")
-        if W > 1:  # token-weighted diagnostics over all processes; the loss shares add up
+            for start in range(0, N, cfg.mini_batch):
+                self._mini_batch_step(batch, list(range(start, start + cfg.mini_batch)), sums, grad_norms)
+        if acc.num_processes > 1:  # token-weighted diagnostics over all processes; the loss shares add up
             keys = sorted(sums)
             tot = acc.reduce(torch.tensor([sums[k] for k in keys], device=acc.device, dtype=torch.float64), "sum")
             sums = dict(zip(keys, tot.tolist()))
@@ -787,6 +759,36 @@ class GRPOTrainer(Trainer):
         if grad_norms:
             out["grad_norm"] = sum(grad_norms) / len(grad_norms)
         return out
+
+    def _mini_batch_step(self, batch: RolloutBatch, idx: list[int], sums: dict, grad_norms: list) -> None:
+        """One optimiser step over the rollouts ``idx``, in micro-batches; adds the loss
+        statistics to ``sums`` and the gradient norm to ``grad_norms``."""
+        cfg, acc, model = self.cfg, self.acc, self.model
+        W = acc.num_processes
+        counts = torch.tensor([float(sum(int(batch.graphs[i].loss_mask.sum()) for i in idx)), float(len(idx))],
+                              device=acc.device)
+        counts = acc.reduce(counts, reduction="sum") if W > 1 else counts
+        n_tok, n_roll = float(counts[0]), float(counts[1])
+        for k in range(0, len(idx), cfg.micro_batch):
+            sl = idx[k:k + cfg.micro_batch]
+            with acc.accumulate(model):
+                loss, st = grpo_loss(
+                    model, [batch.graphs[i] for i in sl], batch.advantages[sl], [batch.old_logprobs[i] for i in sl],
+                    None if batch.ref_logprobs is None else [batch.ref_logprobs[i] for i in sl],
+                    epsilon_low=cfg.epsilon_low, epsilon_high=cfg.epsilon_high, beta=cfg.beta,
+                    normalization=cfg.loss_normalization, max_tokens=cfg.max_tokens_norm or cfg.max_new_tokens,
+                    num_tokens=n_tok, num_rollouts=n_roll, pad_id=self.tokenizer.pad_token_id,
+                    # x W: DDP averages gradients over processes; x n_micro: accelerate divides by
+                    # the accumulation steps. The sum over micro-batches and processes is then
+                    # exactly the mini-batch loss.
+                    scale=float(W * self.n_micro))
+                gn = self.backward_and_step(loss)
+                if gn is not None:
+                    grad_norms.append(gn)
+            for key, v in st.items():
+                sums[key] = sums.get(key, 0.0) + v
+        if not acc.sync_gradients:  # full windows by construction; guard the invariant
+            raise RuntimeError("gradient accumulation window ended without an optimiser step")
 
     # -- metrics -------------------------------------------------------------------
 

@@ -318,16 +318,9 @@ class PackedSFTTrainer(Trainer):
             with acc.accumulate(model):
                 logp = packed_logprobs(model, b)
                 nll = -(logp * b["loss_mask"]).sum()
-                acc.backward(nll * scale)
                 nll_sum += nll.detach().double()
-                if acc.sync_gradients:
-                    gn = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
-                    if gn is not None:
-                        grad_norm = float(gn)
-                self.optimizer.step()
-                if acc.sync_gradients:
-                    self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                gn = self.backward_and_step(nll * scale)
+                grad_norm = gn if gn is not None else grad_norm
         if not acc.sync_gradients:  # cannot happen with full windows; guard the invariant
             raise RuntimeError("gradient accumulation window ended without an optimizer step")
         nll_total = float(acc.reduce(nll_sum.reshape(1), "sum")[0])

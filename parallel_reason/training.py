@@ -476,6 +476,22 @@ class Trainer:
             model, optimizer, scheduler = acc.prepare(model, optimizer, schedule(optimizer))
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
 
+    def backward_and_step(self, loss) -> float | None:
+        """Backward of one micro-batch (inside ``accelerator.accumulate``); at the end of
+        an accumulation window clip, step the optimizer and the schedule. Returns the
+        gradient norm before clipping when it was computed."""
+        acc, cfg = self.acc, self.cfg
+        acc.backward(loss)
+        grad_norm = None
+        if acc.sync_gradients and cfg.max_grad_norm > 0:
+            gn = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+            grad_norm = None if gn is None else float(gn)
+        self.optimizer.step()
+        if acc.sync_gradients:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
     def init_trackers(self) -> None:
         cfg = self.cfg
         if cfg.trackers:
