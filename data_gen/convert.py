@@ -6,18 +6,10 @@ canonical grammar.
     python -m data_gen.convert --from apr --input train_apr.jsonl --out ours.jsonl   # reads trace_dict
     python -m data_gen.convert --from threadweaver --input tw.jsonl --out ours.jsonl --max-depth 2
 
-Each input line is a JSON object; ``--field`` names the one holding the dialect text
-(default ``completion``; for ``apr`` the default is ``trace_dict``, APR's
-multi-sequence trace, a JSON object or its text). The converted text is written to
-``--out-field`` (default ``completion``) with ``stats`` (parallelism metrics) and
-``dialect``; the other fields are copied (the source field is dropped when it
-differs from the output field, unless ``--keep-source``). Records that fail go to
-``<out>.rejected.jsonl`` with the line number, the id and the reason (dialect,
-offset, problem); one bad record never stops the others. A file holding one JSON
-list of records (APR's trace files) is read as such, ``line`` is then the index
-in the list. Both files are written atomically; when no record converts, only the
-rejected file is written and the exit status is 1. Dialects: see
-:mod:`parallel_reason.dialects` and ``docs/dialects.md``.
+The converted text goes to ``--out-field`` with ``stats`` and ``dialect``; records
+that fail go to ``<out>.rejected.jsonl`` with line, id and reason, and one bad
+record never stops the others. Exit status 1 when none converts. See
+docs/design.md#data and ``docs/dialects.md``.
 """
 
 from __future__ import annotations

@@ -2,56 +2,13 @@
 reasoning, for SFT.
 
     python -m data_gen.countdown --n 1000 --seed 0 --out train.jsonl --stats
-    python -m data_gen.countdown --n 1000 --seed 0 --mode sequential --out seq.jsonl
+    python -m data_gen.countdown --n 1000 --seed 0 --mode dfs --out dfs.jsonl
 
-How a trace is made
--------------------
-1. A problem (numbers, target) is sampled by :func:`parallel_reason.tasks.countdown.make_problem`.
-2. A symbolic search explores it and records the *explored tree*: at a node (the
-   list of numbers still to combine) every legal move "combine two numbers with an
-   operation" is ranked by a heuristic (closeness of the new numbers to the target
-   and to its factors; ties broken by the problem's own RNG) and the top ``w`` are
-   kept (``--widths``, one width per level, the last one repeats). A node with two
-   numbers is a leaf: it tries ``+ - * /`` against the target in that order.
-   A node at parallel depth ``< --max-depth`` with at least two kept moves *fans
-   out*: all of its moves are explored (they will run as concurrent threads, none
-   of which can stop the others). Any other node explores its moves one after the
-   other (depth-first) and stops at the first one that reaches the target.
-3. The same tree is rendered in either mode, so both modes carry the same content
-   and the same problems (same ``--seed``/``--max-depth``):
-
-   * ``parallel``: a fanning-out node becomes a ``<Parallel>`` block with one
-     outline per move (``"1: 60-25=35 [4 7 35]"``); each thread searches that
-     move's subtree (nesting blocks while the depth allows) and ends with
-     ``=> EXPR = TARGET`` or ``=> none``; after the join the parent states the
-     solution; the completion ends with ``Answer: EXPR``.
-   * ``sequential``: the same nodes in depth-first order as one indented chain,
-     no tags, ending with the same ``Answer: EXPR`` line.
-
-Length: with the defaults (``--widths 3,2 --max-depth 2``) a 4-number trace is about
-520 sampled tokens (``metrics.approx_count``; each tag one token) and 1000 characters
-in parallel mode (half of them tag text), about 450 tokens / 480 characters in
-sequential mode. ``--widths 2,2`` gives about 365 tokens; ``--widths 4,3`` about 900.
-
-Bias: only problems whose (bounded) search finds a solution are written, so the
-data over-represents problems the heuristic finds easy (targets close to simple
-sums and products of the numbers); the success rate is printed by ``--stats``.
-
-Splits and determinism
-----------------------
-A problem's split is a stable hash (sha256) of its key (sorted numbers + target):
-90/5/5 train/val/test by default, so splits never share a problem; a candidate
-whose key belongs to another split is skipped and duplicates within a split are
-dropped. Candidate ``k`` is generated from its own ``random.Random`` seeded with
-``(seed, split, numbers, k)``; candidates are produced in index order in chunks
-(a process pool with ``--workers``), kept in index order, deduplicated, and the
-first ``--n`` are written. The same options give byte-identical files for any
-``--workers``.
-
-Output: JSONL in TRL prompt-completion form, one record per line with keys
-``id, task, prompt, completion, nums, target, answer, mode``, written atomically.
-Every completion is checked before writing: it parses strictly (with
-``Limits(max_depth=--max-depth)``) and its answer verifies.
+A bounded heuristic search records the tree it explores; the same tree is rendered
+as ``parallel``, ``sequential``, ``dfs`` or ``mixed`` records (TRL prompt-completion
+JSONL, each checked before an atomic write). A problem's split is a hash of its key
+and the output does not depend on ``--workers``. Search, renderings, style flags
+and splits: docs/design.md#data.
 """
 
 from __future__ import annotations

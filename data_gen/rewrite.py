@@ -8,37 +8,11 @@
         --price-prompt 0.00015 --price-completion 0.0006 --out gsm8k_par.jsonl
     python -m data_gen.rewrite --input cots.jsonl --out par.jsonl --llm ./local-model   # transformers
 
-Input: JSONL (or a JSON list, or a datasets hub name) of records holding a question,
-a sequential reasoning and (optionally) the final answer; the fields are found by
-name (``--question-field`` etc., defaults try common names). Output: JSONL in TRL
-prompt-completion form, one record per kept input: ``id, task, prompt, completion,
-answer, stats`` (+ the ``--keep`` fields, e.g. ``nums``/``target`` for Countdown).
-Rejected records go to ``<out>.rejected.jsonl`` with the reason.
-
-The pipeline (prompts of our own, JSON answers parsed with ``json``, never eval):
-
-(a) **split** the reasoning into numbered steps (verbatim; coverage is checked);
-(b) **dependencies**: for each step, the earlier steps it uses;
-(c) **group** steps into a plan ``[1, {"parallel": [[2, 3], [4]]}, 5]``, checked in
-    code against (b): every step once, dependencies satisfied, no step uses a
-    sibling thread's step (nested blocks inside threads are run sequentially);
-(d) **rewrite** each block's threads so that none refers to a sibling;
-(e) **outline** each block's threads (one-line plans);
-(f) **assemble** the canonical grammar deterministically in code.
-
-Validation before writing (each failure is a rejection reason):
-``grammar`` (strict parse with ``--max-depth``/``--max-width``), ``answer``
-(the trajectory's final answer, read by the task verifier, still matches the
-record's answer), ``leak`` (a thread names another thread or an earlier result
-("from thread 2", "as found above"), or uses a quantity/identifier first introduced
-in a sibling thread and absent from the shared prefix, without deriving it itself),
-``parallel_ratio`` (share of tokens inside threads >= ``--min-parallel-ratio``),
-``imbalance`` (longest/shortest thread of a block <= ``--max-imbalance``).
-
-Every LLM call goes through :class:`parallel_reason.llm.LLM`: cached on disk per
-record and step (``--cache``, default ``<out>.cache``), so a rerun after an
-interruption repeats no completed call; retries with backoff; token and cost
-accounting printed at the end.
+The LLM splits the reasoning into steps, finds their dependencies, groups them into
+a plan that code checks, rewrites threads so none refers to a sibling and outlines
+them; code assembles and validates the trajectory (rejections go to
+``<out>.rejected.jsonl``). Calls are cached per record and step, so a rerun repeats
+none. Pipeline and rejection reasons: docs/design.md#data.
 """
 
 from __future__ import annotations

@@ -3,99 +3,14 @@ keep the correct, well-formed, parallel ones, write them as SFT data.
 
     python -m data_gen.self_train --model runs/demo/models/sft_parallel/final --input train.jsonl \\
         --k 8 --out runs/self_train/kept.jsonl
-    python -m data_gen.self_train --model DIR --input train.jsonl --k 16 --temperature 1.0 \\
-        --min-speedup 1.5 --keep all --n 2000 --out kept.jsonl
-    python -m data_gen.self_train --model DIR --task math --input openai/gsm8k --config main \\
-        --split train --k 8 --out gsm8k_kept.jsonl
-    python recipes/sft.py --config configs/sft/countdown_tiny.yaml --train_data kept.jsonl \\
+    python recipes/sft.py --config configs/sft/countdown_tiny.yaml --train_data runs/self_train/kept.jsonl \\
         --model_name_or_path DIR          # the output trains as it is
 
-Sampling
---------
-Problems are read and prompted exactly as :mod:`eval.benchmark` does
-(:func:`eval.benchmark.load_problems`: a local JSONL/JSON/parquet/CSV file, a
-``save_to_disk`` folder or a ``datasets`` source; the record's ``prompt`` field or
-the task's ``prompt()``; Countdown needs ``nums``/``target``, math an answer field)
-and decoded in chunks of ``--chunk-size`` problems by
-:class:`parallel_reason.runner.Runner` in parallel mode (the runner writes the
-thread openers and the join). Each problem gets ``--k`` samples; the generator of
-sample ``j`` is seeded from ``--seed``, the problem id and ``j``
-(:func:`eval.benchmark.problem_seed`), so the samples do not depend on batching,
-chunking or resuming. Samples are scored by :func:`eval.benchmark.score_sample`
-(the task's verifier, :func:`parallel_reason.rewards.rollout_stats` on the runner's
-token tree, the strict grammar with the width/depth limits).
-
-Filter
-------
-A sample is kept when all of these hold; otherwise its *reason* is the first that
-fails, in this order:
-
-===================== ==========================================================
-``finish:<reason>``    the runner did not end it with EOS on the main sequence
-                       (``max_new_tokens``, ``malformed``, ``eos_in_thread``... see
-                       :data:`parallel_reason.runner.FINISH_REASONS`)
-``malformed``          it ended with EOS but the text fails the strict grammar
-                       (:func:`parallel_reason.format.validate` with
-                       ``--max-depth``/``--max-width``: outline numbering, text
-                       between tags, ...)
-``no_answer``          no answer could be extracted
-``incorrect``          the task's verifier rejects the answer
-``no_block``           no ``<Parallel>`` block (only when ``--min-speedup > 1``)
-``below_speedup``      speedup = total sampled tokens / critical path
-                       < ``--min-speedup``
-``retokenize_mismatch`` (only with ``--require-same-tokens``) see below
-``duplicate``          the same completion text as a kept-eligible earlier sample
-                       of the same problem
-``not_best``           (``--keep best``) another eligible sample of the problem
-                       was chosen
-===================== ==========================================================
-
-``--keep best`` (default) writes one record per problem: the eligible sample with
-the highest speedup (ties: fewer sampled tokens, then the lower sample index).
-One record per problem keeps easy problems (which pass with most samples) from
-dominating the set, and the choice pushes the next round towards more
-parallelism. ``--keep all`` writes every eligible distinct sample (more data,
-weighted towards easy problems).
-
-Re-tokenization
----------------
-SFT trains on text: :func:`parallel_reason.layout.graph_from_text` re-tokenizes the
-kept completion. For every sample that ended with EOS and is well formed, the
-packed graph built from its text (prompt + completion + EOS) is compared with the
-graph the runner sampled (``Rollout.graph``: ids, predecessors, positions, loss
-mask; runner-written openers and join are untrained in both). A mismatch means
-the model sampled a token sequence that the tokenizer would not produce for the
-same text (a non-canonical split, or byte tokens that are not valid UTF-8 and
-decode to U+FFFD, counted apart); SFT would then train other tokens than those
-sampled. Mismatches are counted in the statistics and flagged per record
-(``retokenize_match``); ``--require-same-tokens`` rejects them.
-
-Output
-------
-- ``OUT`` (JSONL, the prompt-completion form of ``data_gen.countdown``, read by
-  :func:`parallel_reason.data.load_examples` and ``recipes/sft.py``): one record per
-  kept sample with ``id`` (``<problem id>/<sample index>``), ``problem_id``,
-  ``task``, ``prompt``, ``completion`` (runner-written openers/join included, EOS
-  removed), the problem's fields (``nums``, ``target`` / math: ``answer`` = the
-  reference), ``answer`` (Countdown: the model's expression, as in
-  ``data_gen.countdown``), ``model_answer``, ``mode`` ("parallel"), ``source``
-  ("self_train"), ``model``, ``sample_index``, ``seed``, ``total_tokens``,
-  ``critical_path``, ``speedup``, ``blocks``, ``threads``, ``retokenize_match``.
-  With ``--chat-template`` a string prompt is stored as one user message, so SFT
-  renders it with the same chat template.
-- ``OUT.progress.jsonl``: the settings (first line), then one line per finished
-  problem: the verdict of each of its samples (reason, finish reason, correct,
-  speedup, tokens...). Records of a chunk are appended and synced to ``OUT``
-  before its progress lines, so a rerun of the same command skips every finished
-  problem; records of an unfinished problem (a run killed mid-chunk) and truncated
-  lines are dropped and that problem is sampled again. A different configuration
-  is refused (``--overwrite`` starts afresh).
-- ``OUT.stats.json``: over the problems of this invocation's input (``--n``):
-  problems, samples, kept, kept rate per sample, problems with at least one kept
-  sample, accuracy and well-formed rate of all samples, speedup (mean, median,
-  ratio of means), mean total tokens and critical path of the kept samples, the
-  reason and finish-reason histograms, re-tokenization mismatches, wall-clock,
-  settings. A short table is printed.
+Problems are loaded, prompted, seeded and scored as :mod:`eval.benchmark` does. Each
+sample is kept or gets the first failing reason (finish, grammar, answer, speedup,
+re-tokenization, duplicate); ``--keep best`` keeps the fastest per problem. Runs
+resume from ``OUT.progress.jsonl``; ``OUT.stats.json`` sums up. Filter, outputs
+and the re-tokenization check: docs/design.md#data.
 """
 
 from __future__ import annotations

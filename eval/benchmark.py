@@ -2,57 +2,14 @@
 
     python -m eval.benchmark --model DIR --task countdown --data test.jsonl \\
         --mode parallel --n 500 --out runs/par
-    python -m eval.benchmark --model DIR --task countdown --data test.jsonl \\
-        --mode sequential --n 500 --out runs/seq
     python -m eval.benchmark --model DIR --task math --data openai/gsm8k --config main \\
         --split test --mode parallel --temperature 0.6 --samples 8 --out runs/gsm8k
 
-Decoding
---------
-Prompts are decoded in chunks of ``--chunk-size`` problems by
-:class:`parallel_reason.runner.Runner` (continuous batching of ``--batch-size``
-prompts inside a chunk; each prompt carries its ``--samples`` rollouts).
-
-- ``--mode parallel``: fork/join decoding; ``<Parallel>`` blocks fork threads that
-  run concurrently, the runner writes the thread openers and the join.
-- ``--mode sequential``: the same runner with ``parallel=False``: control tags are
-  ordinary tokens (no fork, nothing runner-written), so critical path == total
-  tokens. This is the sequential baseline; a model that writes tags still writes
-  them, they just do not fork.
-
-Greedy by default (``--temperature 0``). With ``--samples K`` each problem gets K
-rollouts; the generator of sample ``j`` of a problem is seeded from ``--seed``, the
-problem's id and ``j``, so results do not depend on batching, chunking or resuming.
-
-Data
-----
-A local JSONL / JSON / parquet / CSV file, a ``save_to_disk`` folder or any
-``datasets.load_dataset`` source (``--split``, ``--config``), read by
-:mod:`parallel_reason.data`. A record's ``id`` field is its id (else its row
-index). The prompt is the record's ``--prompt-field`` (default ``prompt``) when it
-is present, else it is built by the task's ``prompt()``: Countdown from ``nums`` and
-``target``; math from ``--question-field`` (default: ``question`` or ``problem``)
-with ``--prompt-template``. Math reference answers come from ``--answer-field``
-(default: ``answer`` or ``solution``; GSM8K ``#### 42`` and MATH ``\\boxed{}``
-solutions are both understood). ``--chat-template`` renders prompts with the
-tokenizer's chat template.
-
-Output (``--out DIR``)
-----------------------
-- ``results.jsonl``: one row per problem, appended and flushed after each chunk
-  (see :data:`ROW_FIELDS`);
-- ``summary.json``: the aggregate over every row of ``results.jsonl`` (see
-  :func:`summarize`), rewritten at the end of each run;
-- ``config.json``: the settings that decide the results (resume refuses a
-  different configuration; ``--overwrite`` starts afresh).
-
-Resume: rerunning the same command skips every problem whose row is already in
-``results.jsonl``; a truncated or corrupt line (a run killed while writing) is
-dropped and that problem is decoded again.
-
-Metrics come from :mod:`parallel_reason.metrics` (``aggregate``) and
-:func:`parallel_reason.rewards.rollout_stats` (sampled tokens counted on the
-runner's token tree); nothing is re-implemented here.
+``--mode sequential`` is the same runner with ``parallel=False`` (tags are ordinary
+tokens: the sequential baseline). Greedy by default; sample ``j`` of a problem is
+seeded from ``--seed``, the problem id and ``j``. Writes ``results.jsonl`` (one row
+per problem, resumable), ``summary.json`` and ``config.json``; metrics come from
+:mod:`parallel_reason.metrics`. See docs/design.md#data.
 """
 
 from __future__ import annotations

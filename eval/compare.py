@@ -2,29 +2,10 @@
 
     python -m eval.compare runs/seq runs/par runs/par_rl --out runs/compare
 
-Each RUN is a directory written by :mod:`eval.benchmark` (``summary.json`` +
-``results.jsonl``). Writes to ``--out`` (default ``compare``):
-
-- ``compare.md`` (also printed): one line per run with mode, accuracy, pass@k
-  (sampled runs), mean total tokens, mean critical path, speedup as the mean of
-  per-sample ratios and as the ratio of means, speedup against the sequential
-  baseline (both forms; see below), wall-clock per problem and format-valid rate.
-  Every figure except the baseline speedups is the run's own ``summary.json``
-  value; the baseline speedups are computed here with
-  :func:`parallel_reason.metrics.aggregate`.
-- ``accuracy_vs_budget.png``: for a critical-path budget ``b``, the share of
-  samples that are correct with ``critical_path <= b``, one line per run;
-- ``speedup_hist.png``: per-sample ``total_tokens / critical_path``, one histogram per run.
-
-A ``summary.json`` that is not valid JSON is an error; unreadable lines of
-``results.jsonl`` (a run killed while writing) are skipped with a warning naming
-``file:line``.
-
-Sequential baseline: the first run whose mode is ``sequential`` (or ``--baseline``).
-For every other run, over the problems both runs hold (same id and same prompt),
-``baseline_total / critical_path`` where ``baseline_total`` is the baseline's mean
-total tokens on that problem (over its samples): reported as the mean of per-sample
-ratios and as the ratio of means. ``n/a`` when no sequential run is given.
+Each run is an :mod:`eval.benchmark` directory. Writes ``compare.md`` (accuracy,
+pass@k, tokens, critical path, speedup as mean of ratios and ratio of means, speedup
+against the first sequential run or ``--baseline``, wall-clock, format-valid rate),
+``accuracy_vs_budget.png`` and ``speedup_hist.png``. See docs/design.md#data.
 """
 
 from __future__ import annotations

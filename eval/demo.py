@@ -4,16 +4,10 @@ self-training -> eval -> report.
     python -m eval.demo --out runs/demo            # what `make demo` runs
     python -m eval.demo --out runs/demo --dry-run  # print the stage commands only
 
-Every stage is one command of the toolkit's own CLIs, printed before it runs, so any stage
-can be rerun or scaled up by hand. What each stage does, the choices behind the defaults
-(reduced number range, whole-number tokens, thread headers, states that carry the target)
-and what was measured are in ``docs/demo.md``.
-
-Two independent commands run side by side (``--jobs 2``), one torch thread each on a
-2-core machine. Each command's output goes to ``OUT/logs/<stage>.log``; a heartbeat
-prints the last line of each running log. A finished stage is skipped on rerun (its
-output exists), SFT and GRPO resume from their last checkpoint, the benchmark and
-self-training skip problems already written.
+Every stage is one toolkit command, printed before it runs. Independent commands run
+side by side (``--jobs 2``), each logging to ``OUT/logs/<stage>.log``; a rerun skips
+finished stages and resumes the others. What each stage does and measured, and the
+choices behind its defaults: README ("What `make demo` does", "Learning on 2 cores").
 """
 
 from __future__ import annotations

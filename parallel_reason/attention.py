@@ -1,19 +1,10 @@
-"""Packed graphs -> batches and attention masks.
+"""Packed graphs -> padded batches and attention masks.
 
-- :func:`collate` pads a list of :class:`~parallel_reason.layout.PackedGraph` into
-  a batch (batch > 1, mixed lengths). Padding tokens see only themselves (a row
-  with no visible key would turn softmax into NaN) and are never trained.
-- :func:`dense_mask` builds the 4D boolean mask ``[B, 1, L, L]`` (True = attend)
-  that ``sdpa`` takes; :func:`float_mask` the additive float form ``eager`` needs.
-  Both are ``O(L^2)``: for CPU and short sequences.
-- :func:`flex_block_mask` builds a flex-attention ``BlockMask`` straight from the
-  segment table: block-level counts come from ``[blocks x segments]`` matrices and
-  the element-level rule is a ``mask_mod`` that looks up segment ids, so no
-  ``L x L`` tensor is ever materialised.
-
-transformers passes a 4D mask (or a ``BlockMask``) through untouched; without one,
-restarting position ids would be read as separate packed sequences, so the
-trainers always pass a mask.
+:func:`collate` pads graphs into a batch (padding sees only itself, never trained);
+:func:`attention_mask` returns what the model's attention implementation takes: a
+dense bool mask for ``sdpa``, its additive float form for ``eager``, or a
+flex-attention ``BlockMask`` built from the segment table without any ``L x L``
+tensor (:func:`flex_block_mask`). See docs/design.md#packed-graph.
 """
 
 from __future__ import annotations

@@ -1,12 +1,10 @@
 """Recipe configs: a dataclass of fields, a YAML file, ``--field value`` overrides.
 
-Both trainers (:mod:`parallel_reason.sft`, :mod:`parallel_reason.grpo`) declare their
-config as a dataclass whose fields are made with :func:`config_field` (a default and
-a help string) and parse it with :func:`parse_config`: ``--config FILE.yaml`` first,
-then ``--field value`` / ``--field=value`` overrides (``-`` or ``_`` in names; a bool
-field given alone means true; lists as ``a,b`` or YAML ``[a, b]``; ``none``/``null``
-for optional fields). Unknown fields, unknown YAML keys and values that do not
-convert raise ``ValueError`` naming the field and where it came from.
+Both trainers declare their config with :func:`config_field` (default and help) and
+read it with :func:`parse_config`: ``--config FILE.yaml`` first, then ``--field
+value`` overrides (``-`` or ``_`` in names, a bare bool flag means true, lists as
+``a,b``, ``none`` for optional fields). Unknown or unconvertible values raise
+``ValueError`` naming the field and where it came from. See docs/design.md#trainers.
 """
 
 from __future__ import annotations

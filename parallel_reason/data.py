@@ -1,32 +1,11 @@
-"""Training data -> packed graphs, for every trainer (SFT now, GRPO prompts later).
+"""Training records -> packed graphs, and the order batches are drawn in (both trainers).
 
-Three steps, each usable on its own:
-
-1. :func:`load_examples` reads prompt/completion records from a local JSONL or JSON
-   file, a folder written by ``datasets.Dataset.save_to_disk``, a ``datasets.Dataset``
-   object, or any ``datasets.load_dataset`` source (hub name, local script or data
-   folder, ``parquet``/``csv`` files). Every record keeps its *origin* (``file:line``
-   or ``dataset[split] row i``) so that every later error names it.
-   Accepted record shapes (TRL's prompt-completion and conversational forms):
-
-   * ``{"prompt": str, "completion": str}``;
-   * ``{"prompt": [messages], "completion": [one assistant message] | str}``;
-   * ``{"messages": [..., {"role": "assistant", "content": str}]}`` (the last
-     assistant message is the completion, the rest the prompt).
-
-   Conversational prompts (and string prompts when ``apply_chat_template`` is on)
-   are rendered with the tokenizer's chat template (``add_generation_prompt=True``)
-   in :func:`build_graphs`.
-2. :func:`build_graphs` turns examples into :class:`~parallel_reason.layout.PackedGraph`
-   with :func:`parallel_reason.layout.graph_from_text` (``mode="parallel"``) or as
-   plain causal text (``mode="sequential"``), drops graphs longer than
-   ``max_length`` and counts them (:class:`GraphStats`).
-3. :func:`epoch_windows` / :func:`eval_shards` decide which example goes to which
-   process in which micro-batch: a seeded permutation per epoch, independent of
-   any global RNG, so that a run resumed from a checkpoint sees exactly the same
-   batches as the uninterrupted run.
-
-Malformed data raises :class:`DataError` naming the file, line (or row) and the problem.
+:func:`load_examples` reads TRL prompt-completion records (plain or conversational)
+from JSONL/JSON files, ``save_to_disk`` folders or ``datasets`` sources, keeping
+each record's origin; :func:`build_graphs` lays them out (parallel or sequential);
+:func:`epoch_windows` / :func:`eval_shards` hand examples to processes and
+micro-batches by a permutation seeded with ``(seed, epoch)``, so a resumed run sees
+the same batches. Bad data raises :class:`DataError` naming the record. See docs/design.md#data.
 """
 
 from __future__ import annotations

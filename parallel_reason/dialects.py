@@ -1,72 +1,10 @@
-"""Converters from published parallel-reasoning dialects into the canonical grammar
-of :mod:`parallel_reason.format` (DESIGN.md section 2). Reach them through
-``format.convert(text, dialect)``; nothing else in the code knows these dialects.
-
-Dialects (see ``docs/dialects.md`` for an example of each, input and output):
-
-``multiverse`` (Yang et al. 2025, "Multiverse: Your Language Models Secretly Decide
-How to Parallelize and Merge Generation")::
-
-    <Parallel><Goal>[goal text]<Outline>1: ..</Outline>..</Goal>
-    <Path>1: ..</Path>..<Conclusion>..</Conclusion></Parallel>
-
-    Outlines -> our outlines ``i: ..``; paths -> threads ``i:``; the free goal text
-    (before the first outline, when present) -> sequential text just before the
-    block; the conclusion -> sequential text just after ``</Parallel>``. Paths may
-    nest blocks. Existing ``i:`` numbering is kept when it is consistent and added
-    when absent.
-
-``parallel_r1`` (Zheng et al. 2025, "Parallel-R1: Towards Parallel Thinking via
-Reinforcement Learning")::
-
-    <Parallel><Path>..</Path><Path>..</Path><Summary>..</Summary></Parallel>
-
-    The dialect has no outlines: outline ``i`` is **synthesised** from the first
-    sentence of path ``i`` (at most ``OUTLINE_MAX_CHARS`` characters, cut at a word
-    boundary). The summary -> sequential text after the block; a ``<Summary>`` that
-    directly follows ``</Parallel>`` is accepted too.
-
-``threadweaver`` (Lian et al. 2025, "ThreadWeaver: Adaptive Threading for Efficient
-Parallel Reasoning in Language Models"): the same tags as ours
-(``<Parallel><Outlines><Outline>1: ..</Outline></Outlines><Thread>1: ..</Thread>
-</Parallel>``) inside ``<think> .. </think>``. The ``<think>`` tags are dropped
-(their text is kept), whitespace between structural tags is normalised
-(``<Thread> 1:`` -> ``<Thread>1:``) and the result is validated strictly.
-
-``apr`` (Pan et al. 2025, "Learning Adaptive Parallel Reasoning with Language
-Models"): APR traces are *multi-sequence*: the released generator
-(``src/data/search.py`` of github.com/Parallel-Reasoning/APR) stores a
-``trace_dict = {"main_calls": [str, ..], "sub_calls": [[trace_dict, ..], ..]}``.
-A parent call ends with a spawn section (the paper's ``spawn()``)::
-
-    <Calling Sub Searches>
-    <Start Sub Search 0 at level 1> Moving to Node #0,0
-    <Start Sub Search 1 at level 1> Moving to Node #0,1
-    <End Calling Sub Searches>
-
-each child is its own sequence (``sub_calls[k][j]``, itself a trace_dict), and the
-parent's next main call repeats the text before the spawn and continues with the
-join message (the paper's ``join()``)::
-
-    <Sub Searches>
-    <No Solution in Sub Search 0 at level 1 at Node #0,0>
-    <Goal Reached in Sub Search 1 at level 1 at Node #0,1>
-    ...path...
-    <End Sub Searches>
-
-    Spawn section k -> a block whose outline ``j+1`` is the text after the
-    ``<Start Sub Search j ..>`` marker and whose thread ``j+1`` is child ``j``
-    (converted recursively, so children that spawn nest); the join message stays as
-    sequential text after ``</Parallel>`` (it is APR's summary of the children).
-    Input: the trace_dict (a dict, or its JSON text); a plain string is a single
-    call without spawns.
-
-``canonical``: our own grammar, validated strictly and returned unchanged.
-
-Every converter preserves the text (only the dialect's tags, numbering and the
-whitespace around structural tags change), outputs text that ``format.parse``
-accepts strictly (checked before returning), and raises :class:`DialectError`
-naming the dialect, the character offset and the problem on malformed input.
+"""Converters from published parallel-reasoning dialects (``multiverse``,
+``parallel_r1``, ``threadweaver``, ``apr``, ``canonical``) into the grammar of
+:mod:`parallel_reason.format`. Reach them through ``format.convert(text, dialect)``;
+nothing else in the code knows these dialects. A converter keeps the text, checks
+its output with the strict parser and raises :class:`DialectError` (dialect,
+offset, problem) on malformed input. How each dialect maps:
+docs/design.md#dialects and the worked examples in ``docs/dialects.md``.
 """
 
 from __future__ import annotations

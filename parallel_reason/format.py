@@ -1,30 +1,11 @@
-"""The fork/join trajectory grammar: one definition of the control tags, parsing,
-rendering and validation (DESIGN.md section 2).
+"""The fork/join trajectory grammar: the one definition of the control tags, parsing,
+rendering and validation.
 
-A completion is a :class:`Trajectory`: a list of *parts*, each either a text
-string or a :class:`Block`. A block holds outlines and threads; a thread holds its
-``i:`` header and its own list of parts, so blocks nest::
-
-    ...sequential reasoning...
-    <Parallel>
-    <Outlines><Outline>1: plan</Outline><Outline>2: plan</Outline></Outlines>
-    <Thread>1: text of thread 1</Thread>
-    <Thread>2: text of thread 2</Thread>
-    </Parallel>
-    ...continuation...
-
-Every byte of the input is kept: the whitespace between structural tags lives in
-``Block.pre_outlines``, ``Block.outline_seps`` and ``Block.thread_seps``, so
-``render(parse(t)) == t`` for every valid ``t``. The lenient parser
-(:func:`parse_lenient`) accepts any text (truncated model output, stray tags,
-garbage), never raises, keeps every byte (``render(parse_lenient(t)[0]) == t``) and
-lists what is wrong as :class:`Problem` records with character offsets. Parsing
-takes time linear in the input; blocks nest at most :data:`MAX_NESTING` deep (a
-deeper ``<Parallel>`` is kept as text and reported as ``too_deep``), so the parser
-and every walk over its trees stay far below Python's recursion limit.
-
-The same parser runs over token ids (:func:`parse_ids`); pieces are then tuples of
-ids instead of strings and offsets are token indices.
+A completion parses to a :class:`Trajectory` of text parts and blocks
+(:class:`Block`) whose threads may nest blocks. :func:`parse` is strict,
+:func:`parse_lenient` never raises and returns :class:`Problem` records with
+offsets, :func:`parse_ids` reads token ids; ``render(parse(t)) == t``. Parsing is
+linear-time and nests at most :data:`MAX_NESTING` deep. See docs/design.md#grammar.
 """
 
 from __future__ import annotations

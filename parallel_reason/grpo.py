@@ -1,86 +1,13 @@
-"""P-GRPO: GRPO with parallel (fork/join) rollouts and parallelization-aware rewards
-(DESIGN.md sections 5-6).
-
-One training step:
-
-1. take the next ``prompts_per_step`` prompts (per process) in a seeded, resumable
-   order;
-2. sample ``num_generations`` (G) rollouts per prompt with the fork/join runner
-   (:mod:`parallel_reason.runner`), driven by the policy model itself (unwrapped,
-   eval mode, no grad; ZeRO-3 parameters gathered by TRL's
-   ``unwrap_model_for_generation``);
-3. score them with the reward functions (:mod:`parallel_reason.rewards`), each
-   logged on its own; advantages are mean-centred per group, optionally divided by
-   the group (or batch) standard deviation (``scale_rewards``);
-4. optimise the PPO-clipped objective with DAPO's clip-higher
-   (``epsilon_low``/``epsilon_high``) over every *sampled* token of every thread:
-   log-probs come from :func:`parallel_reason.logprobs.packed_logprobs` on the
-   packed graph of each rollout (gathered by predecessor, one forward for all
-   threads); the loss mask is the graph's ``loss_mask``, so the tokens the runner
-   writes (thread openers, the join) are never in the loss. ``num_iterations``
-   passes over the batch, each split in ``mini_batch_size`` optimiser steps made of
-   ``micro_batch_size`` forwards. The behaviour ("old") log-probs are the ones the
-   runner recorded while sampling (``graph.sample_logprobs``; ``old_logprobs:
-   recompute`` does a no-grad forward instead), fixed for all iterations of the
-   batch, so from the second optimiser step on the ratio differs from 1. These are
-   the model's log-probs at temperature 1 before any top-k/top-p filtering (what the
-   runner records on the graph and what ``packed_logprobs`` recomputes), so the
-   policy being optimised is the model itself; sampling at another temperature or
-   with a nucleus is the exploration distribution, not importance-corrected (as in
-   most GRPO/DAPO implementations with temperature 1 rollouts). Optional
-   KL to a reference (k3 estimator, coefficient ``beta``): a frozen copy of the
-   initial model, or with LoRA the base model through peft's ``disable_adapter``.
-5. log (``metrics.jsonl`` always, plus tensorboard/wandb; sample completions in
-   ``samples.jsonl`` and a wandb Table), evaluate held-out accuracy and speedup,
-   checkpoint, repeat.
+"""P-GRPO: GRPO with fork/join rollouts from the runner and parallelization-aware
+rewards, as a small accelerate loop (:class:`GRPOTrainer`, :class:`GRPOConfig`).
 
     accelerate launch recipes/grpo.py --config configs/grpo/countdown_tiny.yaml [--field value ...]
 
-Sizes: a step samples ``prompts_per_step * num_generations`` rollouts per process;
-``mini_batch_size`` (must divide it) rollouts make one optimiser step, as
-``mini_batch_size / micro_batch_size`` accumulated forwards; so a step makes
-``num_iterations * rollouts / mini_batch_size`` optimiser (and scheduler) steps.
-
-Checkpoints and exact resume (same layout as SFT): ``checkpoint-N/`` holds
-``accelerate_state/`` (model, optimiser, scheduler, RNG of every process), the model
-with its card, and ``trainer_state.json`` (written last). The prompt order is a
-permutation seeded by ``(seed, epoch)`` and each prompt's rollout seed is a function
-of ``(seed, step, global position)``, so the step counter is all the data state
-there is: a resumed run samples the same rollouts and reaches the same weights
-(tested bit for bit). ``resume_from_checkpoint: auto`` picks the latest one.
-
-Normalisation of the summed token loss of a mini-batch (``loss_normalization``):
-``token`` (DAPO: / number of sampled tokens of the mini-batch), ``sequence``
-(original GRPO: mean over a rollout's tokens, then mean over rollouts),
-``constant`` (Dr.GRPO: / (rollouts * ``max_tokens_norm``), default the runner's
-``max_new_tokens``). Counts are global over processes and micro-batches, so
-gradient accumulation and data parallelism change nothing but the speed.
-
-Why not subclass TRL's ``GRPOTrainer``: its generation path (vLLM or
-``model.generate``) produces one linear completion per row, its loss is computed on
-a ``[prompt | completion]`` causal batch with ``logits_to_keep`` slicing, and the
-batching/accumulation bookkeeping (``steps_per_generation``, buffered inputs) lives
-in private methods that change between releases. A fork/join rollout is a tree of
-requests: its log-probs need a packed graph with a custom attention mask and a
-gather by predecessor, its metrics (critical path) need the tree. Overriding
-generation, scoring, log-prob computation and loss would leave almost nothing of the
-parent class while coupling us to its internals. So this is a small accelerate
-trainer (the same pattern as :mod:`parallel_reason.sft`, whose config conversion,
-accelerator, optimiser, LoRA and checkpoint helpers it reuses) that reuses TRL where
-it fits: ``unwrap_model_for_generation`` and ``DistributedBackend.summon_full_params``
-(DDP/ZeRO-3/FSDP unwrapping for generation), ``disable_dropout_in_model``,
-``prepare_deepspeed`` for the reference model, and TRL's reward-function signature
-(so our rewards also plug into TRL's own trainer) and loss conventions
-(its ``loss_type`` names map to ours: ``dapo`` = token, ``grpo`` = sequence,
-``dr_grpo`` = constant; ``epsilon``/``epsilon_high``; ``beta``; k3 KL).
-
-Sequential baseline (``parallel: false``): the same runner decodes plain causal
-text; control tags, if the model writes them, are ordinary tokens (no fork, nothing
-runner-written), the packed graph is a single chain and the loss path is the same
-code. The token tree then has no block, so critical path = total tokens and the
-acceleration reward is 0 by construction; we chose "tags are text" over "forbid the
-tags" because masking logits at sampling time would make the sampling distribution
-differ from the one the trainer scores (an off-policy bias on every token).
+Each step samples a group of rollouts per prompt, scores them, centres rewards per
+group and minimises a clipped loss on all sampled tokens of all threads, scored on
+the rollouts' packed graphs (runner-written tokens excluded). Sizes, loss variants,
+exact resume, the sequential baseline and why not TRL's ``GRPOTrainer``:
+docs/design.md#grpo.
 """
 
 from __future__ import annotations

@@ -1,27 +1,12 @@
 """Saving trained models and publishing them on the Hugging Face Hub.
 
-:func:`save_checkpoint` is the one writer every trainer uses (SFT checkpoints,
-final models, GRPO): safetensors weights, tokenizer, generation config and a
-``README.md`` model card (:func:`render_model_card`) that documents the
-control-token grammar, how to decode with the fork/join runner, the commands that
-reproduce the run and the training config.
+:func:`save_checkpoint` writes every model folder (safetensors weights, tokenizer,
+generation config, a ``README.md`` card from :func:`render_model_card`); :func:`push`
+checks a folder, refreshes its card and uploads it::
 
-:func:`push` (``python -m parallel_reason.hub push --model DIR --repo-id ID``, or
-``push_to_hub: true`` in a training config) checks such a folder, refreshes its
-card (runner usage for the repo id, evaluation table from ``eval.benchmark`` run
-directories) and uploads it with ``HfApi.upload_folder``::
+    python -m parallel_reason.hub push --model runs/sft/countdown_qwen/final --repo-id me/countdown-par [--eval RUN_DIR ...] [--dry-run]
 
-    python -m parallel_reason.hub push --model runs/sft/countdown_qwen/final --repo-id me/countdown-par \
-        [--private] [--eval runs/eval/par runs/eval/seq] [--revision BRANCH] [--create-pr] \
-        [--commit-message MSG] [--token-env HF_TOKEN] [--dry-run]
-
-Wrappers are unwrapped: DDP / DeepSpeed / FSDP (``.module``), ``torch.compile``
-(``._orig_mod``) and PEFT. A PEFT model is saved as its adapter
-(``adapter_model.safetensors`` + ``adapter_config.json``), or merged into the base
-weights with ``merge_peft=True`` (then a plain ``AutoModelForCausalLM`` directory).
-Under ZeRO-3 / FSDP the caller gathers the full ``state_dict`` (collective, on
-every rank: ``accelerator.get_state_dict(model)``) and passes it in; only the main
-process calls this function.
+What is checked, written and uploaded: docs/design.md#hub.
 """
 
 from __future__ import annotations

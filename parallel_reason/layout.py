@@ -1,27 +1,11 @@
-"""Trajectory -> packed graph (DESIGN.md section 3), the one layout that the trainer
-trains and the runner decodes.
+"""Trajectory -> token tree -> packed graph: the one layout that the trainers train and
+the runner decodes.
 
-Two steps:
-
-1. :func:`tokenize_trajectory` turns a parsed trajectory into a *token tree*
-   (:class:`Run`, :class:`TBlock`, :class:`TThread`): token ids with, for every run,
-   whether the model sampled it (trained) or the runner wrote it (thread openers
-   ``"\\n<Thread>i:"`` and the join ``"\\n</Parallel>"``, never trained). The runner
-   builds the same tree directly from the ids it decoded, so nothing is ever
-   re-tokenized between sampling and training.
-2. :func:`build_graph` lays the tree out as a :class:`PackedGraph` for a join mode.
-
-Join mode ``concat`` (ThreadWeaver semantics): each thread sees the shared prefix,
-the outlines and its own opener, never a sibling; the continuation after the join
-sees the prefix and every thread re-read as one linear text. In the packed buffer
-thread 1 lies on the main path once (trained) and threads 2..n appear twice: once
-as their own branch (trained) and once re-read on the main path (loss mask 0).
-No token is trained twice and no trained token sees a sibling thread.
-
-Visibility is stored at segment level: a segment is a maximal chain of buffer-
-consecutive tokens, each the only child of the previous; ``seg_vis[s, t]`` says
-segment ``s`` sees all of segment ``t`` (inside a segment attention is causal). This
-is ``O(L + S^2)`` memory instead of ``O(L^2)``.
+:func:`tokenize_trajectory` builds the token tree (sampled runs; the thread openers
+and join the runner writes, never trained); :func:`build_graph` lays it out as a
+:class:`PackedGraph` (ids, predecessors, positions, loss mask, segment-level
+visibility) for join mode ``concat``. Layout, re-read and the tested invariants:
+docs/design.md#packed-graph.
 """
 
 from __future__ import annotations

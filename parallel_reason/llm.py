@@ -1,30 +1,10 @@
-"""LLM clients for the data generators: an OpenAI-compatible HTTP client
-(completions and chat completions), a local transformers model, and
-:class:`LLM`, the wrapper the pipelines call, which adds a per-record disk cache
-and token/cost accounting.
-
-- **HTTP** (:class:`OpenAIClient`): any server that speaks the OpenAI API (OpenAI,
-  vLLM, SGLang, llama.cpp, TGI...). ``base_url`` is e.g. ``http://host:8000/v1``;
-  the client posts to ``base_url + "/chat/completions"`` or ``"/completions"``.
-  The API key is read from the environment variable named by ``api_key_env``
-  (default ``OPENAI_API_KEY``; none is sent when it is unset). The key is only ever
-  put in the ``Authorization`` header: it is never logged, never written to the
-  cache or any output, never part of ``repr``, and every error message is redacted,
-  of it and of credentials written into ``base_url`` (``user:KEY@host``,
-  ``?api-key=KEY``: :func:`url_secrets`).
-  Retries: timeouts, connection errors, malformed answers, HTTP 408/409/425/429 and
-  5xx are retried with exponential backoff and jitter (``Retry-After`` honoured,
-  capped at ``backoff_max``); other 4xx errors fail at once.
-- **Local** (:class:`HFClient`): a transformers causal LM; the chat template is
-  applied when the tokenizer has one, otherwise the prompt is used as is.
-- **Cache** (:class:`DiskCache`): one JSON file per (record, step, call), named by a
-  hash of (model, prompt, params), written atomically (temp file + ``os.replace``):
-  a rerun after an interruption finds every completed call on disk and repeats none.
-- **Accounting** (:class:`Usage`): calls, cache hits, retries, prompt and completion
-  tokens as reported by the API (``usage``), and cost from optional per-1k-token
-  prices.
-
-Use :func:`make_client` to pick the client from a URL or a model name.
+"""LLM clients for the data generators: :class:`OpenAIClient` (any OpenAI-compatible
+server), :class:`HFClient` (a local transformers model) and :class:`LLM`, the wrapper
+the pipelines call, which adds a per-record disk cache (:class:`DiskCache`) and
+token/cost accounting (:class:`Usage`). Transient failures are retried with
+backoff; the API key (read from the variable named by ``api_key_env``) goes only
+into the ``Authorization`` header and is redacted from every message.
+:func:`make_client` picks a client from a URL or a model name. See docs/design.md#data.
 """
 
 from __future__ import annotations

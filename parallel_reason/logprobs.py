@@ -1,11 +1,10 @@
-"""Per-token log-probabilities on a packed batch, gathered by predecessor
-(DESIGN.md section 3): ``logp[i] = log_softmax(logits[pred[i]])[input_ids[i]]``.
+"""Per-token log-probabilities on a packed batch, gathered by predecessor:
+``logp[i] = log_softmax(logits[pred[i]])[input_ids[i]]``.
 
-The model is called through its own ``forward`` (so DDP, FSDP and DeepSpeed
-wrappers see the call) with ``logits_to_keep`` set to the predecessor positions of
-the selected tokens: the vocabulary projection is computed once per trained token
-and never for the rest of the buffer. This is the one function the SFT trainer,
-the GRPO trainer and the train/inference consistency checks use.
+The one scoring function of the SFT trainer, the GRPO trainer and the
+train/inference consistency checks. It calls the model's own ``forward`` with
+``logits_to_keep`` set to the predecessors of the selected tokens, so the
+vocabulary projection runs only where needed. See docs/design.md#packed-graph.
 """
 
 from __future__ import annotations

@@ -1,23 +1,9 @@
-"""Parallelism metrics (DESIGN.md section 4): one implementation, used by the
-generator statistics, the rewards, the runner and the evaluation.
-
-Only *sampled* tokens count. The runner writes, at each fork, every thread's
-opener (separator + ``<Thread>`` + ``i:`` header) and, at the join, the separator
-and ``</Parallel>``; those are not sampled and count nowhere. Everything else of a
-completion is sampled: sequential text, ``<Parallel>``, the outlines section with
-its tags, thread bodies and each ``</Thread>``.
-
-- ``total_tokens``: every sampled token.
-- ``critical_path``: sampled tokens on the longest causal chain, recursively
-  ``cp(seq) = sum over parts of (tokens of a text part, or for a block: its
-  non-thread tokens + max over threads of cp(thread))``.
-- ``speedup = total_tokens / critical_path`` (the trajectory against itself);
-  :func:`speedup_vs` gives ``baseline_total / critical_path``.
-- ``parallel_ratio``: the share of sampled tokens that lie inside top-level threads.
-
-Metrics take a parsed :class:`~parallel_reason.format.Trajectory` (text pieces,
-counted by ``count``) or one parsed from token ids (pieces are id tuples, counted
-with ``len``). Each control tag counts as one token.
+"""Parallelism metrics, one implementation for the generator statistics, the rewards,
+the runner and the evaluation: ``total_tokens``, ``critical_path``, ``speedup``
+(:func:`speedup_vs` against a baseline), ``parallel_ratio``, and :func:`aggregate`
+(mean of ratios and ratio of means). Only sampled tokens count: the thread openers
+and the join written by the runner count nowhere. Input: a trajectory parsed from
+text or from token ids. Definitions: docs/design.md#rewards-metrics.
 """
 
 from __future__ import annotations

@@ -1,37 +1,11 @@
-"""Rewards for GRPO (DESIGN.md section 5): correctness, acceleration and format.
-
-``reward = correctness + acceleration (+ optional format)``; each component is its
-own callable with TRL's reward-function signature::
-
-    fn(prompts: list, completions: list, **kwargs) -> list[float]
-
-so the components combine with weights and are logged separately (``fn.__name__``
-is the name in the logs). Dataset columns arrive as keyword lists, one entry per
-completion (``nums=[...]``, ``target=[...]``, ``task=[...]``). Our trainer adds
-one extra keyword, ``rollouts``: the runner's :class:`~parallel_reason.runner`
-rollouts, aligned with ``completions``, from which the parallelism metrics are read
-(sampled tokens counted on the token tree, never re-tokenized). Without
-``rollouts`` (e.g. inside TRL's own ``GRPOTrainer`` on plain text) the metrics are
-computed from the completion text by :mod:`parallel_reason.metrics`. Extra keywords
-TRL passes (``completion_ids``, ``trainer_state``...) are ignored.
-
-- :class:`Correctness`: 1.0 when the task's verifier accepts the completion, else
-  0.0. The task comes from a ``task`` column when present, otherwise from the
-  function's default. Verifiers parse answers themselves; nothing here (nor in any
-  task module) calls ``eval``/``exec`` on model output.
-- :class:`Acceleration` (ThreadWeaver): ``factor * min(1 - critical_path /
-  total_tokens, clip)``, granted only to correct answers (0.0 otherwise).
-- :class:`FormatReward`: a fixed value for each outcome: ``valid`` (the completion
-  parses strictly and respects the width/depth limits), ``invalid`` (malformed:
-  unclosed or stray tags, count or numbering mismatch, limits exceeded, or the
-  runner stopped it on such a violation: ``malformed``, ``eos_in_thread``,
-  ``max_threads``...), ``truncated`` (the rollout hit a token budget:
-  ``max_new_tokens``, ``max_thread_tokens``, ``unclosed_thread``, TRL's ``length``),
-  optionally ``no_block`` (valid but without any ``<Parallel>`` block). Never
-  raises, whatever the text.
-
-:func:`build_reward_funcs` builds the configured list and :func:`score` runs it
-and combines the components.
+"""GRPO rewards: :class:`Correctness`, :class:`Acceleration` (ThreadWeaver's
+``factor * min(1 - critical_path / total_tokens, clip)``, correct answers only) and
+:class:`FormatReward`, each with TRL's reward-function signature
+``fn(prompts, completions, **kwargs) -> list[float]`` so they combine with weights
+and log separately. Our trainer adds a ``rollouts`` keyword (metrics from the
+runner's token tree); without it metrics come from the text.
+:func:`build_reward_funcs` builds the list, :func:`score` combines it. See
+docs/design.md#rewards-metrics.
 """
 
 from __future__ import annotations

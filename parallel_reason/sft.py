@@ -1,50 +1,11 @@
-"""Packed-graph SFT (DESIGN.md section 6): one forward pass trains every thread of a
-fork/join trajectory.
+"""Packed-graph SFT: one forward pass trains every thread of a fork/join trajectory
+(:class:`PackedSFTTrainer`, a small accelerate loop, and :class:`SFTConfig`).
 
     accelerate launch recipes/sft.py --config configs/sft/countdown_tiny.yaml [--field value ...]
     python recipes/sft.py --config configs/sft/countdown_tiny.yaml            # single process
 
-Why an accelerate loop and not TRL's ``SFTTrainer``
----------------------------------------------------
-Our batches are not token sequences but packed graphs: a 4D (or flex ``BlockMask``)
-attention mask built per batch from the segment table, position ids that restart
-at every fork, and log-probs gathered *by predecessor*
-(:func:`parallel_reason.logprobs.packed_logprobs`), not by shifting labels.
-``SFTTrainer`` would need a custom collator, a ``compute_loss`` override that
-ignores its label shifting, padding-free/packing switched off, its own dataset
-preparation (tokenization, truncation, completion-only masks) bypassed, and its
-``num_items_in_batch`` logic re-checked for our loss mask: i.e. most of it
-overridden, with the subtle parts (loss normalisation, resume order) hidden in
-transformers' ``Trainer``. A ~330-line accelerate loop (:class:`PackedSFTTrainer`) keeps the semantics that
-matter visible and tested:
-
-* **loss** = mean negative log-likelihood per trained token over the whole
-  optimizer step. Before a step, the trained-token count of all its micro-batches
-  on all processes is all-reduced (``T``); each micro-batch backpropagates
-  ``nll_sum * W * G / T`` (``W`` processes, ``G`` accumulation steps); accelerate
-  divides by ``G`` and DDP/ZeRO/FSDP average over ``W``, so the gradient is exactly
-  that of ``sum(nll) / T`` whatever the split into micro-batches and processes
-  (tested: ``G=2, B=2`` equals ``G=1, B=4``);
-* **exact resume**: the order of examples is a permutation seeded by
-  ``(seed, epoch)`` only (:func:`parallel_reason.data.epoch_windows`); a checkpoint
-  holds model, optimizer, scheduler and RNG states (``accelerator.save_state``)
-  and the step counter; on resume the consumed steps of the epoch are skipped;
-* the same loop runs single-process, DDP, DeepSpeed ZeRO-2/3 and FSDP, because the
-  model is only ever called through its (wrapped) ``forward``.
-
-Launching
----------
-``configs/accelerate/{ddp,zero2,zero3,fsdp}.yaml`` (GPU; ``--num_processes N`` overrides
-the 8 they name). On a host without GPU, ``ddp.yaml`` (torchrun launcher) gives gloo
-DDP and ``zero2.yaml``/``zero3.yaml`` run DeepSpeed's CPU accelerator over gloo (both
-tested with 2 processes); ``accelerate launch --cpu --num_processes 2`` starts ONE
-process in accelerate 1.x unless MPI is installed; FSDP needs accelerators (on CPU the
-run falls back to DDP with a warning). Set ``OMP_NUM_THREADS`` on shared CPUs:
-oversubscribed OpenMP threads slow tiny-model training several times.
-
-Completion-only loss: the loss mask of the packed graph (prompt, thread openers,
-join tokens and re-read thread copies are never trained). ``mode: sequential``
-trains plain causal text through the same code path (one segment per example).
+Loss normalisation, exact resume, launching (DDP, ZeRO, FSDP, CPU) and why not
+TRL's ``SFTTrainer``: docs/design.md#trainers.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Packed batches and their attention masks (parallel_reason.attention), and
-invariant 2 of DESIGN.md section 3 (no leakage: no trained token sees a sibling
-thread, no token is trained twice, trained tokens = sampled tokens)."""
+"""Packed batches and their attention masks (parallel_reason.attention), and the
+no-leakage invariant of docs/design.md#packed-graph: no trained token sees a sibling
+thread, no token is trained twice, trained tokens = sampled tokens."""
 
 from __future__ import annotations
 

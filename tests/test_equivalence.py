@@ -1,5 +1,5 @@
-"""Invariant 1 (DESIGN.md section 3): per-token log-probs of a packed graph equal
-those of every request run as its own plain causal sequence."""
+"""Equivalence invariant (docs/design.md#packed-graph): per-token log-probs of a
+packed graph equal those of every request run as its own plain causal sequence."""
 
 from __future__ import annotations
 

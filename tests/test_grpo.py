@@ -1,4 +1,4 @@
-"""P-GRPO trainer (DESIGN.md section 6).
+"""P-GRPO trainer (docs/design.md#grpo).
 
 - Oracle: on rollouts without a ``<Parallel>`` block the loss and its gradient equal
   plain GRPO written here from the formula on linear sequences (causal forward,

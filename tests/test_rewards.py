@@ -1,4 +1,4 @@
-"""Rewards (DESIGN.md section 5): correctness on Countdown, the acceleration formula
+"""Rewards (docs/design.md#rewards-metrics): correctness on Countdown, the acceleration formula
 (hand computed, correct answers only, clipped), the format reward on valid, invalid
 and truncated text, and the combination with separate components."""
 

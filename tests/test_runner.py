@@ -1,6 +1,6 @@
 """Fork/join runner (parallel_reason.runner): greedy equivalence with
-``model.generate``, train/inference consistency (invariant 3 of DESIGN.md
-section 3), fuzzing, guards, seeds, KV sharing and memory reclaim."""
+``model.generate``, train/inference consistency (an invariant of
+docs/design.md#packed-graph), fuzzing, guards, seeds, KV sharing and memory reclaim."""
 
 from __future__ import annotations
 

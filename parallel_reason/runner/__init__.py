@@ -1,9 +1,6 @@
-"""Fork/join runner: decodes the threads of a ``<Parallel>`` block concurrently.
-
-- :mod:`.scheduler`: the engine-agnostic state machine (grammar, guards, token
-  tree, finish reasons, the backend interface);
-- :mod:`.hf`: the Hugging Face backend (one packed-graph KV buffer per prompt,
-  4D masks, batched decode steps) and :class:`Runner`.
+"""Fork/join runner: decodes the threads of ``<Parallel>`` blocks concurrently
+(:mod:`.scheduler`: the engine-agnostic state machine; :mod:`.hf`: the Hugging Face
+backend and :class:`Runner`). See docs/design.md#runner.
 
 Usage::
 

@@ -1,59 +1,11 @@
-"""Hugging Face backend of the fork/join runner.
+"""Hugging Face backend of the fork/join runner, and :class:`Runner`.
 
-KV layout
----------
-One KV cache (a ``transformers`` ``DynamicCache`` subclass whose layers write into
-preallocated slabs grown by doubling, instead of concatenating the whole cache
-every step) holds the batch. Row ``b`` is one prompt with its ``n`` rollouts; its
-cache row is a flat *packed graph* buffer: every slot holds the keys/values of one
-token of the prompt, of a rollout's sequential text, of a thread, or of a join's
-re-read, in the order they were fed. Each slot carries a segment id
-(``kseg[b, slot]``, 0 = padding or reclaimed) and each row a segment-ancestry matrix
-``anc[b, s, t]`` (segment ``s`` sees all of segment ``t``; a segment is one
-:class:`~.scheduler.Context`: it stops growing when it gets children, so "all of an
-ancestor" is always right).
-
-Every decode step feeds, for every row, the pending tokens of every live lane (one
-token per active lane in steady state; the openers at a fork; the re-read of
-threads 2..n plus the closer at a join; the prompt at admission), padded to the
-longest row, with
-
-- position ids from the graph (a thread continues from its fork point, the re-read
-  from the end of thread 1: exactly ``layout.build_graph``'s positions), and
-- a 4D boolean mask ``[B, 1, new, cached + new]``: ``anc[b, seg(query), seg(key)]``
-  and causal order for keys fed in the same step; padding slots are never visible,
-  a padding query sees only itself (no empty softmax row). ``transformers`` 5
-  returns a 4D mask as-is (``masking_utils._preprocess_mask_arguments``), with or
-  without a cache; ``eager`` gets the additive float form. When the mask is plain
-  causal (no fork open, no dead slot: ordinary decoding) no mask is passed, so
-  sdpa keeps its fused kernel and native grouped-query attention.
-
-So a fork costs nothing (children attend to the parent's slots, nothing is
-recomputed), the ``n`` samples of a prompt share one prefill of the prompt, and a
-concat join is one batched prefill of the re-read. When a few rows prefill many
-tokens (a join, an admitted prompt) while the others decode, the step runs as two
-forwards (heavy rows, light rows) on copies of their cache rows instead of padding
-every row to the longest. Slots nobody can see any more (threads 2..n after their
-join, finished rollouts, the other group's slots of a split step) are marked 0 and
-the cache is compacted (per-row gather) once live slots fall under
-``compact_ratio`` of its width. Rows whose rollouts are all done leave the batch
-(their cache rows are dropped) and queued prompts are admitted in their place
-(continuous batching: a new row is left-filled with dead slots and its prompt is
-fed with the next step).
-
-Sampling is done here, from the logits of every active lane: greedy, or
-temperature / top-k / top-p (Hugging Face semantics and order) with one
-``torch.Generator`` per rollout, seeded from ``(seed of the prompt, sample index)``,
-so a rollout does not depend on which other prompts share its batch. Two
-log-probs are recorded per sampled token: the model's (temperature 1, unfiltered:
-what ``packed_logprobs`` recomputes, stored in the token tree and the packed graph)
-and the log-prob under the distribution actually sampled from
-(``Rollout.sampler_logprobs``; 0 for greedy, equal to the model's for replay).
-
-Attention implementations: ``sdpa`` and ``eager`` (the mask is dense: CPU and
-moderate lengths). Flash-attention takes no custom masks; models with sliding-window
-or linear-attention layers are refused (the mask would be wrong for them). The
-model is put in eval mode while decoding (dropout off) and restored afterwards.
+One KV cache holds the batch; each row is one prompt with its rollouts, laid out as
+a packed-graph buffer (a segment id per slot, a segment-ancestry matrix per row), so
+a fork recomputes nothing, a join is one batched prefill of the re-read, and prompts
+enter and leave the batch continuously. Steps pass graph positions and a 4D bool
+mask (``sdpa``/``eager``). Sampling uses one seeded generator per rollout and records
+the model's temperature-1 log-probs. Details: docs/design.md#hf-backend.
 """
 
 from __future__ import annotations

@@ -1,78 +1,10 @@
-"""Engine-agnostic fork/join scheduler: the state machine of DESIGN.md section 2.
-
-One :class:`RolloutState` per rollout (one sample of one prompt). It knows the
-grammar, the guards and the token tree; it knows nothing about KV caches, batches
-or attention masks. A backend (``runner/hf.py`` today, vLLM later) moves tokens
-through a model and hands every sampled token back to :meth:`RolloutState.advance`.
-
-Vocabulary
-----------
-- A :class:`Context` is a chain of tokens that extends its parent context: the
-  prompt is a root context; each thread is a context whose parent is the context
-  that sampled ``</Outlines>``; the continuation after a join is a context whose
-  parent is thread 1's last context and whose first tokens are the re-read
-  (thread 1's ``</Thread>``, then opener + body of threads 2..n, then the closer).
-  The *visible history* of a token is exactly the chain of its context's ancestors:
-  that is the packed graph of :mod:`parallel_reason.layout` (join mode ``concat``).
-  ``context.tokens[context.done:]`` are tokens appended by the scheduler that the
-  backend has not fed to the model yet (``pending``); positions are
-  ``context.start + k``.
-- A :class:`Lane` is a chain that samples: the main sequence or one thread. Lanes
-  are ``active`` (they need the next-token distribution at the end of their
-  context), ``waiting`` (forked, suspended until every child thread has ended) or
-  ``ended``. ``RolloutState.lanes`` lists the live lanes in creation order (a parent
-  always comes before its children): feed pending tokens in that order and a
-  context's parent is always in the cache before the context itself.
-
-State machine (per lane)
-------------------------
-text phase: ordinary tokens extend the lane's context. ``<Parallel>`` opens a block
-(head phase) unless the block would be deeper than ``max_depth``. ``</Thread>`` ends
-a thread lane. EOS ends the rollout (``eos`` on the main lane, ``eos_in_thread`` in a
-thread). Any other control tag is stray: the rollout stops as ``malformed``.
-
-head phase (after ``<Parallel>``): ``<Outlines> (<Outline> ... </Outline>)* </Outlines>``
-with free text between tags. ``</Outlines>`` forks: one child lane per ``<Outline>``
-seen, each starting with the runner-written opener ``layout.opener_ids(tok, i)``
-(not sampled, loss mask 0, no log-prob). Zero outlines -> ``no_outlines``; more than
-``max_width`` -> ``max_threads``; a tag out of order -> ``malformed``.
-
-join: when the last child has sampled ``</Thread>``, the parent lane resumes in a
-new context (parent = thread 1's last context) holding the re-read and
-``layout.closer_ids(tok)``; its next token is sampled at the end of that context.
-
-Stray tags are *not* masked out of the sampling distribution: masking would make
-the distribution sampled from differ from the one the trainer recomputes
-(``packed_logprobs`` is unmasked), so the recorded log-probs could not be both. The
-rollout stops with ``malformed`` instead; its token tree keeps the offending token
-(sampled, trained on: the reward can punish it).
-
-Every stop, early or not, leaves a valid token tree: unfinished blocks have no
-closer (``TBlock.joined`` False), unfinished threads have ``closed=False``, and
-``layout.build_graph`` lays them out.
-
-Backend interface
------------------
-A backend owns the model state for a set of *rows* (:class:`Row`: one prompt and
-the ``n`` rollouts sampled from it, which share the prompt context) and provides:
-
-- ``add(rows)``: admit rows into the running batch;
-- ``step() -> (lanes, scores)``: feed every pending token of every live lane of every
-  row (one batched forward for HF) and return, for every *active* lane, the
-  next-token logits at the end of its context;
-- ``release() -> rows``: drop rows whose rollouts have all finished;
-- ``reclaim()``: free what no future token can see (``RolloutState.live_contexts()``
-  lists the contexts that must be kept; ``RolloutState.version`` changes when that
-  set shrinks).
-
-The HF runner then picks tokens (greedy, sampling or replay) and calls
-``advance``. An engine with prefix caching and its own sampler (vLLM, SGLang)
-maps the same states onto requests: a lane is a request whose prompt is
-``lane.ctx.path()`` (fork = n new requests sharing the parent's prefix, re-used by
-the prefix cache; join = one request whose prompt ends with the re-read), run with
-``stop_token_ids = tags.stop_ids`` and ``max_tokens = rollout.lane_budget(lane)``;
-the tokens of each returned chunk are fed one by one to ``advance`` (with the
-engine's log-probs) while the lane stays active and the rollout unfinished.
+"""Engine-agnostic fork/join scheduler. One :class:`RolloutState` per rollout knows the
+grammar, the budgets (:class:`RunLimits`) and the token tree, and nothing about KV
+caches, batches or masks. A backend feeds the pending tokens of every live
+:class:`Lane` and hands each sampled token to :meth:`RolloutState.advance`:
+``</Outlines>`` forks one lane per outline, the last ``</Thread>`` joins (concat
+re-read), a stray tag stops the rollout (:data:`FINISH_REASONS`). State machine,
+backend interface, mapping onto prefix-caching engines: docs/design.md#runner.
 """
 
 from __future__ import annotations

@@ -1,22 +1,11 @@
 """Countdown (as in APR / Stream of Search): combine all N input numbers with
 ``+ - * /`` to reach a target.
 
-Generation rules (what :func:`solve`, :func:`reachable` and the trace generator
-use): every input number is used exactly once, subtraction is larger minus
-smaller, division must be exact and never by zero, so every intermediate value is
-a non-negative integer. Problems: N numbers in 1..99 (default N=4), a target in
-10..100 that is reachable under these rules.
-
-The verifier is more permissive about *how* the target is reached (any
-expression over exactly the input numbers whose exact rational value equals the
-target is correct; intermediate values may be negative or fractional) and strict
-about *what* it reads: it never calls ``eval``/``exec``; a tokenizer accepts only
-non-negative integer literals, ``+ - * /``, parentheses and spaces, a
-recursive-descent parser with bounded length and nesting reads them, and
-:class:`fractions.Fraction` evaluates them. Unary minus is not allowed, nor is a
-control tag inside the answer (tags are never stripped to make an answer).
-Problems must hold integers: :func:`check_problem` refuses ``2.5`` rather than
-truncating it.
+Problems and :func:`solve` / :func:`reachable` keep every intermediate value a
+non-negative integer; the verifier accepts any expression over exactly the input
+numbers whose exact value is the target, read by a bounded parser (never
+``eval``/``exec``), and refuses control tags in answers and non-integer problems.
+See docs/design.md#tasks.
 """
 
 from __future__ import annotations

@@ -1,36 +1,10 @@
-"""Math word problems (GSM8K, MATH and the like): a prompt that asks for the
-reasoning and a final ``\\boxed{}``, answer extraction, and a verifier built on
-Hugging Face's ``math-verify``.
-
-Extraction (:func:`extract_answer`): control tags are removed, then the content of
-the *last* ``\\boxed{...}`` (or ``\\fbox{...}``, or ``\\boxed 5``) is returned, nested
-braces included (``\\boxed{\\frac{1}{2}}`` gives ``\\frac{1}{2}``). With ``pattern``
-(a regex, or an alias from :data:`PATTERNS` such as ``"gsm8k"`` for ``#### 42``) the
-last match of the pattern is used instead. No answer gives None.
-
-Reference answers (:func:`reference_answer`) accept what datasets store: a GSM8K
-solution ending in ``#### 42``, a MATH solution with a ``\\boxed{}``, or a bare answer.
-
-Comparison (:func:`verify`, :func:`is_equivalent`):
-
-1. a *plain-number fast path* (GSM8K): when both sides read as one number, after
-   removing thousands commas (``1,234``), dollar signs (``$``, ``\\$``), a unit word
-   or ``\\text{...}`` around the number (``5 cm``, ``18 dollars``), a trailing ``.``
-   and ``%``, they are compared exactly as fractions (``2.50 == 2.5``);
-2. everything else goes to ``math_verify.parse`` / ``math_verify.verify`` (LaTeX,
-   ``\\frac`` vs ``\\dfrac`` vs ``0.5``, sets, intervals, equations, symbolic
-   equality). There is no hand-written LaTeX normaliser here.
-
-math-verify bounds its work with ``signal.alarm``, which only works in the main
-thread of the main interpreter (elsewhere it raises). Here its timeouts
-(:data:`TIMEOUT_SECONDS`) are used in the main thread only. In any other thread
-(a thread pool of an LLM rewriting pipeline, a reward worker) the comparison goes
-to a helper process (``python -m parallel_reason.tasks.math --worker``, started on
-first use, one for all threads): the timeouts apply in its main thread, and a
-call that still overruns kills and restarts it, so no input (``9^{9^{9^{9}}}``,
-``1000000!``) can hang a thread. ``THREAD_GUARD = "none"`` runs math-verify in the
-thread with no timeout instead. Inputs are also bounded (:data:`MAX_ANSWER_CHARS`).
-Nothing here calls ``eval``/``exec`` on model output.
+"""Math word problems (GSM8K, MATH and the like): a prompt that asks for a final
+``\\boxed{}``, answer extraction (:func:`extract_answer`, :func:`reference_answer`)
+and a verifier (:func:`verify`): plain numbers are compared exactly, everything else
+with Hugging Face's ``math-verify``. Its ``signal.alarm`` timeouts only work in the
+main thread, so calls from other threads go to a helper process
+(``python -m parallel_reason.tasks.math --worker``) that is restarted when it
+overruns. Nothing calls ``eval``/``exec`` on model output. See docs/design.md#tasks.
 """
 
 from __future__ import annotations
