@@ -1,21 +1,25 @@
 """Recipe configs: a dataclass of fields, a YAML file, ``--field value`` overrides.
 
 Both trainers declare their config with :func:`config_field` (default and help) and
-read it with :func:`parse_config`: ``--config FILE.yaml`` first, then ``--field
-value`` overrides (``-`` or ``_`` in names, a bare bool flag means true, lists as
-``a,b``, ``none`` for optional fields). Unknown or unconvertible values raise
-``ValueError`` naming the field and where it came from. See docs/design.md#trainers.
+read it with :func:`parse_config`, the way TRL's ``TrlParser`` does: ``--config
+FILE.yaml`` gives the values, ``--field value`` overrides them. The flags are built by
+``transformers.HfArgumentParser``; values are converted by :func:`coerce` and errors
+name the field and where it came from. See docs/design.md#trainers; README "The
+pipeline, stage by stage" gives the measured reasons conversion stays ours.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import sys
 import types
 from dataclasses import field
 from pathlib import Path
-from typing import Any, Sequence, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Sequence, Union, get_args, get_origin, get_type_hints
+
+from transformers import HfArgumentParser
 
 
 def config_field(default, help: str, **kw):
@@ -116,84 +120,133 @@ def coerce(name: str, value: Any, tp: Any, where: str = "config") -> Any:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{where}: field {name!r} expects a list, got {value!r}")
         return [coerce(name, v, elem, where) for v in value]
+    if origin is Literal:
+        for choice in args:  # a choice as written, or its string form from the command line
+            if value == choice or (isinstance(value, str) and not isinstance(choice, str) and value == str(choice)):
+                return choice
+        raise ValueError(f"{where}: field {name!r} expects one of {', '.join(map(repr, args))}, got {value!r}")
+    if tp is dict or origin is dict:
+        if isinstance(value, str):
+            import yaml
+
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                pass
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: field {name!r} expects a mapping (YAML or JSON), got {value!r}")
+        return dict(value)
     raise ValueError(f"{where}: field {name!r} has an unsupported type {tp}")
 
 
-def _takes_bool(tp) -> bool:
-    """``bool`` or a union with ``bool`` (e.g. ``bf16: bool | str``)."""
-    return tp is bool or bool in get_args(tp)
+class _Parser(HfArgumentParser):
+    """``HfArgumentParser`` whose argparse errors raise ``ValueError`` (one line,
+    naming the flag) instead of printing the usage and exiting."""
+
+    def error(self, message):  # noqa: D102 - argparse hook
+        raise ValueError(f"command line: {message}")
 
 
-def config_help(cls, usage: str) -> str:
-    """``--help`` text: every field with its type, default and help."""
-    lines = [f"usage: {usage}", "", "Every field of the config can be given in the YAML file and overridden here:", ""]
+class _PreParser(argparse.ArgumentParser):
+    def error(self, message):  # noqa: D102 - argparse hook; only --config is parsed here
+        raise ValueError("command line: --config needs a file")
+
+
+def _type_name(tp) -> str:
+    return tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
+
+
+def _build_parser(cls, usage: str, defaults: dict | None = None) -> HfArgumentParser:
+    """The ``transformers.HfArgumentParser`` of ``cls`` (flags ``--field`` and
+    ``--field-name``, bools with an optional value, ``--no_field`` for fields that
+    default to true, lists with one or more values) plus ``--config FILE``.
+
+    Values are kept as the strings given (argparse ``type=None``) and converted by
+    :func:`coerce` after parsing, so that errors name the field, and defaults are
+    ``SUPPRESS`` so the namespace holds only the flags given (the ``--help`` text
+    shows the real defaults, or the YAML's values when ``--config`` is given)."""
+    fields = dataclasses.fields(cls)
+    saved = {f.name: f.type for f in fields}
+    try:  # HfArgumentParser rewrites ``Field.type`` in place (e.g. ``bool | str`` -> ``bool``): undo that
+        parser = _Parser(cls, usage=usage, allow_abbrev=False, formatter_class=argparse.HelpFormatter,
+                         description="Every field can be set in the YAML file given with --config and "
+                                     "overridden here. Lists: --field a b, --field a,b or --field '[a, b]'; "
+                                     "none/null sets an optional field to None.")
+    finally:
+        for f in fields:
+            f.type = saved[f.name]
     hints = field_types(cls)
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        tname = getattr(hints[f.name], "__name__", str(hints[f.name]))
-        lines.append(f"  --{f.name} ({tname}, default {default!r})\n      {f.metadata.get('help', '')}")
-    return "\n".join(lines)
+    defaults = dict(defaults or {})
+    for f in fields:
+        if f.name not in defaults:
+            defaults[f.name] = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    for action in parser._actions:
+        if action.dest not in hints:
+            continue
+        name = action.dest
+        if action.type is not None:
+            action.type = None  # raw strings: coerce() converts after parsing
+        action.choices = None  # Literal fields: coerce() checks, naming the field
+        action.default = argparse.SUPPRESS
+        action.required = False
+        if isinstance(action, argparse._StoreFalseAction):
+            text = f"set {name} to false"
+        else:
+            text = f"{action.help or ''} ({_type_name(hints[name])}; default: {defaults[name]!r})"
+        action.help = text.replace("%", "%%")
+    parser.add_argument("--config", metavar="FILE.yaml", default=argparse.SUPPRESS,
+                        help="YAML file of field values (flags given on the command line override it)")
+    return parser
+
+
+def _load_yaml(cfg_path: str, hints: dict) -> dict:
+    import yaml
+
+    p = Path(cfg_path)
+    if not p.is_file():
+        raise ValueError(f"config file {cfg_path} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {cfg_path}: invalid YAML: {' '.join(str(e).split())}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"config file {cfg_path}: cannot read: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {cfg_path}: expected a mapping of fields, got {type(data).__name__}")
+    for k in data:
+        if k not in hints:
+            raise ValueError(_unknown(str(k), hints, f"config file {cfg_path}"))
+    return {k: coerce(k, v, hints[k], f"config file {cfg_path}") for k, v in data.items()}
+
+
+def config_help(cls, usage: str, defaults: dict | None = None) -> str:
+    """``--help`` text (argparse's, from :func:`_build_parser`): every flag with its
+    type, default (``defaults`` overriding the dataclass's) and help."""
+    return _build_parser(cls, usage, defaults).format_help()
 
 
 def parse_config(cls, argv: Sequence[str] | None = None, usage: str = "--config FILE.yaml [--field value ...]"):
     """``--config FILE`` (optional) then ``--field value`` / ``--field=value`` overrides;
-    returns ``cls(**fields).validate()``. ``-h``/``--help`` prints :func:`config_help`."""
+    returns ``cls(**fields).validate()``. ``-h``/``--help`` prints :func:`config_help`
+    (with the YAML's values as defaults when ``--config`` is given) and exits 0."""
     argv = list(sys.argv[1:] if argv is None else argv)
     hints = field_types(cls)
-    cfg_path = None
-    overrides: list[tuple[str, Any]] = []
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a in ("-h", "--help"):
-            print(config_help(cls, usage))
-            raise SystemExit(0)
-        if not a.startswith("--"):
-            raise ValueError(f"command line: unexpected argument {a!r} (expected --field value)")
-        key, eq, val = a[2:].partition("=")
-        key = key.replace("-", "_")
-        if key == "config":
-            if not eq:
-                if i + 1 >= len(argv):
-                    raise ValueError("command line: --config needs a file")
-                val = argv[i + 1]
-                i += 1
-            cfg_path = val
-            i += 1
+    pre = _PreParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config")
+    cfg_path = pre.parse_known_args(argv)[0].config
+    data = _load_yaml(cfg_path, hints) if cfg_path is not None else {}
+    parser = _build_parser(cls, usage, data)
+    ns, rest = parser.parse_known_args(argv)
+    if rest:
+        a = rest[0]
+        if a.startswith("-") and len(a) > 1:
+            raise ValueError(_unknown(a.lstrip("-").partition("=")[0].replace("-", "_"), hints, "command line"))
+        raise ValueError(f"command line: unexpected argument {a!r} (expected --field value)")
+    for k, v in vars(ns).items():
+        if k == "config":
             continue
-        if key not in hints:
-            raise ValueError(_unknown(key, hints, "command line"))
-        if not eq:
-            nxt = argv[i + 1] if i + 1 < len(argv) else None
-            nxt_is_flag = nxt is not None and nxt.startswith("--") and \
-                nxt[2:].partition("=")[0].replace("-", "_") in (*hints, "config")
-            if nxt is None or nxt_is_flag:
-                if not _takes_bool(hints[key]):
-                    raise ValueError(f"command line: --{key} needs a value")
-                val = "true"  # a bool field given alone
-            else:
-                val = nxt
-                i += 1
-        overrides.append((key, val))
-        i += 1
-    data: dict = {}
-    if cfg_path is not None:
-        import yaml
-
-        p = Path(cfg_path)
-        if not p.is_file():
-            raise ValueError(f"config file {cfg_path} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"config file {cfg_path}: invalid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {cfg_path}: expected a mapping of fields, got {type(data).__name__}")
-        for k in data:
-            if k not in hints:
-                raise ValueError(_unknown(k, hints, f"config file {cfg_path}"))
-        data = {k: coerce(k, v, hints[k], f"config file {cfg_path}") for k, v in data.items()}
-    for k, v in overrides:
+        if isinstance(v, list) and len(v) == 1:  # one value of a list flag: "a,b", "[a, b]", "none"
+            v = v[0]
         data[k] = coerce(k, v, hints[k], f"command line --{k}")
     return cls(**data).validate()
 

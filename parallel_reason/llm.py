@@ -1,31 +1,30 @@
 """LLM clients for the data generators: :class:`OpenAIClient` (any OpenAI-compatible
-server), :class:`HFClient` (a local transformers model) and :class:`LLM`, the wrapper
-the pipelines call, which adds a per-record disk cache (:class:`DiskCache`) and
-token/cost accounting (:class:`Usage`). Transient failures are retried with
-backoff; the API key (read from the variable named by ``api_key_env``) goes only
-into the ``Authorization`` header and is redacted from every message.
-:func:`make_client` picks a client from a URL or a model name. See docs/design.md#data.
+server, over ``httpx2``), :class:`HFClient` (a local transformers model) and
+:class:`LLM`, the wrapper the pipelines call, which adds a per-record disk cache
+(:class:`DiskCache`) and token/cost accounting (:class:`Usage`). Transient failures
+are retried with backoff; the API key goes only into the ``Authorization`` header and
+is redacted from every message. :func:`make_client` picks a client from a URL or a
+model name. See docs/design.md#data and README "Data: rewriting sequential CoT".
 """
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
-import http.client
 import json
 import logging
 import os
 import random
 import re
-import socket
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Sequence
+
+import httpx2
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +48,8 @@ def redact(text: str, secrets: Sequence[str | None]) -> str:
     for s in secrets:
         if s and len(s) >= 4:
             text = text.replace(s, _REDACTED)
-    # a bearer token echoed back by a server, whatever it is
-    return re.sub(r"(?i)(bearer\s+)[^\s\"',}]+", r"\1" + _REDACTED, text)
+    # a bearer (or basic) credential echoed back by a server, whatever it is
+    return re.sub(r"(?i)((?:bearer|basic)\s+)[^\s\"',}]+", r"\1" + _REDACTED, text)
 
 
 _SECRET_PARAM_RE = re.compile(r"(?i)^(api[-_]?key|key|token|access[-_]?token|auth|password|secret|sig|signature)$")
@@ -99,6 +98,23 @@ def _flat_prompt(prompt: str | list, system: str | None) -> str:
 # ---------------------------------------------------------------------------
 # OpenAI-compatible HTTP
 
+_NO_AUTH = httpx2.Auth()  # an auth flow that adds nothing
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header: a number or an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
 
 class OpenAIClient:
     """Client of an OpenAI-compatible endpoint (``endpoint`` = "chat" or "completions")."""
@@ -131,10 +147,23 @@ class OpenAIClient:
         self._sleep = sleep
         self._lock = threading.Lock()
         self.retries = 0
+        # one pool for every thread; follow_redirects: httpx drops the Authorization
+        # header when a redirect leaves the host
+        self._http = httpx2.Client(follow_redirects=True)
 
     @property
     def model_name(self) -> str:
         return self.model
+
+    def close(self) -> None:
+        """Close the connection pool (the client cannot be used afterwards)."""
+        self._http.close()
+
+    def __enter__(self) -> "OpenAIClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __repr__(self) -> str:  # never the key
         return self._redact(f"OpenAIClient(url={self.url!r}, model={self.model!r}, "
@@ -188,36 +217,31 @@ class OpenAIClient:
     def _post(self, body: dict) -> dict:
         data = json.dumps(body).encode("utf-8")
         headers = {"Content-Type": "application/json", "Accept": "application/json", **self._headers}
+        kw = {}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
-        req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+            kw["auth"] = _NO_AUTH  # not the URL's user info as basic auth on top of the key
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as e:
-            try:
-                detail = e.read(2000).decode("utf-8", "replace")
-            except Exception:  # noqa: BLE001 - the body is only for the message
-                detail = ""
-            status = e.code
+            resp = self._http.post(self.url, content=data, headers=headers, timeout=self.timeout, **kw)
+        except (httpx2.InvalidURL, httpx2.UnsupportedProtocol, httpx2.TooManyRedirects) as e:
+            raise LLMError(self._redact(f"request to {self.url} failed: {type(e).__name__}: {e}")) from None
+        except (httpx2.HTTPError, OSError) as e:  # timeouts, connection and protocol errors
+            raise LLMError(self._redact(f"request to {self.url} failed: {type(e).__name__}: {e}"),
+                           retryable=True) from None
+        status = resp.status_code
+        if status >= 300:
+            detail = resp.content[:2000].decode("utf-8", "replace")
             err = LLMError(self._redact(f"HTTP {status} from {self.url}: {detail.strip()[:500]}"), status,
                            retryable=status in RETRYABLE_STATUS or status >= 500)
-            ra = e.headers.get("Retry-After") if e.headers else None
-            if ra:
-                try:
-                    err.retry_after = float(ra)  # type: ignore[attr-defined]
-                except ValueError:
-                    pass
+            ra = _retry_after(resp.headers.get("Retry-After"))
+            if ra is not None:
+                err.retry_after = ra  # type: ignore[attr-defined]
             raise err from None
-        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
-                http.client.HTTPException, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise LLMError(self._redact(f"request to {self.url} failed: {type(e).__name__}: {reason}"),
-                           retryable=True) from None
         try:
-            return json.loads(raw.decode("utf-8"))
+            return json.loads(resp.content.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise LLMError(self._redact(f"invalid JSON from {self.url}: {raw[:200]!r}"), retryable=True) from None
+            raise LLMError(self._redact(f"invalid JSON from {self.url}: {resp.content[:200]!r}"),
+                           retryable=True) from None
 
     def _parse(self, data: dict) -> Completion:
         try:

@@ -420,17 +420,16 @@ def test_api_key_never_written_or_logged(server, tmp_path):
 def test_every_call_failing_exits_non_zero_and_keys_in_the_url_stay_out(tmp_path, monkeypatch, capsys):
     """An unreachable server given with the key inside --llm (user:KEY@host, ?api-key=):
     every record fails, the exit status says so, and neither key reaches a file or stderr."""
-    import urllib.error
-    import urllib.request
+    import httpx2
 
     user_key, query_key = "sk-USERINFO-secret-91b2", "sk-QUERY-secret-77aa"
     seen = []
 
-    def unreachable(req, timeout=None):
-        seen.append(req.full_url)
-        raise urllib.error.URLError(f"cannot reach {req.full_url}")  # as an echoing proxy would say
+    def unreachable(self, request):
+        seen.append(str(request.url))
+        raise httpx2.ConnectError(f"cannot reach {request.url}", request=request)  # as an echoing proxy would say
 
-    monkeypatch.setattr(urllib.request, "urlopen", unreachable)
+    monkeypatch.setattr(httpx2.HTTPTransport, "handle_request", unreachable)
     inp = tmp_path / "in.jsonl"
     inp.write_text("".join(json.dumps(r) + "\n" for r, _ in GOOD))
     out = tmp_path / "out.jsonl"
