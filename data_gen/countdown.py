@@ -58,17 +58,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import multiprocessing as mp
-import os
 import random
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from parallel_reason import metrics
+from parallel_reason import files, metrics
 from parallel_reason.format import Limits, make_block, parse, render
 from parallel_reason.tasks import countdown as task
 
@@ -506,18 +503,7 @@ PUBLIC_KEYS = ("id", "task", "prompt", "completion", "nums", "target", "answer",
 
 def write_jsonl(records: Iterable[dict], path: str) -> None:
     """Write the public keys of ``records`` as JSONL, atomically (tmp file + rename)."""
-    path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for rec in records:
-                f.write(json.dumps({k: rec[k] for k in PUBLIC_KEYS}, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    files.write_jsonl(path, ({k: rec[k] for k in PUBLIC_KEYS} for rec in records))
 
 
 # ---------------------------------------------------------------------------

@@ -112,6 +112,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
+from parallel_reason.files import atomic_write
 from parallel_reason.inputs import reports_input_errors
 
 log = logging.getLogger("data_gen.self_train")
@@ -318,8 +319,6 @@ def prepare_files(out: Path, cfg: dict, overwrite: bool) -> dict[str, dict]:
     start that failed) are started afresh, whatever their settings. Makes ``OUT`` and the progress file agree:
     records of problems without a marker, truncated lines, and problems whose record
     count differs from their marker are dropped (those problems are sampled again)."""
-    from eval.benchmark import atomic_write
-
     progress, stats = side_paths(out)
     if overwrite:
         for p in (out, progress, stats):
@@ -479,7 +478,7 @@ def load(args) -> list[dict]:
 
 def run(args, argv: Sequence[str] | None = None) -> dict:
     """Sample, filter and write (or resume); returns the statistics (also written)."""
-    from eval.benchmark import atomic_write, load_model, problem_seed, score_sample
+    from eval.benchmark import load_model, problem_seed, score_sample
     from parallel_reason.data import render_prompt
     from parallel_reason.format import Limits
     from parallel_reason.runner import Runner

@@ -64,12 +64,12 @@ import logging
 import os
 import shlex
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
+from parallel_reason.files import atomic_write, write_jsonl
 from parallel_reason.inputs import DTYPES, check_device, check_model_path, reports_input_errors
 
 log = logging.getLogger("eval.benchmark")
@@ -255,20 +255,6 @@ def scan_rows(path: str | Path) -> tuple[list[dict], list[int]]:
     return rows, bad
 
 
-def atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def repair_results(path: Path) -> list[dict]:
     """Read the rows of ``path``; when some line is unreadable (or the file does not
     end with a newline) rewrite it with the readable rows only, so that appending
@@ -280,7 +266,7 @@ def repair_results(path: Path) -> list[dict]:
     if bad or (raw and not raw.endswith(b"\n")) or len(rows) != sum(1 for l in raw.split(b"\n") if l.strip()):
         if bad:
             log.warning("%s: dropped %d unreadable line(s); those problems are decoded again", path, bad)
-        atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        write_jsonl(path, rows)
     return rows
 
 

@@ -101,6 +101,7 @@ from typing import Callable, Sequence, Union
 import torch
 
 from . import hub
+from .files import write_json
 from .config import config_field, config_from_dict, parse_config
 from .config import config_help as _config_help
 from . import rewards as R
@@ -1171,7 +1172,7 @@ class GRPOTrainer:
         sd = self._full_state_dict()
         if acc.is_main_process:
             hub.save_checkpoint(acc.unwrap_model(self.model), self.tokenizer, ckpt, self.model_card(), state_dict=sd)
-            hub.write_json(ckpt / STATE_NAME, self._state())
+            write_json(ckpt / STATE_NAME, self._state())
             self._rotate()
         acc.wait_for_everyone()
         return ckpt
@@ -1214,7 +1215,7 @@ class GRPOTrainer:
                     log.warning("ZeRO-3: the adapter is saved in final/adapter but not merged (parameters are sharded)")
             else:
                 hub.save_checkpoint(model, self.tokenizer, final, card, state_dict=sd)
-            hub.write_json(self.out / STATE_NAME, self._state())
+            write_json(self.out / STATE_NAME, self._state())
         acc.wait_for_everyone()
         return final
 

@@ -385,14 +385,6 @@ def read_card_config(path: str | os.PathLike) -> dict | None:
     return yaml.safe_load(block)
 
 
-def write_json(path: str | os.PathLike, obj) -> None:
-    """Atomic JSON write (temp file + rename)."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------------
 # Refreshing a saved card
 

@@ -65,6 +65,7 @@ from typing import Sequence, Union
 import torch
 
 from . import hub
+from .files import write_json
 from .config import coerce, config_field, config_from_dict, parse_config
 from .config import config_help as _config_help
 from .attention import collate
@@ -733,7 +734,7 @@ class PackedSFTTrainer:
         if acc.is_main_process:
             last = {k: v for e in self.log_history for k, v in e.items() if k in ("loss", "eval_loss")}
             hub.save_checkpoint(acc.unwrap_model(self.model), self.tokenizer, ckpt, self._card(last), state_dict=sd)
-            hub.write_json(ckpt / STATE_NAME, self._state())  # written last: marks the checkpoint complete
+            write_json(ckpt / STATE_NAME, self._state())  # written last: marks the checkpoint complete
             self._rotate()
         acc.wait_for_everyone()
         return ckpt
@@ -768,7 +769,7 @@ class PackedSFTTrainer:
                     log.warning("ZeRO-3: the adapter is saved in final/adapter but not merged (parameters are sharded)")
             else:
                 hub.save_checkpoint(model, self.tokenizer, final, card, state_dict=sd)
-            hub.write_json(Path(self.cfg.output_dir) / STATE_NAME, self._state())
+            write_json(Path(self.cfg.output_dir) / STATE_NAME, self._state())
         acc.wait_for_everyone()
         return final
 
