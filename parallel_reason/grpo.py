@@ -110,6 +110,7 @@ from .format import Limits
 from .inputs import check_model_path, reports_input_errors
 from .layout import PackedGraph
 from .logprobs import packed_logprobs
+from .wrappers import is_peft
 
 log = logging.getLogger("parallel_reason.grpo")
 
@@ -661,10 +662,10 @@ class GRPOTrainer:
         if cfg.beta > 0:
             self.ref_mode = cfg.ref_model
             if self.ref_mode == "auto":
-                self.ref_mode = "disable_adapter" if (cfg.use_peft or _is_peft(model)) else "copy"
+                self.ref_mode = "disable_adapter" if (cfg.use_peft or is_peft(model)) else "copy"
             if self.ref_mode == "copy":
                 ref = copy.deepcopy(model).eval().requires_grad_(False)
-        if cfg.use_peft and not _is_peft(model):
+        if cfg.use_peft and not is_peft(model):
             from .sft import apply_peft
 
             model = apply_peft(model, cfg)
@@ -672,11 +673,11 @@ class GRPOTrainer:
                 n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
                 n_all = sum(p.numel() for p in model.parameters())
                 log.info("LoRA: %d of %d parameters trainable (%.2f%%)", n_train, n_all, 100 * n_train / n_all)
-        if self.ref_mode == "disable_adapter" and not _is_peft(model):
+        if self.ref_mode == "disable_adapter" and not is_peft(model):
             raise ValueError("config: ref_model disable_adapter needs a LoRA policy (use_peft: true)")
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            if _is_peft(model) and hasattr(model, "enable_input_require_grads"):
+            if is_peft(model) and hasattr(model, "enable_input_require_grads"):
                 model.enable_input_require_grads()
         if getattr(model, "config", None) is not None:
             model.config.use_cache = False
@@ -1202,7 +1203,7 @@ class GRPOTrainer:
                 shutil.rmtree(final)
             model = acc.unwrap_model(self.model)
             card = self.model_card(metrics)
-            if _is_peft(model):
+            if is_peft(model):
                 from accelerate.utils import DistributedType
 
                 hub.save_checkpoint(model, self.tokenizer, final / "adapter", card, state_dict=sd)
@@ -1245,14 +1246,6 @@ class GRPOResult:
 
     def series(self, key: str) -> list[float]:
         return [e[key] for e in self.log_history if key in e]
-
-
-def _is_peft(model) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(model, PeftModel)
 
 
 def _completion_of(rollout) -> str:

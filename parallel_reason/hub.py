@@ -41,29 +41,11 @@ import yaml
 from .format import CONTROL_TAGS, PARALLEL_CLOSE, THREAD_CLOSE, THREAD_OPEN
 from .inputs import InputError
 from .llm import redact
+from .wrappers import is_peft, unwrap_model
 
 log = logging.getLogger(__name__)
 
 CARD_NAME = "README.md"
-
-
-def unwrap_model(model):
-    """Strip DDP/DeepSpeed/FSDP (``.module``) and ``torch.compile`` wrappers (PEFT is kept)."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif hasattr(model, "module") and not _is_peft(model):
-            model = model.module
-        else:
-            return model
-
-
-def _is_peft(model) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(model, PeftModel)
 
 
 def _fmt(v: Any) -> str:
@@ -335,7 +317,7 @@ def save_checkpoint(model, tokenizer, out_dir: str | os.PathLike, card: dict | N
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = unwrap_model(model)
-    if _is_peft(model):
+    if is_peft(model):
         if merge_peft:
             if state_dict is not None:
                 model.load_state_dict(state_dict, strict=False)  # gathered weights (ZeRO-3/FSDP)
