@@ -69,6 +69,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
+from parallel_reason.eval_runs import RESULTS, SUMMARY, read_rows, samples_of
 from parallel_reason.files import atomic_write, write_jsonl
 from parallel_reason.inputs import DTYPES, check_device, check_model_path, reports_input_errors
 
@@ -76,8 +77,6 @@ log = logging.getLogger("eval.benchmark")
 
 TASK_NAMES = ("countdown", "math")
 MODES = ("parallel", "sequential")
-RESULTS = "results.jsonl"
-SUMMARY = "summary.json"
 CONFIG = "config.json"
 
 #: fields of one sample (top level of a row = sample 0; ``samples`` holds all when K > 1)
@@ -217,44 +216,6 @@ def problem_seed(seed: int, pid: str) -> int:
 # Results file
 
 
-def read_rows(path: str | Path) -> tuple[list[dict], int]:
-    """Rows of a results file and the number of unreadable lines (a truncated last
-    line, say). Rows without an ``id`` count as unreadable; a repeated id keeps its
-    first row."""
-    rows, bad = scan_rows(path)
-    return rows, len(bad)
-
-
-def scan_rows(path: str | Path) -> tuple[list[dict], list[int]]:
-    """:func:`read_rows` with the numbers of the unreadable lines."""
-    path = Path(path)
-    if not path.exists():
-        return [], []
-    rows, bad, seen = [], [], set()
-    with open(path, "rb") as f:
-        data = f.read()
-    for lineno, line in enumerate(data.split(b"\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-            bad.append(lineno)
-            continue
-        if not isinstance(row, dict) or "id" not in row:
-            bad.append(lineno)
-            continue
-        try:
-            if row["id"] in seen:
-                continue
-            seen.add(row["id"])
-        except TypeError:  # an id that is not a JSON scalar
-            bad.append(lineno)
-            continue
-        rows.append(row)
-    return rows, bad
-
-
 def repair_results(path: Path) -> list[dict]:
     """Read the rows of ``path``; when some line is unreadable (or the file does not
     end with a newline) rewrite it with the readable rows only, so that appending
@@ -268,11 +229,6 @@ def repair_results(path: Path) -> list[dict]:
             log.warning("%s: dropped %d unreadable line(s); those problems are decoded again", path, bad)
         write_jsonl(path, rows)
     return rows
-
-
-def samples_of(row: dict) -> list[dict]:
-    """Every sample of a row (the row itself when it has one sample)."""
-    return row.get("samples") or [row]
 
 
 # ---------------------------------------------------------------------------
@@ -637,8 +593,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["ROW_FIELDS", "SAMPLE_FIELDS", "load_problems", "make_row", "pass_at_k", "problem_seed", "read_rows",
-           "repair_results", "run", "samples_of", "scan_rows", "score_sample", "summarize", "main"]
+__all__ = ["ROW_FIELDS", "SAMPLE_FIELDS", "load_problems", "make_row", "pass_at_k", "problem_seed",
+           "repair_results", "run", "score_sample", "summarize", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

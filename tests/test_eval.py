@@ -18,6 +18,7 @@ import pytest
 
 from eval import benchmark as bm
 from eval import compare as cmp
+from parallel_reason.eval_runs import read_rows
 
 TINY = dict(vocab_size=300, hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate_size=64)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -194,7 +195,7 @@ def test_scoring_real_forks(workdir, countdown_records):
 def test_read_rows_tolerates_garbage(tmp_path):
     p = tmp_path / "results.jsonl"
     p.write_text('{"id": "a", "x": 1}\nnot json\n{"id": "b"}\n{"no_id": 1}\n{"id": "a", "x": 2}\n{"id": "c", "x"')
-    rows, bad = bm.read_rows(p)
+    rows, bad = read_rows(p)
     assert [r["id"] for r in rows] == ["a", "b"] and rows[0]["x"] == 1 and bad == 3
     rows = bm.repair_results(p)
     assert p.read_text() == '{"id": "a", "x": 1}\n{"id": "b"}\n'
