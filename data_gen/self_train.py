@@ -115,6 +115,7 @@ from typing import Sequence
 from parallel_reason.evaluate import (add_runner_args, check_runner_args, decode_and_score, load_problems,
                                       load_runner)
 from parallel_reason.files import atomic_write
+from parallel_reason.finish import EOS, FINISH_REASONS
 from parallel_reason.inputs import reports_input_errors
 
 log = logging.getLogger("data_gen.self_train")
@@ -125,8 +126,9 @@ SOURCE = "self_train"
 
 #: rejection reasons (in the order they are checked); ``finish:<reason>`` for every
 #: runner finish reason other than ``eos``
-REASONS = ("finish:<reason>", "malformed", "no_answer", "incorrect", "no_block", "below_speedup",
-           "retokenize_mismatch", "duplicate", "not_best")
+REASONS = (tuple(f"finish:{r}" for r in FINISH_REASONS if r != EOS)
+           + ("malformed", "no_answer", "incorrect", "no_block", "below_speedup", "retokenize_mismatch", "duplicate",
+              "not_best"))
 KEPT = "kept"
 
 #: settings that decide the output: a resumed run must match them
@@ -166,7 +168,7 @@ def judge(score: dict, min_speedup: float) -> str | None:
     """The first failed filter of a scored sample (see the module docstring), or None
     when it passes the per-sample filters (duplicates and the keep policy are decided
     per problem by :func:`select`)."""
-    if score["finish_reason"] != "eos":
+    if score["finish_reason"] != EOS:
         return f"finish:{score['finish_reason']}"
     if not score["format_valid"]:
         return "malformed"
@@ -383,7 +385,7 @@ def summarize(markers: Sequence[dict], records: Sequence[dict], meta: dict | Non
     out["problems_with_kept_rate"] = with_kept / len(markers) if markers else 0.0
     if n:
         out["accuracy"] = sum(1 for s in samples if s["correct"]) / n
-        out["well_formed_rate"] = sum(1 for s in samples if s["format_valid"] and s["finish_reason"] == "eos") / n
+        out["well_formed_rate"] = sum(1 for s in samples if s["format_valid"] and s["finish_reason"] == EOS) / n
         out["parallel_rate"] = sum(1 for s in samples if s["blocks"] > 0) / n
         out["speedup_all_mean"] = sum(s["speedup"] for s in samples) / n
         correct = [s for s in samples if s["correct"]]
@@ -501,7 +503,7 @@ def run(args, argv: Sequence[str] | None = None) -> dict:
                 for d in chunk:
                     p, scores = d.problem, d.scores
                     for ro, s in zip(d.rollouts, scores):
-                        ok = s["finish_reason"] == "eos" and s["format_valid"]
+                        ok = s["finish_reason"] == EOS and s["format_valid"]
                         s["retokenize_match"] = (same_tokens(ro, p["text"], s["completion"], tok, args.join,
                                                              runner.thread_header) if ok else None)
                         # invalid UTF-8 byte tokens decode to U+FFFD: the text lost what was sampled

@@ -106,6 +106,7 @@ from .config import config_field, config_from_dict, parse_config
 from .config import config_help as _config_help
 from . import rewards as R
 from .attention import collate
+from .finish import SAMPLED
 from .format import Limits
 from .inputs import check_model_path, reports_input_errors
 from .layout import PackedGraph
@@ -119,9 +120,8 @@ NORMALIZATIONS = ("token", "sequence", "constant")
 TRL_LOSS_TYPES = {"dapo": "token", "bnpo": "token", "grpo": "sequence", "dr_grpo": "constant"}
 METRICS_NAME = "metrics.jsonl"
 SAMPLES_NAME = "samples.jsonl"
-#: finish reasons logged as rates (the runner's, parallel_reason.runner.FINISH_REASONS)
-FINISH_KEYS = ("eos", "max_new_tokens", "unclosed_thread", "max_thread_tokens", "max_threads", "max_depth",
-               "no_outlines", "eos_in_thread", "malformed")
+#: finish reasons logged as rates (the runner's, those sampling can give)
+FINISH_KEYS = SAMPLED
 
 
 # ---------------------------------------------------------------------------

@@ -42,6 +42,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from . import finish
 from .format import Limits, parse_lenient
 from .metrics import Counter, approx_count, stats as text_stats
 from .tasks import get_task
@@ -50,11 +51,11 @@ log = logging.getLogger(__name__)
 
 RewardFunc = Callable[..., list]
 
-#: finish reasons (the runner's, see ``parallel_reason.runner.FINISH_REASONS``, and TRL/vLLM's
+#: finish reasons (the runner's, see :data:`parallel_reason.finish.TRUNCATED`, and TRL/vLLM's
 #: ``length``) that mean the rollout hit a token budget before it ended
-TRUNCATED = ("length", "max_new_tokens", "unclosed_thread", "max_thread_tokens", "replay_end")
+TRUNCATED = ("length",) + finish.TRUNCATED
 #: finish reasons that mean the runner stopped the rollout on a grammar or limit violation
-MALFORMED = ("malformed", "max_threads", "max_depth", "no_outlines", "eos_in_thread")
+MALFORMED = finish.MALFORMED
 
 
 # ---------------------------------------------------------------------------
