@@ -120,7 +120,7 @@ def _combine(a: Item, b: Item):
     """Legal (value, op, text, item) combinations of two items (generation rules)."""
     hi, lo = (a, b) if a.value >= b.value else (b, a)
     return [(value, op, f"{hi.value}{op}{lo.value}={value}", _apply(hi, op, lo, value))
-            for value, op, _h, _l in task._pairs(hi.value, lo.value)]
+            for value, op, _h, _l in task.combine(hi.value, lo.value)]
 
 
 def _apply(hi: Item, op: str, lo: Item, value: int) -> Item:
@@ -154,7 +154,7 @@ def _moves(items: tuple, target: int, rng: random.Random, width: int) -> list:
         for j in range(i + 1, n):
             hi, lo = (items[i], items[j]) if items[i].value >= items[j].value else (items[j], items[i])
             rest = [x.value for k, x in enumerate(items) if k != i and k != j]
-            for value, op, _h, _l in task._pairs(hi.value, lo.value):
+            for value, op, _h, _l in task.combine(hi.value, lo.value):
                 key = tuple(sorted(rest + [value]))
                 if key in seen:
                     continue
@@ -180,7 +180,7 @@ def _moves_per_pair(items: tuple, target: int, rng: random.Random, width: int) -
             hi, lo = (items[i], items[j]) if items[i].value >= items[j].value else (items[j], items[i])
             rest = tuple(x for k, x in enumerate(items) if k != i and k != j)
             scored = []
-            for value, op, _h, _l in task._pairs(hi.value, lo.value):
+            for value, op, _h, _l in task.combine(hi.value, lo.value):
                 key = tuple(sorted([x.value for x in rest] + [value]))
                 scored.append((_score(key, target), rng.random(), value, op, key))
             scored.sort(key=lambda m: (m[0], m[1]))
