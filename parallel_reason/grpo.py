@@ -480,13 +480,6 @@ class RolloutBatch:
     texts: list[str] | None = None  # completion texts the rewards read
 
 
-def graph_of(rollout) -> PackedGraph:
-    g = getattr(rollout, "graph", None)
-    if g is None:
-        raise TypeError(f"rollout {type(rollout).__name__} has no packed graph")
-    return g
-
-
 # ---------------------------------------------------------------------------
 # Data
 
@@ -810,10 +803,7 @@ class GRPOTrainer:
     def text_of(self, rollout) -> str:
         """The completion text the rewards read: the completion ids decoded without
         special tokens (EOS, padding; control tags are ordinary added tokens and stay)."""
-        ids = getattr(rollout, "completion_ids", None)
-        if ids is not None:
-            return self.tokenizer.decode(ids, skip_special_tokens=True)
-        return _completion_of(rollout)
+        return self.tokenizer.decode(rollout.completion_ids, skip_special_tokens=True)
 
     def score(self, rows: Sequence[dict], rollouts: list, n: int,
               texts: list[str] | None = None) -> tuple[torch.Tensor, dict]:
@@ -835,7 +825,7 @@ class GRPOTrainer:
         texts = [self.text_of(ro) for ro in rollouts]
         rewards, parts = self.score(rows, rollouts, G, texts)
         adv = group_advantages(rewards, G, self.cfg.scale_rewards)
-        return RolloutBatch(rollouts=list(rollouts), graphs=[graph_of(r) for r in rollouts], rewards=rewards,
+        return RolloutBatch(rollouts=list(rollouts), graphs=[r.graph for r in rollouts], rewards=rewards,
                             advantages=adv, components=parts, texts=texts)
 
     # -- optimisation -------------------------------------------------------------
@@ -968,7 +958,7 @@ class GRPOTrainer:
                                   for r, t in zip(batch.rollouts, texts)) / n
         reasons: dict[str, int] = {}
         for r in batch.rollouts:
-            k = str(getattr(r, "finish_reason", "unknown"))
+            k = r.finish_reason
             reasons[k] = reasons.get(k, 0) + 1
         for k in FINISH_KEYS:
             out[f"finish/{k}"] = reasons.get(k, 0) / n
@@ -1017,7 +1007,7 @@ class GRPOTrainer:
                             "reward": float(batch.rewards[i]), "advantage": float(batch.advantages[i]),
                             **{f"reward/{n}": float(v[i]) for n, v in batch.components.items()},
                             "total_tokens": st["total_tokens"], "critical_path": st["critical_path"],
-                            "blocks": st["blocks"], "finish_reason": str(getattr(ro, "finish_reason", ""))})
+                            "blocks": st["blocks"], "finish_reason": ro.finish_reason})
         with open(self.out / SAMPLES_NAME, "a", encoding="utf-8") as f:
             for rec in records:
                 f.write(json.dumps(rec) + "\n")
@@ -1042,7 +1032,7 @@ class GRPOTrainer:
         metrics.update(self.optimize(batch))
         t3 = time.perf_counter()
         metrics.update({"time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/train_s": t3 - t2,
-                        "rollout_wall_s_mean": sum(getattr(r, "wall_s", 0.0) for r in rollouts) / len(rollouts)})
+                        "rollout_wall_s_mean": sum(r.wall_s for r in rollouts) / len(rollouts)})
         self.global_step += 1
         metrics = self._mean_over_processes(metrics)
         if self.global_step % cfg.logging_steps == 0:
@@ -1246,11 +1236,6 @@ class GRPOResult:
 
     def series(self, key: str) -> list[float]:
         return [e[key] for e in self.log_history if key in e]
-
-
-def _completion_of(rollout) -> str:
-    v = getattr(rollout, "completion", None)
-    return v if isinstance(v, str) else ""
 
 
 def _tracker_config(cfg: GRPOConfig) -> dict:

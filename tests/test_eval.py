@@ -224,10 +224,11 @@ def test_math_benchmark_pipeline(workdir, tmp_path):
     assert rows[2]["reference"] == "1,234"
     # the scoring path of a correct boxed answer (fake rollout, as the runner returns it)
 
-    class FakeRollout:
-        completion = "so 10 * 123.4 = \\boxed{\\$1,234}"
-        total_tokens, critical_path, wall_s, finish_reason, sample_index = 10, 10, 0.1, "eos", 0
-        items = None
+    from conftest import make_rollout
+
+    def FakeRollout():
+        return make_rollout(completion="so 10 * 123.4 = \\boxed{\\$1,234}", total_tokens=10, critical_path=10,
+                            wall_s=0.1)
 
     from parallel_reason.format import Limits
     from parallel_reason.tasks import get_task
