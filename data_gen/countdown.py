@@ -67,6 +67,7 @@ from typing import Iterable, Sequence
 
 from parallel_reason import files, metrics
 from parallel_reason.format import Limits, make_block, parse, render
+from parallel_reason.inputs import parse_range
 from parallel_reason.tasks import countdown as task
 
 TASK = "countdown"
@@ -574,17 +575,6 @@ def _fractions(text: str) -> tuple:
     if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1.0) > 1e-9:
         raise argparse.ArgumentTypeError(f"expected three non-negative shares summing to 1, got {text!r}")
     return fr
-
-
-def parse_range(text: str) -> tuple:
-    """``"LO,HI"`` -> ``(LO, HI)`` with ``1 <= LO <= HI`` (an argparse type)."""
-    try:
-        lo, hi = (int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LO,HI (two integers), got {text!r}") from None
-    if not 1 <= lo <= hi:
-        raise argparse.ArgumentTypeError(f"expected 1 <= LO <= HI, got {text!r}")
-    return lo, hi
 
 
 def _bounded(lo: int, hi: int | None = None):

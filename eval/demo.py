@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_gen.countdown import parse_range
+from parallel_reason.inputs import parse_range
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the full Countdown distribution (``parallel_reason.tasks.countdown``)
