@@ -112,11 +112,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
+from parallel_reason.data import DataError, read_records
 from parallel_reason.evaluate import (add_runner_args, check_runner_args, decode_and_score, load_problems,
                                       load_runner)
 from parallel_reason.files import atomic_write
 from parallel_reason.finish import EOS, FINISH_REASONS
 from parallel_reason.inputs import reports_input_errors
+from parallel_reason.layout import graph_from_text
+from parallel_reason.metrics import aggregate
 
 log = logging.getLogger("data_gen.self_train")
 
@@ -153,8 +156,6 @@ def same_tokens(rollout, prompt_text: str, completion: str, tokenizer, join: str
     """Does SFT's packed graph of ``prompt_text`` + ``completion`` (+ EOS), re-tokenized
     from text by :func:`parallel_reason.layout.graph_from_text` with the model's thread
     header mode, equal the graph the runner sampled (ids, predecessors, positions, loss mask)?"""
-    from parallel_reason.layout import graph_from_text
-
     try:
         g = graph_from_text(prompt_text, completion, tokenizer, join=join, eos=True, thread_header=thread_header)
     except ValueError:  # FormatError included: the text does not parse strictly
@@ -368,8 +369,6 @@ def prepare_files(out: Path, cfg: dict, overwrite: bool) -> dict[str, dict]:
 
 def summarize(markers: Sequence[dict], records: Sequence[dict], meta: dict | None = None) -> dict:
     """Statistics of a self-training run (see the module docstring)."""
-    from parallel_reason.metrics import aggregate
-
     out: dict = {}
     samples = [s for m in markers for s in m["samples"]]
     n = len(samples)
@@ -459,8 +458,6 @@ def config_of(args) -> dict:
 def load(args) -> list[dict]:
     """The problems of ``--input`` (:func:`parallel_reason.evaluate.load_problems`); a record the
     task cannot use raises :class:`parallel_reason.data.DataError` naming it."""
-    from parallel_reason.data import DataError, read_records
-
     try:
         return load_problems(args.input, args.task, args.split, args.config, args.n, args.prompt_field or None,
                              args.question_field, args.answer_field, args.prompt_template)

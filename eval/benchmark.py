@@ -73,6 +73,7 @@ from parallel_reason.evaluate import (SAMPLE_FIELDS, add_runner_args, check_runn
                                       load_problems, load_runner)
 from parallel_reason.files import atomic_write, write_jsonl
 from parallel_reason.inputs import reports_input_errors
+from parallel_reason.metrics import aggregate
 
 log = logging.getLogger("eval.benchmark")
 
@@ -184,8 +185,6 @@ def summarize(rows: Sequence[dict], meta: dict | None = None) -> dict:
     decoding time of all chunks; ``wall_clock_per_problem_s`` = total / problems;
     ``wall_clock_latency_mean_s``: mean over problems of the slowest sample's own
     admission-to-end time), format-valid rate and finish-reason counts."""
-    from parallel_reason.metrics import aggregate
-
     rows = list(rows)
     samples = [s for r in rows for s in samples_of(r)]
     n = len(rows)

@@ -36,6 +36,7 @@ from typing import Sequence
 
 from parallel_reason.eval_runs import Run, baseline_speedups
 from parallel_reason.inputs import InputError, reports_input_errors
+from parallel_reason.metrics import markdown_table, wilson_interval
 
 MD = "compare.md"
 BUDGET_PNG = "accuracy_vs_budget.png"
@@ -65,8 +66,6 @@ COLUMNS = [
 
 def rate_records(samples: Sequence[dict]) -> dict:
     """Rates over samples with their 95% Wilson intervals, and the share that forked."""
-    from parallel_reason.metrics import wilson_interval
-
     n = len(samples)
     out = {}
     for key, field in (("accuracy_ci", "correct"), ("format_valid_ci", "format_valid")):
@@ -96,8 +95,6 @@ def table_records(runs: Sequence[Run], baseline: Run | None) -> list[dict]:
 
 
 def markdown(records: Sequence[dict], baseline: Run | None) -> str:
-    from parallel_reason.metrics import markdown_table
-
     lines = markdown_table(records, COLUMNS)
     notes = [
         "",

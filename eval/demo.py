@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from parallel_reason.inputs import parse_range
+from parallel_reason.metrics import wilson_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the full Countdown distribution (``parallel_reason.tasks.countdown``)
@@ -294,8 +295,6 @@ def _acc(summary: dict | None) -> tuple[int, int]:
 
 def targets(out: Path, args) -> list[tuple[str, str, str]]:
     """The issue's targets, each as (target, measured, met / missed / n/a)."""
-    from parallel_reason.metrics import wilson_interval
-
     ev = out / "eval"
     s = {r: _read_json(ev / r / "summary.json") for r in ("sft_parallel", "sft_dfs", "grpo_parallel")}
     rows: list[tuple[str, str, str]] = []

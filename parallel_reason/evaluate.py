@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
+import torch
+
 from .data import DataError, check_prompt, read_records, render_prompt
 from .format import Limits
 from .inputs import DTYPES, InputError, check_device, check_model_path
@@ -172,7 +174,6 @@ def score_sample(task_mod, problem: dict, rollout: Rollout, limits: Limits, answ
 def load_model(path: str, dtype: str = "auto", device: str = "auto", attn: str = "sdpa"):
     """``(tokenizer, model)`` of a model directory (or cached hub id), on ``device``
     in eval mode; :class:`~parallel_reason.inputs.InputError` when it cannot be loaded."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     kw = {"attn_implementation": attn}

@@ -38,9 +38,12 @@ from typing import Any, Sequence
 
 import yaml
 
+from .eval_runs import Run, baseline_speedups
 from .format import CONTROL_TAGS, PARALLEL_CLOSE, THREAD_CLOSE, THREAD_OPEN
 from .inputs import InputError
 from .llm import redact
+from .metrics import markdown_table
+from .tokens import load_tokenizer
 from .wrappers import is_peft, unwrap_model
 
 log = logging.getLogger(__name__)
@@ -195,8 +198,6 @@ def eval_lines(records: list[dict]) -> list[str]:
         return []
     optional = ("pass_at_k", "speedup_vs_baseline_ratio_of_means")  # shown when a run has them
     cols = [c for c in EVAL_COLUMNS if c[1] not in optional or any(r.get(c[1]) for r in records)]
-    from .metrics import markdown_table
-
     lines = markdown_table(records, cols)
     lines += ["", "Accuracy: mean correctness over every sample (= pass@1). Total tokens: sampled tokens of a "
               "rollout, all threads together; critical path: sampled tokens on its longest causal chain; "
@@ -503,8 +504,6 @@ def eval_records(eval_dirs: Sequence[str | os.PathLike], repo_id: str | None = N
         records.append(rec)
     base = next((i for i, (_, _, s) in enumerate(runs) if s.get("mode") == "sequential"), None)
     if base is not None and len(runs) > 1:
-        from .eval_runs import Run, baseline_speedups
-
         base_run = Run(runs[base][0])
         records[base]["is_baseline"] = True
         for i, (path, _, _) in enumerate(runs):
@@ -657,8 +656,6 @@ def _read_json(path: Path) -> dict:
 
 
 def _load_tokenizer(root: Path):
-    from .tokens import load_tokenizer
-
     try:
         return load_tokenizer(str(root))
     except Exception as e:  # noqa: BLE001 - report why the tokenizer does not load
