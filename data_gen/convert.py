@@ -19,33 +19,17 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from parallel_reason.dialects import CONVERTERS, DialectError, convert, dialect_name
 from parallel_reason.format import Limits
 from parallel_reason.data import read_bytes
+from parallel_reason.files import write_jsonl
 from parallel_reason.inputs import InputError, reports_input_errors
 from parallel_reason.metrics import stats
 
 log = logging.getLogger("data_gen.convert")
-
-
-def _write_atomic(rows: Iterable[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _json_list(data: bytes) -> list | None:
@@ -154,13 +138,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     good, bad = convert_records(read_input(args.input), dialect, field, args.out_field, args.keep_source, limits)
     out = Path(args.out)
     rej = Path(str(out) + ".rejected.jsonl")
-    _write_atomic(bad, rej)
+    write_jsonl(rej, bad)
     if not good:
         first = f"; first reason (line {bad[0]['line']}): {bad[0]['reason']}" if bad else ""
         print(f"error: no record of {args.input} converted from {dialect} ({len(bad)} rejected, see {rej}"
               f"{first}); {out} not written", file=sys.stderr)
         return 1
-    _write_atomic(good, out)
+    write_jsonl(out, good)
     print(f"converted {len(good)} record(s) from {dialect} to {out}; rejected {len(bad)} "
           f"(see {rej})", file=sys.stderr)
     return 0

@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import multiprocessing as mp
-import os
 import random
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from parallel_reason import metrics
+from parallel_reason import files, metrics
 from parallel_reason.format import Limits, make_block, parse, render
+from parallel_reason.inputs import parse_range
 from parallel_reason.tasks import countdown as task
 
 TASK = "countdown"
@@ -80,7 +78,7 @@ def _combine(a: Item, b: Item):
     """Legal (value, op, text, item) combinations of two items (generation rules)."""
     hi, lo = (a, b) if a.value >= b.value else (b, a)
     return [(value, op, f"{hi.value}{op}{lo.value}={value}", _apply(hi, op, lo, value))
-            for value, op, _h, _l in task._pairs(hi.value, lo.value)]
+            for value, op, _h, _l in task.combine(hi.value, lo.value)]
 
 
 def _apply(hi: Item, op: str, lo: Item, value: int) -> Item:
@@ -114,7 +112,7 @@ def _moves(items: tuple, target: int, rng: random.Random, width: int) -> list:
         for j in range(i + 1, n):
             hi, lo = (items[i], items[j]) if items[i].value >= items[j].value else (items[j], items[i])
             rest = [x.value for k, x in enumerate(items) if k != i and k != j]
-            for value, op, _h, _l in task._pairs(hi.value, lo.value):
+            for value, op, _h, _l in task.combine(hi.value, lo.value):
                 key = tuple(sorted(rest + [value]))
                 if key in seen:
                     continue
@@ -140,7 +138,7 @@ def _moves_per_pair(items: tuple, target: int, rng: random.Random, width: int) -
             hi, lo = (items[i], items[j]) if items[i].value >= items[j].value else (items[j], items[i])
             rest = tuple(x for k, x in enumerate(items) if k != i and k != j)
             scored = []
-            for value, op, _h, _l in task._pairs(hi.value, lo.value):
+            for value, op, _h, _l in task.combine(hi.value, lo.value):
                 key = tuple(sorted([x.value for x in rest] + [value]))
                 scored.append((_score(key, target), rng.random(), value, op, key))
             scored.sort(key=lambda m: (m[0], m[1]))
@@ -463,18 +461,7 @@ PUBLIC_KEYS = ("id", "task", "prompt", "completion", "nums", "target", "answer",
 
 def write_jsonl(records: Iterable[dict], path: str) -> None:
     """Write the public keys of ``records`` as JSONL, atomically (tmp file + rename)."""
-    path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for rec in records:
-                f.write(json.dumps({k: rec[k] for k in PUBLIC_KEYS}, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    files.write_jsonl(path, ({k: rec[k] for k in PUBLIC_KEYS} for rec in records))
 
 
 # ---------------------------------------------------------------------------
@@ -545,17 +532,6 @@ def _fractions(text: str) -> tuple:
     if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1.0) > 1e-9:
         raise argparse.ArgumentTypeError(f"expected three non-negative shares summing to 1, got {text!r}")
     return fr
-
-
-def parse_range(text: str) -> tuple:
-    """``"LO,HI"`` -> ``(LO, HI)`` with ``1 <= LO <= HI`` (an argparse type)."""
-    try:
-        lo, hi = (int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LO,HI (two integers), got {text!r}") from None
-    if not 1 <= lo <= hi:
-        raise argparse.ArgumentTypeError(f"expected 1 <= LO <= HI, got {text!r}")
-    return lo, hi
 
 
 def _bounded(lo: int, hi: int | None = None):

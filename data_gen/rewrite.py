@@ -24,7 +24,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from parallel_reason.data import read_jsonl, read_records
+from parallel_reason.files import write_jsonl
 from parallel_reason.format import (Block, FormatError, Limits, Trajectory, make_block, parse,
                                     render, strip_tags)
 from parallel_reason.inputs import InputError, check_device, check_model_path, reports_input_errors
@@ -640,23 +640,6 @@ def to_record(row: dict, args_fields: dict) -> Record:
     return rec
 
 
-def write_jsonl_atomic(rows: Iterable[dict], path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def rejected_path(out: str | os.PathLike) -> Path:
     return Path(str(out) + ".rejected.jsonl")
 
@@ -721,8 +704,8 @@ def run(rows: Sequence[dict], llm: LLM, cfg: RewriteConfig, out: str | os.PathLi
     ex.shutdown(wait=True)
     good = [r for r in results if not r.get("_rejected")]
     bad = [{k: v for k, v in r.items() if k != "_rejected"} for r in results if r.get("_rejected")]
-    write_jsonl_atomic(good, out)
-    write_jsonl_atomic(bad, rejected_path(out))
+    write_jsonl(out, good)
+    write_jsonl(rejected_path(out), bad)
     summary = {
         "records": len(rows), "kept": len(good), "rejected": len(bad),
         "reasons": dict(Counter(r["reason"] for r in bad).most_common()),

@@ -27,7 +27,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
+from parallel_reason.data import DataError, read_records
+from parallel_reason.evaluate import (add_runner_args, check_runner_args, decode_and_score, load_problems,
+                                      load_runner)
+from parallel_reason.files import atomic_write
+from parallel_reason.finish import EOS, FINISH_REASONS
 from parallel_reason.inputs import reports_input_errors
+from parallel_reason.layout import graph_from_text
+from parallel_reason.metrics import aggregate
 
 log = logging.getLogger("data_gen.self_train")
 
@@ -37,8 +44,9 @@ SOURCE = "self_train"
 
 #: rejection reasons (in the order they are checked); ``finish:<reason>`` for every
 #: runner finish reason other than ``eos``
-REASONS = ("finish:<reason>", "malformed", "no_answer", "incorrect", "no_block", "below_speedup",
-           "retokenize_mismatch", "duplicate", "not_best")
+REASONS = (tuple(f"finish:{r}" for r in FINISH_REASONS if r != EOS)
+           + ("malformed", "no_answer", "incorrect", "no_block", "below_speedup", "retokenize_mismatch", "duplicate",
+              "not_best"))
 KEPT = "kept"
 
 #: settings that decide the output: a resumed run must match them
@@ -63,8 +71,6 @@ def same_tokens(rollout, prompt_text: str, completion: str, tokenizer, join: str
     """Does SFT's packed graph of ``prompt_text`` + ``completion`` (+ EOS), re-tokenized
     from text by :func:`parallel_reason.layout.graph_from_text` with the model's thread
     header mode, equal the graph the runner sampled (ids, predecessors, positions, loss mask)?"""
-    from parallel_reason.layout import graph_from_text
-
     try:
         g = graph_from_text(prompt_text, completion, tokenizer, join=join, eos=True, thread_header=thread_header)
     except ValueError:  # FormatError included: the text does not parse strictly
@@ -78,7 +84,7 @@ def judge(score: dict, min_speedup: float) -> str | None:
     """The first failed filter of a scored sample (see the module docstring), or None
     when it passes the per-sample filters (duplicates and the keep policy are decided
     per problem by :func:`select`)."""
-    if score["finish_reason"] != "eos":
+    if score["finish_reason"] != EOS:
         return f"finish:{score['finish_reason']}"
     if not score["format_valid"]:
         return "malformed"
@@ -96,7 +102,7 @@ def judge(score: dict, min_speedup: float) -> str | None:
 def select(scores: Sequence[dict], min_speedup: float, keep: str = "best",
            require_same_tokens: bool = False) -> list[str]:
     """Verdict of every sample of one problem: ``"kept"`` or its rejection reason.
-    ``scores`` are :func:`eval.benchmark.score_sample` dicts with ``retokenize_match``
+    ``scores`` are :func:`parallel_reason.evaluate.score_sample` dicts with ``retokenize_match``
     added (None where not checked)."""
     if keep not in KEEP:
         raise ValueError(f"keep must be one of {KEEP}, got {keep!r}")
@@ -233,8 +239,6 @@ def prepare_files(out: Path, cfg: dict, overwrite: bool) -> dict[str, dict]:
     start that failed) are started afresh, whatever their settings. Makes ``OUT`` and the progress file agree:
     records of problems without a marker, truncated lines, and problems whose record
     count differs from their marker are dropped (those problems are sampled again)."""
-    from eval.benchmark import atomic_write
-
     progress, stats = side_paths(out)
     if overwrite:
         for p in (out, progress, stats):
@@ -280,8 +284,6 @@ def prepare_files(out: Path, cfg: dict, overwrite: bool) -> dict[str, dict]:
 
 def summarize(markers: Sequence[dict], records: Sequence[dict], meta: dict | None = None) -> dict:
     """Statistics of a self-training run (see the module docstring)."""
-    from parallel_reason.metrics import aggregate
-
     out: dict = {}
     samples = [s for m in markers for s in m["samples"]]
     n = len(samples)
@@ -297,7 +299,7 @@ def summarize(markers: Sequence[dict], records: Sequence[dict], meta: dict | Non
     out["problems_with_kept_rate"] = with_kept / len(markers) if markers else 0.0
     if n:
         out["accuracy"] = sum(1 for s in samples if s["correct"]) / n
-        out["well_formed_rate"] = sum(1 for s in samples if s["format_valid"] and s["finish_reason"] == "eos") / n
+        out["well_formed_rate"] = sum(1 for s in samples if s["format_valid"] and s["finish_reason"] == EOS) / n
         out["parallel_rate"] = sum(1 for s in samples if s["blocks"] > 0) / n
         out["speedup_all_mean"] = sum(s["speedup"] for s in samples) / n
         correct = [s for s in samples if s["correct"]]
@@ -369,11 +371,8 @@ def config_of(args) -> dict:
 
 
 def load(args) -> list[dict]:
-    """The problems of ``--input`` (:func:`eval.benchmark.load_problems`); a record the
+    """The problems of ``--input`` (:func:`parallel_reason.evaluate.load_problems`); a record the
     task cannot use raises :class:`parallel_reason.data.DataError` naming it."""
-    from eval.benchmark import load_problems
-    from parallel_reason.data import DataError, read_records
-
     try:
         return load_problems(args.input, args.task, args.split, args.config, args.n, args.prompt_field or None,
                              args.question_field, args.answer_field, args.prompt_template)
@@ -394,18 +393,11 @@ def load(args) -> list[dict]:
 
 def run(args, argv: Sequence[str] | None = None) -> dict:
     """Sample, filter and write (or resume); returns the statistics (also written)."""
-    from eval.benchmark import atomic_write, load_model, problem_seed, score_sample
-    from parallel_reason.data import render_prompt
-    from parallel_reason.format import Limits
-    from parallel_reason.runner import Runner
-    from parallel_reason.tasks import get_task
-
     t_start = time.perf_counter()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     progress_path, stats_path = side_paths(out)
     cfg = config_of(args)
-    task_mod = get_task(args.task)
     problems = load(args)
     done = prepare_files(out, cfg, args.overwrite)
     todo = [p for p in problems if p["id"] not in done]
@@ -413,61 +405,35 @@ def run(args, argv: Sequence[str] | None = None) -> dict:
 
     decoded = 0
     if todo:
-        tok, model = load_model(args.model, args.dtype, args.device, args.attn)
-        for p in todo:
-            p["text"] = render_prompt(p["prompt"], tok, args.chat_template, p["origin"])
-        runner = Runner(model, tok, max_new_tokens=args.max_new_tokens, max_thread_tokens=args.max_thread_tokens,
-                        max_width=args.max_width, max_depth=args.max_depth, join=args.join,
-                        batch_size=args.batch_size, parallel=True)
-        limits = Limits(max_depth=args.max_depth, max_width=args.max_width)
-        chunk = args.chunk_size or 4 * args.batch_size
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(problems), initial=len(problems) - len(todo), unit="problem",
-                   desc=f"self-train {args.task}", disable=args.no_progress, file=sys.stderr)
-        try:
-            with open(out, "a", encoding="utf-8", newline="\n") as fo, \
-                    open(progress_path, "a", encoding="utf-8", newline="\n") as fp:
-                for start in range(0, len(todo), chunk):
-                    batch = todo[start:start + chunk]
-                    seeds = [problem_seed(args.seed, p["id"]) for p in batch]
-                    t0 = time.perf_counter()
-                    rollouts = runner.generate([p["text"] for p in batch], n=args.k, temperature=args.temperature,
-                                               top_p=args.top_p, top_k=args.top_k, seed=seeds)
-                    elapsed = time.perf_counter() - t0
-                    if len(rollouts) != len(batch) * args.k:
-                        raise RuntimeError(f"runner returned {len(rollouts)} rollouts for {len(batch)} prompts "
-                                           f"x {args.k}")
-                    recs, marks = [], []
-                    for i, p in enumerate(batch):
-                        ros = rollouts[i * args.k:(i + 1) * args.k]
-                        scores = []
-                        for ro in ros:
-                            s = score_sample(task_mod, p, ro, limits, args.answer_pattern, tok)
-                            ok = s["finish_reason"] == "eos" and s["format_valid"]
-                            s["retokenize_match"] = (same_tokens(ro, p["text"], s["completion"], tok, args.join,
-                                                                 runner.thread_header) if ok else None)
-                            # invalid UTF-8 byte tokens decode to U+FFFD: the text lost what was sampled
-                            s["replacement_char"] = "\ufffd" in s["completion"]
-                            scores.append(s)
-                        verdicts = select(scores, args.min_speedup, args.keep, args.require_same_tokens)
-                        seed = seeds[i] if args.temperature > 0 else None
-                        recs += [make_record(args.task, p, s, seed, cfg["model"], args.chat_template)
-                                 for s, v in zip(scores, verdicts) if v == KEPT]
-                        marks.append(make_marker(p, scores, verdicts, seed, elapsed / len(batch)))
-                    # records first, then the markers that declare their problems finished
-                    fo.write(_dump(recs))
-                    fo.flush()
-                    os.fsync(fo.fileno())
-                    fp.write(_dump(marks))
-                    fp.flush()
-                    os.fsync(fp.fileno())
-                    for m in marks:
-                        done[m["id"]] = m
-                    decoded += len(batch)
-                    bar.update(len(batch))
-        finally:
-            bar.close()
+        runner = load_runner(args, parallel=True)
+        tok = runner.tokenizer
+        with open(out, "a", encoding="utf-8", newline="\n") as fo, \
+                open(progress_path, "a", encoding="utf-8", newline="\n") as fp:
+            for chunk, elapsed in decode_and_score(runner, todo, args, args.k, total=len(problems),
+                                                   desc=f"self-train {args.task}"):
+                recs, marks = [], []
+                for d in chunk:
+                    p, scores = d.problem, d.scores
+                    for ro, s in zip(d.rollouts, scores):
+                        ok = s["finish_reason"] == EOS and s["format_valid"]
+                        s["retokenize_match"] = (same_tokens(ro, p["text"], s["completion"], tok, args.join,
+                                                             runner.thread_header) if ok else None)
+                        # invalid UTF-8 byte tokens decode to U+FFFD: the text lost what was sampled
+                        s["replacement_char"] = "\ufffd" in s["completion"]
+                    verdicts = select(scores, args.min_speedup, args.keep, args.require_same_tokens)
+                    recs += [make_record(args.task, p, s, d.seed, cfg["model"], args.chat_template)
+                             for s, v in zip(scores, verdicts) if v == KEPT]
+                    marks.append(make_marker(p, scores, verdicts, d.seed, elapsed / len(chunk)))
+                # records first, then the markers that declare their problems finished
+                fo.write(_dump(recs))
+                fo.flush()
+                os.fsync(fo.fileno())
+                fp.write(_dump(marks))
+                fp.flush()
+                os.fsync(fp.fileno())
+                for m in marks:
+                    done[m["id"]] = m
+                decoded += len(chunk)
 
     wanted = {p["id"] for p in problems}
     markers = [done[p["id"]] for p in problems if p["id"] in done]
@@ -494,8 +460,6 @@ def run(args, argv: Sequence[str] | None = None) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from eval.benchmark import add_runner_args
-
     p = argparse.ArgumentParser(prog="python -m data_gen.self_train",
                                 description="Sample K fork/join trajectories per problem, keep the correct, "
                                             "well-formed, parallel ones as SFT data (resumable).")
@@ -520,8 +484,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def validate_args(p: argparse.ArgumentParser, args) -> None:
-    from eval.benchmark import check_runner_args
-
     check_runner_args(p, args, args.k, "--k")
 
 

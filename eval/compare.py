@@ -11,14 +11,13 @@ against the first sequential run or ``--baseline``, wall-clock, format-valid rat
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from eval.benchmark import RESULTS, SUMMARY, samples_of, scan_rows
+from parallel_reason.eval_runs import Run, baseline_speedups
 from parallel_reason.inputs import InputError, reports_input_errors
+from parallel_reason.metrics import markdown_table, wilson_interval
 
 MD = "compare.md"
 BUDGET_PNG = "accuracy_vs_budget.png"
@@ -48,8 +47,6 @@ COLUMNS = [
 
 def rate_records(samples: Sequence[dict]) -> dict:
     """Rates over samples with their 95% Wilson intervals, and the share that forked."""
-    from parallel_reason.metrics import wilson_interval
-
     n = len(samples)
     out = {}
     for key, field in (("accuracy_ci", "correct"), ("format_valid_ci", "format_valid")):
@@ -58,77 +55,6 @@ def rate_records(samples: Sequence[dict]) -> dict:
         out[key] = f"[{lo:.3f}, {hi:.3f}]"
     out["fork_rate"] = sum(1 for s in samples if (s.get("blocks") or 0) > 0) / n if n else 0.0
     return out
-
-
-class Run:
-    """One benchmark run directory."""
-
-    def __init__(self, path: str | Path, name: str | None = None):
-        self.path = Path(path)
-        sp = self.path / SUMMARY
-        if not sp.is_file():
-            raise InputError(f"{self.path}: no {SUMMARY} (not a benchmark run directory?)")
-        try:
-            self.summary = json.loads(sp.read_bytes().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-            raise InputError(f"{sp}: not valid JSON ({e}); rerun eval.benchmark with --out {self.path} "
-                             "to rewrite it") from None
-        if not isinstance(self.summary, dict):
-            raise InputError(f"{sp}: expected a JSON object, got {type(self.summary).__name__}")
-        rp = self.path / RESULTS
-        rows, bad = scan_rows(rp)
-        for lineno in bad:
-            print(f"warning: {rp}:{lineno}: unreadable line skipped (truncated or not a result row)",
-                  file=sys.stderr)
-        self.rows = [r for r in rows if _usable(r)]
-        for r in rows:
-            if not _usable(r):
-                print(f"warning: {rp}: row id {r['id']!r} lacks result fields (correct, total_tokens, "
-                      "critical_path); skipped", file=sys.stderr)
-        self.name = name or self.path.name
-        self.mode = self.summary.get("mode", "?")
-
-    def samples(self) -> list[dict]:
-        return [s for r in self.rows for s in samples_of(r)]
-
-
-def _usable(row: dict) -> bool:
-    """Does every sample of the row carry what the table and the plots read?"""
-    samples = row.get("samples") or [row]
-    return isinstance(samples, list) and all(
-        isinstance(s, dict) and "correct" in s and all(_count(s.get(k)) for k in ("total_tokens", "critical_path"))
-        for s in samples)
-
-
-def _count(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
-
-
-def baseline_speedups(run: Run, base: Run) -> dict:
-    """Speedup of ``run`` against the sequential ``base`` on their common problems
-    (same id and prompt): :func:`parallel_reason.metrics.aggregate` with one
-    baseline total per sample (the baseline's mean total tokens on that problem)."""
-    from parallel_reason.metrics import aggregate
-
-    base_rows = {r["id"]: r for r in base.rows}
-    samples, totals = [], []
-    for r in run.rows:
-        b = base_rows.get(r["id"])
-        if b is None or b.get("prompt") != r.get("prompt"):
-            continue
-        bs = samples_of(b)
-        bt = sum(s["total_tokens"] for s in bs) / len(bs)
-        for s in samples_of(r):
-            samples.append(s)
-            totals.append(bt)
-    if not samples:
-        return {"baseline_common_problems": 0}
-    agg = aggregate(samples, totals)
-    return {
-        "speedup_vs_baseline_mean_of_ratios": agg["speedup_vs_baseline_mean_of_ratios"],
-        "speedup_vs_baseline_ratio_of_means": agg["speedup_vs_baseline_ratio_of_means"],
-        "baseline_common_problems": len({r["id"] for r in run.rows if r["id"] in base_rows}),
-    }
 
 
 def table_records(runs: Sequence[Run], baseline: Run | None) -> list[dict]:
@@ -150,8 +76,6 @@ def table_records(runs: Sequence[Run], baseline: Run | None) -> list[dict]:
 
 
 def markdown(records: Sequence[dict], baseline: Run | None) -> str:
-    from parallel_reason.metrics import markdown_table
-
     lines = markdown_table(records, COLUMNS)
     notes = [
         "",
@@ -215,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["COLUMNS", "Run", "baseline_speedups", "compare", "markdown", "table_records", "main"]
+__all__ = ["COLUMNS", "compare", "markdown", "table_records", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

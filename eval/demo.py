@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_gen.countdown import parse_range
+from parallel_reason.inputs import parse_range
+from parallel_reason.metrics import wilson_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the full Countdown distribution (``parallel_reason.tasks.countdown``)
@@ -288,8 +289,6 @@ def _acc(summary: dict | None) -> tuple[int, int]:
 
 def targets(out: Path, args) -> list[tuple[str, str, str]]:
     """The issue's targets, each as (target, measured, met / missed / n/a)."""
-    from parallel_reason.metrics import wilson_interval
-
     ev = out / "eval"
     s = {r: _read_json(ev / r / "summary.json") for r in ("sft_parallel", "sft_dfs", "grpo_parallel")}
     rows: list[tuple[str, str, str]] = []

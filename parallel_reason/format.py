@@ -559,12 +559,3 @@ def parse_ids(ids: Sequence[int], tag_ids: dict[int, str], header_ids: Callable[
     alphabet = _Alphabet((), (lambda s: decode(s).strip() == "") if decode else (lambda s: True), split_header,
                          _join_ids)
     return _parse_items(items, alphabet, len(ids))
-
-
-def convert(text: str, dialect: str) -> str:
-    """Text written in another published dialect (``apr``, ``multiverse``,
-    ``parallel_r1``, ``threadweaver``) converted into this grammar; see
-    :mod:`parallel_reason.dialects`."""
-    from .dialects import convert as _c
-
-    return _c(text, dialect)

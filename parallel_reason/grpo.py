@@ -27,11 +27,13 @@ from .config import config_field
 from .config import config_help as config_help_of
 from . import rewards as R
 from .attention import collate
+from .finish import SAMPLED
 from .format import Limits
 from .inputs import reports_input_errors
 from .layout import PackedGraph
 from .logprobs import packed_logprobs
-from .training import Trainer, TrainConfig, apply_peft, is_peft, load_pretrained, make_optimizer
+from .training import Trainer, TrainConfig, apply_peft, load_pretrained, make_optimizer
+from .wrappers import is_peft
 
 log = logging.getLogger("parallel_reason.grpo")
 
@@ -40,9 +42,8 @@ NORMALIZATIONS = ("token", "sequence", "constant")
 TRL_LOSS_TYPES = {"dapo": "token", "bnpo": "token", "grpo": "sequence", "dr_grpo": "constant"}
 METRICS_NAME = "metrics.jsonl"
 SAMPLES_NAME = "samples.jsonl"
-#: finish reasons logged as rates (the runner's, parallel_reason.runner.FINISH_REASONS)
-FINISH_KEYS = ("eos", "max_new_tokens", "unclosed_thread", "max_thread_tokens", "max_threads", "max_depth",
-               "no_outlines", "eos_in_thread", "malformed")
+#: finish reasons logged as rates (the runner's, those sampling can give)
+FINISH_KEYS = SAMPLED
 
 
 # ---------------------------------------------------------------------------
@@ -331,13 +332,6 @@ class RolloutBatch:
     texts: list[str] | None = None  # completion texts the rewards read
 
 
-def graph_of(rollout) -> PackedGraph:
-    g = getattr(rollout, "graph", None)
-    if g is None:
-        raise TypeError(f"rollout {type(rollout).__name__} has no packed graph")
-    return g
-
-
 # ---------------------------------------------------------------------------
 # Data
 
@@ -595,10 +589,7 @@ class GRPOTrainer(Trainer):
     def text_of(self, rollout) -> str:
         """The completion text the rewards read: the completion ids decoded without
         special tokens (EOS, padding; control tags are ordinary added tokens and stay)."""
-        ids = getattr(rollout, "completion_ids", None)
-        if ids is not None:
-            return self.tokenizer.decode(ids, skip_special_tokens=True)
-        return _completion_of(rollout)
+        return self.tokenizer.decode(rollout.completion_ids, skip_special_tokens=True)
 
     def score(self, rows: Sequence[dict], rollouts: list, n: int,
               texts: list[str] | None = None) -> tuple[torch.Tensor, dict]:
@@ -620,7 +611,7 @@ class GRPOTrainer(Trainer):
         texts = [self.text_of(ro) for ro in rollouts]
         rewards, parts = self.score(rows, rollouts, G, texts)
         adv = group_advantages(rewards, G, self.cfg.scale_rewards)
-        return RolloutBatch(rollouts=list(rollouts), graphs=[graph_of(r) for r in rollouts], rewards=rewards,
+        return RolloutBatch(rollouts=list(rollouts), graphs=[r.graph for r in rollouts], rewards=rewards,
                             advantages=adv, components=parts, texts=texts)
 
     # -- optimisation -------------------------------------------------------------
@@ -749,7 +740,7 @@ class GRPOTrainer(Trainer):
                                   for r, t in zip(batch.rollouts, texts)) / n
         reasons: dict[str, int] = {}
         for r in batch.rollouts:
-            k = str(getattr(r, "finish_reason", "unknown"))
+            k = r.finish_reason
             reasons[k] = reasons.get(k, 0) + 1
         for k in FINISH_KEYS:
             out[f"finish/{k}"] = reasons.get(k, 0) / n
@@ -792,7 +783,7 @@ class GRPOTrainer(Trainer):
                             "reward": float(batch.rewards[i]), "advantage": float(batch.advantages[i]),
                             **{f"reward/{n}": float(v[i]) for n, v in batch.components.items()},
                             "total_tokens": st["total_tokens"], "critical_path": st["critical_path"],
-                            "blocks": st["blocks"], "finish_reason": str(getattr(ro, "finish_reason", ""))})
+                            "blocks": st["blocks"], "finish_reason": ro.finish_reason})
         with open(self.out / SAMPLES_NAME, "a", encoding="utf-8") as f:
             for rec in records:
                 f.write(json.dumps(rec) + "\n")
@@ -817,7 +808,7 @@ class GRPOTrainer(Trainer):
         metrics.update(self.optimize(batch))
         t3 = time.perf_counter()
         metrics.update({"time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/train_s": t3 - t2,
-                        "rollout_wall_s_mean": sum(getattr(r, "wall_s", 0.0) for r in rollouts) / len(rollouts)})
+                        "rollout_wall_s_mean": sum(r.wall_s for r in rollouts) / len(rollouts)})
         self.global_step += 1
         metrics = self._mean_over_processes(metrics)
         if self.global_step % cfg.logging_steps == 0:
@@ -940,11 +931,6 @@ class GRPOResult:
         return [e[key] for e in self.log_history if key in e]
 
 
-def _completion_of(rollout) -> str:
-    v = getattr(rollout, "completion", None)
-    return v if isinstance(v, str) else ""
-
-
 def _thread_header_of(model) -> str:
     from .runner.hf import model_thread_header
 
@@ -985,6 +971,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 __all__ = [
     "GRPOConfig", "GRPOResult", "GRPOTrainer", "NORMALIZATIONS", "PromptOrder", "RolloutBatch",
-    "default_runner_factory", "graph_of", "group_advantages", "grpo_loss", "load_prompts", "main", "parse_args",
+    "default_runner_factory", "group_advantages", "grpo_loss", "load_prompts", "main", "parse_args",
     "reduce_loss", "step_seeds", "token_loss", "train",
 ]

@@ -23,32 +23,17 @@ from typing import Any, Sequence
 
 import yaml
 
+from .eval_runs import Run, baseline_speedups
 from .format import CONTROL_TAGS, PARALLEL_CLOSE, THREAD_CLOSE, THREAD_OPEN
 from .inputs import InputError
 from .llm import redact
+from .metrics import markdown_table
+from .tokens import load_tokenizer
+from .wrappers import is_peft, unwrap_model
 
 log = logging.getLogger(__name__)
 
 CARD_NAME = "README.md"
-
-
-def unwrap_model(model):
-    """Strip DDP/DeepSpeed/FSDP (``.module``) and ``torch.compile`` wrappers (PEFT is kept)."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif hasattr(model, "module") and not _is_peft(model):
-            model = model.module
-        else:
-            return model
-
-
-def _is_peft(model) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(model, PeftModel)
 
 
 def _fmt(v: Any) -> str:
@@ -198,8 +183,6 @@ def eval_lines(records: list[dict]) -> list[str]:
         return []
     optional = ("pass_at_k", "speedup_vs_baseline_ratio_of_means")  # shown when a run has them
     cols = [c for c in EVAL_COLUMNS if c[1] not in optional or any(r.get(c[1]) for r in records)]
-    from .metrics import markdown_table
-
     lines = markdown_table(records, cols)
     lines += ["", "Accuracy: mean correctness over every sample (= pass@1). Total tokens: sampled tokens of a "
               "rollout, all threads together; critical path: sampled tokens on its longest causal chain; "
@@ -320,7 +303,7 @@ def save_checkpoint(model, tokenizer, out_dir: str | os.PathLike, card: dict | N
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = unwrap_model(model)
-    if _is_peft(model):
+    if is_peft(model):
         if merge_peft:
             if state_dict is not None:
                 model.load_state_dict(state_dict, strict=False)  # gathered weights (ZeRO-3/FSDP)
@@ -368,14 +351,6 @@ def read_card_config(path: str | os.PathLike) -> dict | None:
         return None
     block = text.split(marker, 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
     return yaml.safe_load(block)
-
-
-def write_json(path: str | os.PathLike, obj) -> None:
-    """Atomic JSON write (temp file + rename)."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------
@@ -514,10 +489,6 @@ def eval_records(eval_dirs: Sequence[str | os.PathLike], repo_id: str | None = N
         records.append(rec)
     base = next((i for i, (_, _, s) in enumerate(runs) if s.get("mode") == "sequential"), None)
     if base is not None and len(runs) > 1:
-        try:
-            from eval.compare import Run, baseline_speedups
-        except ImportError:  # the eval package is not installed: no baseline column
-            return records
         base_run = Run(runs[base][0])
         records[base]["is_baseline"] = True
         for i, (path, _, _) in enumerate(runs):
@@ -670,8 +641,6 @@ def _read_json(path: Path) -> dict:
 
 
 def _load_tokenizer(root: Path):
-    from .tokens import load_tokenizer
-
     try:
         return load_tokenizer(str(root))
     except Exception as e:  # noqa: BLE001 - report why the tokenizer does not load

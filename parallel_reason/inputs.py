@@ -7,6 +7,7 @@ traceback), and the checks run before a model is loaded: model path and device.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import sys
@@ -100,4 +101,15 @@ def check_model_path(path: str, flag: str = "--model", revision: str | None = No
                          "cannot be downloaded (it is not in the local cache)")
 
 
-__all__ = ["DTYPES", "InputError", "check_device", "check_model_path", "reports_input_errors"]
+def parse_range(text: str) -> tuple:
+    """``"LO,HI"`` -> ``(LO, HI)`` with ``1 <= LO <= HI`` (an argparse type)."""
+    try:
+        lo, hi = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two integers), got {text!r}") from None
+    if not 1 <= lo <= hi:
+        raise argparse.ArgumentTypeError(f"expected 1 <= LO <= HI, got {text!r}")
+    return lo, hi
+
+
+__all__ = ["DTYPES", "InputError", "check_device", "check_model_path", "parse_range", "reports_input_errors"]

@@ -199,6 +199,20 @@ def critical_path_count(items: Sequence[TItem]) -> int:
     return n
 
 
+def block_counts(items: Sequence[TItem]) -> tuple[int, int]:
+    """``(blocks, threads)`` of a token tree, nested blocks included."""
+    blocks = threads = 0
+    for it in items:
+        if not isinstance(it, Run):
+            blocks += 1
+            threads += len(it.threads)
+            for t in it.threads:
+                b, th = block_counts(t.body)
+                blocks += b
+                threads += th
+    return blocks, threads
+
+
 # ---------------------------------------------------------------------------
 # Packed graph
 

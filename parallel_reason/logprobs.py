@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import attention_mask
+from .wrappers import unwrap_model
 
 
 def attn_implementation_of(model) -> str:
@@ -21,12 +22,6 @@ def attn_implementation_of(model) -> str:
         cfg = model.module.config
     impl = getattr(cfg, "_attn_implementation", None) or "eager"
     return impl
-
-
-def _unwrap(model):
-    while hasattr(model, "module"):
-        model = model.module
-    return model
 
 
 def packed_logprobs(model, batch: dict, select: torch.Tensor | None = None, return_entropy: bool = False,
@@ -49,8 +44,8 @@ def packed_logprobs(model, batch: dict, select: torch.Tensor | None = None, retu
     keep = torch.where(valid, pred.gather(1, order), torch.zeros_like(order))
     targets = torch.where(valid, input_ids.gather(1, order), torch.zeros_like(order))
     if mask is None:
-        impl = attn_implementation_of(_unwrap(model))
-        dtype = next(_unwrap(model).parameters()).dtype
+        impl = attn_implementation_of(unwrap_model(model))
+        dtype = next(unwrap_model(model).parameters()).dtype
         mask = attention_mask({k: v.to(device) for k, v in batch.items() if k in ("seg_id", "seg_vis")},
                               impl, dtype=dtype)
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=batch["position_ids"].to(device),

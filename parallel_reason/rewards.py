@@ -16,7 +16,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from . import finish
 from .format import Limits, parse_lenient
+from .layout import block_counts
 from .metrics import Counter, approx_count, stats as text_stats
 from .tasks import get_task
 
@@ -24,11 +26,11 @@ log = logging.getLogger(__name__)
 
 RewardFunc = Callable[..., list]
 
-#: finish reasons (the runner's, see ``parallel_reason.runner.FINISH_REASONS``, and TRL/vLLM's
+#: finish reasons (the runner's, see :data:`parallel_reason.finish.TRUNCATED`, and TRL/vLLM's
 #: ``length``) that mean the rollout hit a token budget before it ended
-TRUNCATED = ("length", "max_new_tokens", "unclosed_thread", "max_thread_tokens", "replay_end")
+TRUNCATED = ("length",) + finish.TRUNCATED
 #: finish reasons that mean the runner stopped the rollout on a grammar or limit violation
-MALFORMED = ("malformed", "max_threads", "max_depth", "no_outlines", "eos_in_thread")
+MALFORMED = finish.MALFORMED
 
 
 # ---------------------------------------------------------------------------
@@ -67,72 +69,33 @@ def _rollout(kwargs: dict, i: int):
     return rollouts[i]
 
 
-def _tree_of(rollout):
-    for name in ("tree", "items", "token_tree"):
-        t = getattr(rollout, name, None)
-        if t is not None:
-            return t
-    return None
-
-
 def rollout_stats(rollout=None, text: str | None = None, count: Counter = approx_count) -> dict:
     """Parallelism metrics of one completion: ``total_tokens``, ``critical_path``,
     ``speedup``, ``blocks``, ``threads``, ``truncated``.
 
-    For a rollout, the token counts are the runner's own (``rollout.total_tokens``,
-    ``rollout.critical_path``: sampled tokens counted on the token tree, see
-    :func:`parallel_reason.layout.sampled_count`), or counted here on the tree with
-    the same functions when the rollout lacks them. Without a rollout they come from
-    the text through :func:`parallel_reason.metrics.stats` with ``count``."""
+    For a :class:`parallel_reason.runner.Rollout`, the token counts are the runner's
+    own (``rollout.total_tokens``, ``rollout.critical_path``: sampled tokens counted on
+    the token tree, see :func:`parallel_reason.layout.sampled_count`) and the blocks
+    are counted on its token tree (``rollout.items``). Without a rollout they come
+    from the text through :func:`parallel_reason.metrics.stats` with ``count``."""
     if rollout is not None:
-        from .layout import TBlock, critical_path_count, sampled_count
-
-        tree = _tree_of(rollout)
-        total = getattr(rollout, "total_tokens", None)
-        cp = getattr(rollout, "critical_path", None)
-        if total is None and tree is not None:
-            total = sampled_count(tree)
-        if cp is None and tree is not None:
-            cp = critical_path_count(tree)
-        blocks = threads = 0
-        if tree is not None:
-            def walk(items):
-                nonlocal blocks, threads
-                for it in items:
-                    if isinstance(it, TBlock):
-                        blocks += 1
-                        threads += len(it.threads)
-                        for t in it.threads:
-                            walk(t.body)
-            walk(tree)
-        if tree is None and text is not None:  # block counts from the text
-            st = text_stats(text, count)
-            blocks, threads = st.blocks, st.threads
-        if total is not None and cp is not None:
-            total, cp = int(total), int(cp)
-            return {"total_tokens": total, "critical_path": cp,
-                    "speedup": total / cp if cp else 1.0,
-                    "blocks": blocks, "threads": threads, "truncated": is_truncated(rollout)}
-        if text is None:
-            text = completion_text(getattr(rollout, "completion", getattr(rollout, "text", "")))
+        blocks, threads = block_counts(rollout.items)
+        total, cp = int(rollout.total_tokens), int(rollout.critical_path)
+        return {"total_tokens": total, "critical_path": cp, "speedup": total / cp if cp else 1.0,
+                "blocks": blocks, "threads": threads, "truncated": is_truncated(rollout)}
     st = text_stats(text or "", count)
     return {"total_tokens": st.total_tokens, "critical_path": st.critical_path, "speedup": st.speedup,
-            "blocks": st.blocks, "threads": st.threads, "truncated": is_truncated(rollout)}
-
-
-def _finish_reason(rollout) -> str | None:
-    reason = getattr(rollout, "finish_reason", None) if rollout is not None else None
-    return None if reason is None else str(reason).lower()
+            "blocks": st.blocks, "threads": st.threads, "truncated": False}
 
 
 def is_truncated(rollout) -> bool:
     """True when the rollout stopped on a token budget (see :data:`TRUNCATED`)."""
-    return _finish_reason(rollout) in TRUNCATED
+    return rollout is not None and rollout.finish_reason.lower() in TRUNCATED
 
 
 def is_malformed_stop(rollout) -> bool:
     """True when the runner stopped the rollout on a grammar/limit violation (:data:`MALFORMED`)."""
-    return _finish_reason(rollout) in MALFORMED
+    return rollout is not None and rollout.finish_reason.lower() in MALFORMED
 
 
 def acceleration_value(total_tokens: int, critical_path: int, factor: float, clip: float) -> float:

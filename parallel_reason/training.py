@@ -25,7 +25,9 @@ import torch
 
 from . import hub
 from .config import config_field, config_from_dict, parse_config
+from .files import write_json
 from .inputs import check_model_path
+from .wrappers import is_peft
 
 log = logging.getLogger("parallel_reason.training")
 
@@ -396,14 +398,6 @@ def resolve_resume(cfg: TrainConfig) -> Path | None:
     return p
 
 
-def is_peft(model) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(model, PeftModel)
-
-
 # ---------------------------------------------------------------------------
 # The base trainer
 
@@ -558,7 +552,7 @@ class Trainer:
         if acc.is_main_process:
             hub.save_checkpoint(self.unwrapped, self.tokenizer, ckpt, self.card(self.checkpoint_metrics()),
                                 state_dict=sd)
-            hub.write_json(ckpt / STATE_NAME, self._state())
+            write_json(ckpt / STATE_NAME, self._state())
             self._rotate()
         acc.wait_for_everyone()
         return ckpt
@@ -613,7 +607,7 @@ class Trainer:
                     log.warning("ZeRO-3: the adapter is saved in final/adapter but not merged (parameters are sharded)")
             else:
                 hub.save_checkpoint(model, self.tokenizer, final, card, state_dict=sd)
-            hub.write_json(self.out / STATE_NAME, self._state())
+            write_json(self.out / STATE_NAME, self._state())
         acc.wait_for_everyone()
         return final
 
@@ -641,5 +635,5 @@ def exit_process(code: int) -> None:
 
 
 __all__ = ["TrainConfig", "Trainer", "make_accelerator", "load_pretrained", "apply_peft", "make_optimizer",
-           "list_checkpoints", "resolve_resume", "check_optimizer_fields", "check_hub_fields", "is_peft", "exit_process",
+           "list_checkpoints", "resolve_resume", "check_optimizer_fields", "check_hub_fields", "exit_process",
            "CHECKPOINT_PREFIX", "STATE_NAME", "ACCEL_STATE_DIR", "FINAL_DIR", "TORCH_DTYPES"]

@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import sys
 
-from parallel_reason.data import generate_missing, launcher_rank, wait_for_files
 from parallel_reason.grpo import GRPOConfig, parse_args, train
 from parallel_reason.inputs import InputError, check_model_path, reports_input_errors
+from parallel_reason.launch import ensure_data
+from parallel_reason.training import exit_process
 
 
-def ensure_data(cfg: GRPOConfig) -> None:
-    """Generate missing prompt files with ``data_gen.<cfg.generate_data>`` (the
+def data_jobs(cfg: GRPOConfig) -> list[tuple]:
+    """The prompt files ``data_gen.<cfg.generate_data>`` writes when missing (the
     prompts do not depend on the mode)."""
-    generate_missing(cfg.generate_data, [(cfg.train_data, "train", cfg.generate_train_n, cfg.generate_seed),
-                                         (cfg.eval_data, "test", cfg.generate_eval_n, cfg.generate_seed)],
-                     mode="parallel" if cfg.parallel else "sequential")
+    return [(cfg.train_data, "train", cfg.generate_train_n, cfg.generate_seed),
+            (cfg.eval_data, "test", cfg.generate_eval_n, cfg.generate_seed)]
 
 
 @reports_input_errors
@@ -41,10 +41,7 @@ def main(argv=None) -> int:
     except InputError as e:
         raise InputError(f"{e}; GRPO starts from an SFT model: run recipes/sft.py first (see the config's "
                          "header)") from None
-    if launcher_rank() == 0:
-        ensure_data(cfg)
-    elif cfg.generate_data:  # wait for rank 0 to write the files (no process group exists yet)
-        wait_for_files([cfg.train_data, cfg.eval_data])
+    ensure_data(cfg.generate_data, data_jobs(cfg), mode="parallel" if cfg.parallel else "sequential")
     result = train(cfg)
     if result.final_dir:
         print(f"final model: {result.final_dir}", file=sys.stderr)
@@ -52,4 +49,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())  # skips interpreter teardown after a multi-process run

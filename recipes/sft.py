@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import sys
 
-from parallel_reason.data import generate_missing, launcher_rank, wait_for_files
 from parallel_reason.inputs import reports_input_errors
+from parallel_reason.launch import ensure_data, launcher_rank
+from parallel_reason.training import exit_process
 from parallel_reason.sft import SFTConfig, parse_args, train
 
 
-def ensure_data(cfg: SFTConfig) -> None:
-    """Generate missing data files with ``data_gen.<cfg.generate_data>`` in the config's mode."""
-    generate_missing(cfg.generate_data, [(cfg.train_data, "train", cfg.generate_train_n, cfg.seed),
-                                         (cfg.eval_data, "val", cfg.generate_eval_n, cfg.seed)], mode=cfg.mode)
+def data_jobs(cfg: SFTConfig) -> list[tuple]:
+    """The data files ``data_gen.<cfg.generate_data>`` writes when missing, in the config's mode."""
+    return [(cfg.train_data, "train", cfg.generate_train_n, cfg.seed),
+            (cfg.eval_data, "val", cfg.generate_eval_n, cfg.seed)]
 
 
 @reports_input_errors
@@ -34,16 +35,12 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    rank = launcher_rank()
-    if rank == 0:
-        ensure_data(cfg)
-    elif cfg.generate_data:  # wait for rank 0 to write the files (no process group exists yet)
-        wait_for_files([cfg.train_data, cfg.eval_data])
+    ensure_data(cfg.generate_data, data_jobs(cfg), mode=cfg.mode)
     result = train(cfg)
-    if result.final_dir and rank == 0:
+    if result.final_dir and launcher_rank() == 0:
         print(f"final model: {result.final_dir}", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())  # skips interpreter teardown after a multi-process run

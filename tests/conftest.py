@@ -73,3 +73,28 @@ def fresh_accelerate():
     yield
     torch.set_num_threads(n)
     reset_accelerate()
+
+
+def make_rollout(items=(), prompt_ids=(), completion: str = "", finish_reason: str = "eos", **fields):
+    """A real :class:`parallel_reason.runner.Rollout` of a token tree, for tests that
+    do not decode: completion ids, log-probs (those recorded on top-level runs), loss
+    mask, packed graph (None when there are no tokens at all) and token counts follow
+    from ``items``; ``fields`` override any of them (e.g. ``total_tokens`` /
+    ``critical_path`` of a tree left empty)."""
+    from parallel_reason.layout import Run, build_graph, critical_path_count, linear_ids, sampled_count
+    from parallel_reason.runner import Rollout
+
+    items = list(items)
+    ids = linear_ids(items)
+    if all(isinstance(it, Run) for it in items):
+        lps = [lp for it in items for lp in (it.logprobs if it.train and it.logprobs is not None
+                                             else [0.0] * len(it.ids))]
+        mask = [int(it.train) for it in items for _ in it.ids]
+    else:
+        lps, mask = [0.0] * len(ids), [1] * len(ids)
+    values = dict(prompt_ids=list(prompt_ids), completion=completion, completion_ids=ids, items=items,
+                  graph=build_graph(list(prompt_ids), items) if prompt_ids or ids else None, logprobs=lps, sampler_logprobs=list(lps),
+                  loss_mask=mask, finish_reason=finish_reason, total_tokens=sampled_count(items),
+                  critical_path=critical_path_count(items), wall_s=0.0)
+    values.update(fields)
+    return Rollout(**values)

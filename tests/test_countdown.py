@@ -451,3 +451,22 @@ def test_leaf_answers_need_no_copy_after_a_join():
     for r in four:
         assert "</Parallel></Thread>" in r["completion"] and r["completion"].endswith("</Parallel>")
         assert cd.verify(cd.extract_answer(r["completion"]), r["nums"], r["target"]).ok
+
+
+def test_combine_is_the_legal_operations():
+    from parallel_reason.tasks.countdown import combine
+
+    assert combine(3, 6) == [(9, "+", 6, 3), (3, "-", 6, 3), (18, "*", 6, 3), (2, "/", 6, 3)]
+    assert combine(4, 6) == [(10, "+", 6, 4), (2, "-", 6, 4), (24, "*", 6, 4)]  # 6/4 is not an integer
+    assert [v for v, *_ in combine(0, 5)] == [5, 5, 0]  # no division by zero
+
+
+def test_parse_range_is_an_argparse_type():
+    import argparse
+
+    from parallel_reason.inputs import parse_range
+
+    assert parse_range("1,20") == (1, 20) and parse_range("5,5") == (5, 5)
+    for bad in ("3", "a,b", "0,4", "9,2", "1,2,3"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_range(bad)

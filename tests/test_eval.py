@@ -18,6 +18,8 @@ import pytest
 
 from eval import benchmark as bm
 from eval import compare as cmp
+from parallel_reason import evaluate as ev
+from parallel_reason.eval_runs import read_rows
 
 TINY = dict(vocab_size=300, hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate_size=64)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -171,11 +173,11 @@ def test_scoring_real_forks(workdir, countdown_records):
     recs = countdown_records[:2]
     runner = Runner(model, tok, max_new_tokens=512, batch_size=2)
     ros = runner.replay([r["prompt"] for r in recs], [r["completion"] for r in recs])
-    problems = bm.load_problems(str(workdir / "countdown3.jsonl"), "countdown", n=2)
+    problems = ev.load_problems(str(workdir / "countdown3.jsonl"), "countdown", n=2)
     task = get_task("countdown")
     rows = []
     for p, ro, rec in zip(problems, ros, recs):
-        s = bm.score_sample(task, p, ro, Limits(max_depth=2, max_width=8), tokenizer=tok)
+        s = ev.score_sample(task, p, ro, Limits(max_depth=2, max_width=8), tokenizer=tok)
         assert s["completion"] == rec["completion"]  # EOS dropped, tags kept
         assert s["correct"] and s["verdict"] == "correct" and s["answer"] == rec["answer"]
         assert s["format_valid"] and s["finish_reason"] == "eos"
@@ -194,7 +196,7 @@ def test_scoring_real_forks(workdir, countdown_records):
 def test_read_rows_tolerates_garbage(tmp_path):
     p = tmp_path / "results.jsonl"
     p.write_text('{"id": "a", "x": 1}\nnot json\n{"id": "b"}\n{"no_id": 1}\n{"id": "a", "x": 2}\n{"id": "c", "x"')
-    rows, bad = bm.read_rows(p)
+    rows, bad = read_rows(p)
     assert [r["id"] for r in rows] == ["a", "b"] and rows[0]["x"] == 1 and bad == 3
     rows = bm.repair_results(p)
     assert p.read_text() == '{"id": "a", "x": 1}\n{"id": "b"}\n'
@@ -208,7 +210,7 @@ def test_math_benchmark_pipeline(workdir, tmp_path):
         for i, (q, a) in enumerate([("What is 2+2?", "2+2=4\n#### 4"), ("Half of 3?", "#### 1.5"),
                                     ("Cost?", "10*123.4=1234\n#### 1,234")]):
             f.write(json.dumps({"question": q, "answer": a}) + "\n")
-    problems = bm.load_problems(str(data), "math")
+    problems = ev.load_problems(str(data), "math")
     assert [p["reference"] for p in problems] == ["4", "1.5", "1,234"]
     assert [p["id"] for p in problems] == ["0", "1", "2"]
     assert "What is 2+2?" in problems[0]["prompt"] and "\\boxed{" in problems[0]["prompt"]
@@ -222,21 +224,22 @@ def test_math_benchmark_pipeline(workdir, tmp_path):
     assert rows[2]["reference"] == "1,234"
     # the scoring path of a correct boxed answer (fake rollout, as the runner returns it)
 
-    class FakeRollout:
-        completion = "so 10 * 123.4 = \\boxed{\\$1,234}"
-        total_tokens, critical_path, wall_s, finish_reason, sample_index = 10, 10, 0.1, "eos", 0
-        items = None
+    from conftest import make_rollout
+
+    def FakeRollout():
+        return make_rollout(completion="so 10 * 123.4 = \\boxed{\\$1,234}", total_tokens=10, critical_path=10,
+                            wall_s=0.1)
 
     from parallel_reason.format import Limits
     from parallel_reason.tasks import get_task
-    sc = bm.score_sample(get_task("math"), problems[2], FakeRollout(), Limits())
+    sc = ev.score_sample(get_task("math"), problems[2], FakeRollout(), Limits())
     assert sc["correct"] and sc["answer"] == "\\$1,234"
     # a parquet source through datasets
     pytest.importorskip("pyarrow")
     import datasets
     pq = tmp_path / "math.parquet"
     datasets.Dataset.from_list([{"problem": "1/2+1/4?", "solution": "It is $\\boxed{\\frac{3}{4}}$."}]).to_parquet(str(pq))
-    probs = bm.load_problems(str(pq), "math")
+    probs = ev.load_problems(str(pq), "math")
     assert probs[0]["reference"] == "\\frac{3}{4}" and "1/2+1/4?" in probs[0]["prompt"]
 
 
@@ -319,3 +322,24 @@ def test_compare_without_baseline_and_budget_curve(workdir, two_runs, tmp_path):
                {"correct": True, "critical_path": 10}, {"correct": True, "critical_path": 10}]
     assert budget_curve(samples, [0, 4, 5, 9, 10, 100]) == [0, 0, 0.25, 0.25, 0.75, 0.75]
     assert not math.isnan(sum(budget_curve([], [1, 2])))
+
+
+def test_decode_and_score_is_the_library_piece(workdir):
+    """parallel_reason.evaluate: problems decoded chunk by chunk, every rollout scored,
+    seeds per problem (None when greedy), prompts rendered into problem["text"]."""
+    p = bm.build_parser()
+    args = p.parse_args(["--model", str(workdir / "model"), "--task", "countdown", "--data",
+                         str(workdir / "countdown3.jsonl"), "--out", "unused", "--max-new-tokens", "6",
+                         "--batch-size", "2", "--chunk-size", "2", "--samples", "2", "--temperature", "1",
+                         "--no-progress"])
+    problems = ev.load_problems(args.data, args.task, n=3)
+    runner = ev.load_runner(args, parallel=True)
+    chunks = list(ev.decode_and_score(runner, problems, args, 2))
+    assert [len(c) for c, _ in chunks] == [2, 1] and all(s >= 0 for _, s in chunks)
+    decoded = [d for c, _ in chunks for d in c]
+    assert [d.problem["id"] for d in decoded] == [q["id"] for q in problems]
+    for d in decoded:
+        assert d.seed == ev.problem_seed(args.seed, d.problem["id"])
+        assert d.problem["text"] and len(d.rollouts) == len(d.scores) == 2
+        assert [s["sample_index"] for s in d.scores] == [0, 1]
+        assert set(ev.SAMPLE_FIELDS) == set(d.scores[0])

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 
 import pytest
 import torch
 
-from conftest import make_model
+from conftest import make_model, make_rollout
 from parallel_reason import grpo as G
-from parallel_reason.layout import Run, TBlock, TThread, build_graph, closer_ids, opener_ids
+from parallel_reason.layout import Run, TBlock, TThread, closer_ids, opener_ids
 
 TOL = 1e-5
 LR = 0.5
@@ -34,21 +33,9 @@ def one_thread(fresh_accelerate):
     yield
 
 
-@dataclass
-class LinRollout:
-    prompt_ids: list
-    completion_ids: list
-    old: list  # behaviour log-probs, one per completion token
-    completion: str = ""
-    finish_reason: str = "stop"
-
-    @property
-    def tree(self):
-        return [Run(list(self.completion_ids), True, list(self.old))]
-
-    @property
-    def graph(self):
-        return build_graph(self.prompt_ids, self.tree)
+def LinRollout(prompt_ids: list, completion_ids: list, old: list):
+    """A linear rollout (one sampled run) whose recorded log-probs are ``old``."""
+    return make_rollout([Run(list(completion_ids), True, list(old))], prompt_ids)
 
 
 def make_rollouts(tok, model, n: int, seed: int, perturb: float = 0.3):
@@ -84,7 +71,7 @@ def reference_loss(model, rollouts, adv, *, eps_low, eps_high, norm, max_tokens=
     per_rollout = []
     for r, a in zip(rollouts, adv.tolist()):
         lp = ref_logprobs(model, r.prompt_ids, r.completion_ids)
-        old = torch.tensor(r.old, dtype=torch.float32).double()  # the runner records float32
+        old = torch.tensor(r.logprobs, dtype=torch.float32).double()  # the runner records float32
         ratio = torch.exp(lp - old)
         loss = -torch.minimum(ratio * a, torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * a)
         if beta:

@@ -12,6 +12,7 @@ import pytest
 
 from eval import benchmark as bm
 from eval import compare as cmp
+from parallel_reason.eval_runs import Run
 from recipes import grpo as grpo_recipe
 from recipes import sft as sft_recipe
 
@@ -381,7 +382,7 @@ def test_fuzz_cli_data_loading(tmp_path, empty_model, capsys):
             run_dir.mkdir()
             (run_dir / "summary.json").write_text(json.dumps({"mode": "parallel", "n_problems": 1}))
             (run_dir / name).write_bytes(content)
-            run = _try(cmp.Run, run_dir)
+            run = _try(Run, run_dir)
             if run is not None:
                 cmp.markdown(cmp.table_records([run, run], run), run)
                 budget_curve(run.samples(), [0, 5, 10])

@@ -5,27 +5,22 @@ and truncated text, and the combination with separate components."""
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 import pytest
 
-from conftest import random_trajectory
+from conftest import make_rollout, random_trajectory
 from parallel_reason import rewards as R
 from parallel_reason.format import make_block, render, Trajectory
-from parallel_reason.layout import Run, TBlock, TThread
+from parallel_reason.layout import Run, TBlock, TThread, block_counts
 
 NUMS, TARGET = [1, 2, 3, 4], 24
 GOOD = "try 1*2*3*4\nAnswer: 1*2*3*4"
 WRONG = "try 1+2+3+4\nAnswer: 1+2+3+4"
 
 
-@dataclass
-class FakeRollout:
-    completion: str
-    tree: list | None = None
-    total_tokens: int | None = None
-    critical_path: int | None = None
-    finish_reason: str = "eos"
+def FakeRollout(completion: str, items=(), **fields):
+    """A real runner Rollout of ``completion`` (token tree ``items``; counts overridable)."""
+    return make_rollout(items, completion=completion, **fields)
 
 
 def kw(n, **extra):
@@ -97,9 +92,11 @@ def test_acceleration_counts_the_token_tree():
                                              TThread(opener=[90, 92], body=[Run([9, 9])])],
                                     closer=[93, 94]),
             Run([95, 96], train=False), Run([7])]
-    ro = FakeRollout(GOOD, tree=tree)
+    ro = FakeRollout(GOOD, tree)
     st = R.rollout_stats(ro)
     assert (st["total_tokens"], st["critical_path"], st["blocks"], st["threads"]) == (15, 13, 1, 2)
+    nested = [TBlock(head=[1], threads=[TThread(opener=[90], body=[tree[1]]), TThread(opener=[91], body=[Run([2])])])]
+    assert block_counts(nested) == (2, 4) and block_counts([Run([1])]) == (0, 0)
     out = R.Acceleration(factor=1.0, clip=1.0)([""], [GOOD], rollouts=[ro], **kw(1))
     assert out == pytest.approx([1 - 13 / 15])
 

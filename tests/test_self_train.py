@@ -336,7 +336,7 @@ def test_select_order_and_policies():
 def test_math_record_and_chat_prompt(tmp_path):
     """A kept math sample stores the reference answer (the output is again valid input)
     and the model's; with --chat-template a string prompt is stored as a user message."""
-    from eval.benchmark import load_problems
+    from parallel_reason.evaluate import load_problems
     from parallel_reason.data import load_examples
 
     src = tmp_path / "math.jsonl"

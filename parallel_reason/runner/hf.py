@@ -20,7 +20,8 @@ import torch
 
 from ..attention import float_mask
 from ..layout import JOIN_MODES, Run, check_thread_header, encode, linear_ids, tokenize_trajectory
-from ..logprobs import _unwrap, attn_implementation_of
+from ..logprobs import attn_implementation_of
+from ..wrappers import unwrap_model
 from .scheduler import (ACTIVE, Context, Lane, RunLimits, RolloutState, Rollout, Row, Script, TagSet,
                         to_rollout)
 
@@ -116,7 +117,7 @@ class HFBackend:
     ``release()``, ``reclaim()``, ``reset()``; counters in ``stats``."""
 
     def __init__(self, model, pad_id: int, compact_min_slots: int = 128, compact_ratio: float = 0.75):
-        inner = _unwrap(model)
+        inner = unwrap_model(model)
         self.model = model
         self.config = inner.config
         impl = attn_implementation_of(inner)
@@ -463,16 +464,7 @@ def _cache_kwarg(model) -> str:
     where its model outputs have a ``cache`` field."""
     name = getattr(model, "_pr_cache_kwarg", None)
     if name is None:
-        inner = model
-        for _ in range(8):
-            if hasattr(inner, "_orig_mod"):
-                inner = inner._orig_mod
-            elif hasattr(inner, "get_base_model"):  # PEFT
-                inner = inner.get_base_model()
-            elif hasattr(inner, "module"):
-                inner = inner.module
-            else:
-                break
+        inner = unwrap_model(model, peft=True)
         try:
             params = inspect.signature(inner.forward).parameters
         except (TypeError, ValueError, AttributeError):  # pragma: no cover
@@ -522,7 +514,7 @@ def rollout_seed(seed: int, sample_index: int) -> int:
 def model_thread_header(model) -> str:
     """The thread header mode stored in a model's config (``index`` when absent); DDP
     wrappers are stripped, compile and PEFT wrappers forward ``config``."""
-    mode = getattr(getattr(_unwrap(model), "config", None), "thread_header", None)
+    mode = getattr(getattr(unwrap_model(model), "config", None), "thread_header", None)
     return check_thread_header(mode) if mode is not None else "index"
 
 

@@ -13,27 +13,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from ..finish import FINISH_REASONS
 from ..format import (OUTLINE_CLOSE, OUTLINE_OPEN, OUTLINES_CLOSE, OUTLINES_OPEN, PARALLEL_OPEN,
                       THREAD_CLOSE)
 from ..layout import (PackedGraph, Run, TBlock, TItem, TThread, build_graph, check_thread_header, closer_ids,
                       critical_path_count, linear_ids, opener_ids, sampled_count)
 from ..tokens import tag_token_ids
-
-#: Every finish reason and what it means.
-FINISH_REASONS: dict[str, str] = {
-    "eos": "the main sequence sampled EOS outside any block (normal end)",
-    "max_new_tokens": "the rollout sampled max_new_tokens tokens with no thread open",
-    "unclosed_thread": "the rollout sampled max_new_tokens tokens while a thread was still open "
-                       "(a thread that never closes, with no or a larger per-thread bound)",
-    "max_thread_tokens": "a thread sampled max_thread_tokens tokens without sampling </Thread>",
-    "max_threads": "</Outlines> closed a block with more outlines than max_width",
-    "max_depth": "<Parallel> was sampled at a nesting depth above max_depth",
-    "no_outlines": "</Outlines> closed a block with zero outlines",
-    "eos_in_thread": "EOS was sampled inside a thread (text or nested block head)",
-    "malformed": "a control tag was sampled where the grammar forbids it (stray </Parallel>, <Thread>, "
-                 "</Thread> outside a thread, outline tags out of order, EOS in a block head); see detail",
-    "replay_end": "replay only: the forced tokens ran out before the rollout ended",
-}
 
 ACTIVE, WAITING, ENDED = 0, 1, 2
 TEXT, HEAD = 0, 1

@@ -38,7 +38,7 @@ _OPS = "+-*/"
 # Solver
 
 
-def _pairs(a: int, b: int):
+def combine(a: int, b: int):
     """Legal results of combining ``a`` and ``b``: (value, op, left, right) with the
     larger operand on the left (needed for - and /, kept for + and * too)."""
     hi, lo = (a, b) if a >= b else (b, a)
@@ -105,7 +105,7 @@ def _exprs(key: tuple[int, ...]) -> dict:
         er = _exprs(right)
         for a, (ea, oa) in _exprs(left).items():
             for b, (eb, ob) in er.items():
-                for value, op, hi, _lo in _pairs(a, b):
+                for value, op, hi, _lo in combine(a, b):
                     if value in out:
                         continue
                     if hi == a:
@@ -400,6 +400,6 @@ def reward(completion: str, nums: Sequence[int], target: int) -> float:
 
 
 __all__ = [
-    "NAME", "CountdownProblem", "Verdict", "check_problem", "extract_answer", "join_expr", "make_problem",
+    "NAME", "CountdownProblem", "Verdict", "check_problem", "combine", "extract_answer", "join_expr", "make_problem",
     "prompt", "reachable", "reward", "solve", "verify",
 ]
