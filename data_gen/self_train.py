@@ -52,7 +52,7 @@ KEPT = "kept"
 #: settings that decide the output: a resumed run must match them
 CONFIG_KEYS = ("task", "model", "input", "split", "config", "prompt_field", "question_field", "answer_field",
                "answer_pattern", "prompt_template", "chat_template", "k", "temperature", "top_p", "top_k", "seed",
-               "max_new_tokens", "max_thread_tokens", "max_width", "max_depth", "join", "min_speedup", "keep",
+               "max_new_tokens", "max_thread_tokens", "max_width", "max_depth", "join", "constrained", "min_speedup", "keep",
                "require_same_tokens")
 
 

@@ -58,7 +58,7 @@ ROW_FIELDS = {
 CONFIG_KEYS = ("task", "mode", "model", "data", "split", "config", "prompt_field", "question_field",
                "answer_field", "answer_pattern", "prompt_template", "chat_template", "samples",
                "temperature", "top_p", "top_k", "seed", "max_new_tokens", "max_thread_tokens",
-               "max_width", "max_depth", "join")
+               "max_width", "max_depth", "join", "constrained")
 
 
 # ---------------------------------------------------------------------------
@@ -241,7 +241,7 @@ def run(args, argv: Sequence[str] | None = None) -> dict:
         "data": cfg["data"],
         "split": args.split,
         "decoding": {k: cfg[k] for k in ("samples", "temperature", "top_p", "top_k", "seed", "max_new_tokens",
-                                         "max_thread_tokens", "max_width", "max_depth", "join")}
+                                         "max_thread_tokens", "max_width", "max_depth", "join", "constrained")}
         | {"batch_size": args.batch_size, "parallel": args.mode == "parallel",
            "chat_template": args.chat_template},
         "sequential_mode": "Runner(parallel=False): control tags are ordinary tokens, no forks",

@@ -197,7 +197,7 @@ def load_runner(args, parallel: bool = True) -> Runner:
     tok, model = load_model(args.model, args.dtype, args.device, args.attn)
     return Runner(model, tok, max_new_tokens=args.max_new_tokens, max_thread_tokens=args.max_thread_tokens,
                   max_width=args.max_width, max_depth=args.max_depth, join=args.join,
-                  batch_size=args.batch_size, parallel=parallel)
+                  batch_size=args.batch_size, parallel=parallel, constrained=args.constrained)
 
 
 @dataclass
@@ -277,6 +277,9 @@ def add_runner_args(p: argparse.ArgumentParser, *, split: str, temperature: floa
     p.add_argument("--max-thread-tokens", type=opt_int, default=None)
     p.add_argument("--max-width", type=opt_int, default=8)
     p.add_argument("--max-depth", type=opt_int, default=2)
+    p.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=True,
+                   help="grammar-constrained decoding: never sample a tag that makes the text malformed "
+                        "(default on; --no-constrained samples from the model as is)")
     p.add_argument("--join", default=None, choices=JOIN_MODES,
                    help="join mode (default: the one the model was trained with, from its config; else concat)")
     p.add_argument("--prompt-field", default="prompt", help="record field holding a ready prompt ('' = always build)")

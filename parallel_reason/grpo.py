@@ -98,6 +98,8 @@ class GRPOConfig(TrainConfig):
     temperature: float = _f(1.0, "sampling temperature of training rollouts")
     top_p: float = _f(1.0, "nucleus sampling")
     top_k: int = _f(0, "top-k sampling (0: off)")
+    constrained: bool = _f(False, "grammar-constrained rollouts: never sample a tag that makes the text malformed "
+                                  "(importance ratios use the model's own log-probs; docs/design.md#constrained-decoding)")
 
     # objective
     epsilon_low: float = _f(0.2, "PPO clip below: ratio >= 1 - epsilon_low")
@@ -940,7 +942,7 @@ def default_runner_factory(model, tokenizer, cfg: GRPOConfig):
     sequential baseline, control tags are ordinary tokens)."""
     return Runner(model, tokenizer, max_new_tokens=cfg.max_new_tokens, max_thread_tokens=cfg.max_thread_tokens,
                   max_width=cfg.max_width, max_depth=cfg.max_depth, join=cfg.join,
-                  batch_size=cfg.generation_batch_size, parallel=cfg.parallel)
+                  batch_size=cfg.generation_batch_size, parallel=cfg.parallel, constrained=cfg.constrained)
 
 
 def train(cfg: GRPOConfig, **kwargs) -> GRPOResult:

@@ -503,6 +503,17 @@ def _cache_kwarg(model) -> str:
     return name
 
 
+def constrain(logits: torch.Tensor, banned: Sequence[Sequence[int]]) -> torch.Tensor:
+    """``logits`` [M, V] with the ``banned`` token ids of each row set to -inf."""
+    rows = [k for k, ids in enumerate(banned) for _ in ids]
+    if not rows:
+        return logits
+    cols = [i for ids in banned for i in ids]
+    dev = logits.device
+    return logits.index_put((torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)),
+                            torch.tensor(float("-inf"), device=dev, dtype=logits.dtype))
+
+
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """Temperature, then top-k, then top-p (nucleus), as Hugging Face's logits warpers."""
     x = logits / temperature
@@ -550,13 +561,15 @@ class Runner:
 
     ``batch_size`` is the number of prompts (rows) decoded at once; each row carries
     its ``n`` samples. With ``parallel=False`` control tags are ordinary tokens
-    (plain sequential decoding: the baseline).
+    (plain sequential decoding: the baseline). With ``constrained=True`` each step
+    masks the tags (and EOS) that would make the text malformed; the recorded
+    ``logprobs`` stay the model's own, the ``sampler_logprobs`` are the constrained ones.
     """
 
     def __init__(self, model, tokenizer, max_new_tokens: int = 512, max_thread_tokens: int | None = None,
                  max_width: int | None = 8, max_depth: int | None = 2, join: str | None = None,
                  batch_size: int = 8, parallel: bool = True, compact_min_slots: int = 128,
-                 compact_ratio: float = 0.75, thread_header: str | None = None):
+                 compact_ratio: float = 0.75, thread_header: str | None = None, constrained: bool = False):
         join = check_join(join) if join is not None else model_join(model)  # default: as the model was trained
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -567,6 +580,7 @@ class Runner:
         self.join = join
         self.batch_size = batch_size
         self.parallel = parallel
+        self.constrained = constrained  # mask the tags that would make the text malformed
         self.limits = RunLimits(max_new_tokens=max_new_tokens, max_thread_tokens=max_thread_tokens,
                              max_width=max_width, max_depth=max_depth)
         # the header mode a model was trained with travels in its config (SFT writes it)
@@ -608,7 +622,9 @@ class Runner:
             rows.append(Row(ctx, rs))
 
         def choose(lanes: list[Lane], logits: torch.Tensor) -> None:
-            lp_all = torch.log_softmax(logits, -1)
+            lp_all = torch.log_softmax(logits, -1)  # recorded: the model's own log-probs (what the trainer computes)
+            if self.constrained:
+                logits = constrain(logits, [lane.rollout.banned(lane) for lane in lanes])
             if temperature == 0:
                 toks = logits.argmax(-1)
                 slp = None

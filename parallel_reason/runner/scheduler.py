@@ -243,6 +243,35 @@ class RolloutState:
             b = min(b, self.limits.max_thread_tokens - lane.count)
         return max(b, 0)
 
+    def banned(self, lane: Lane) -> list[int]:
+        """Token ids ``lane`` must not sample now: the control tags (and EOS) that would
+        make the text malformed or break a width/depth limit in its current state
+        (grammar-constrained decoding; docs/design.md#constrained-decoding)."""
+        if not self.parallel:
+            return []
+        ids, lim = self.tags.id_of, self.limits
+        allowed: set[str] = set()
+        if lane.phase == HEAD:
+            h = lane.head
+            if not h.outlines_seen:
+                allowed.add(OUTLINES_OPEN)
+            elif h.in_outline:
+                allowed.add(OUTLINE_CLOSE)
+            elif h.outlines_open:
+                if lim.max_width is None or h.n < lim.max_width:
+                    allowed.add(OUTLINE_OPEN)
+                if h.n > 0:
+                    allowed.add(OUTLINES_CLOSE)
+        else:
+            if lim.max_depth is None or lane.depth + 1 <= lim.max_depth:
+                allowed.add(PARALLEL_OPEN)
+            if lane.is_thread:
+                allowed.add(THREAD_CLOSE)
+        out = [i for tag, i in ids.items() if tag not in allowed]
+        if self.tags.eos is not None and (lane.phase == HEAD or lane.is_thread):
+            out.append(int(self.tags.eos))
+        return out
+
     # ------------------------------------------------------------------ events
     def start(self) -> None:
         if self.t_start is None:
