@@ -19,8 +19,8 @@ import multiprocessing as mp
 import random
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 from parallel_reason import files, metrics
 from parallel_reason.format import Limits, make_block, parse, render

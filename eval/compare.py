@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from parallel_reason.eval_runs import Run, baseline_speedups
 from parallel_reason.inputs import InputError, reports_input_errors

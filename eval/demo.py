@@ -50,8 +50,8 @@ class Job:
 
 def _tail(path: Path, n: int = 1) -> str:
     try:
-        lines = [l for l in path.read_text(encoding="utf-8", errors="replace").replace("\r", "\n").splitlines()
-                 if l.strip()]
+        lines = [line for line in path.read_text(encoding="utf-8", errors="replace").replace("\r", "\n").splitlines()
+                 if line.strip()]
     except FileNotFoundError:
         return ""
     return "\n".join(lines[-n:])

@@ -15,9 +15,10 @@ import dataclasses
 import difflib
 import sys
 import types
+from collections.abc import Sequence
 from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal, Sequence, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from transformers import HfArgumentParser
 

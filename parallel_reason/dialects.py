@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-from .format import (CONTROL_TAGS, MAX_NESTING, Block, FormatError, Limits, Thread, Trajectory,
-                     parse, render)
+from .format import CONTROL_TAGS, MAX_NESTING, Block, FormatError, Limits, Thread, Trajectory, parse, render
 
 #: longest synthesised outline (Parallel-R1), in characters
 OUTLINE_MAX_CHARS = 160

@@ -18,8 +18,8 @@ import argparse
 import hashlib
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 

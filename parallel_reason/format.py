@@ -11,9 +11,10 @@ linear-time and nests at most :data:`MAX_NESTING` deep. See docs/design.md#gramm
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Callable, Iterable, Sequence, Union
+from typing import Union
 
 # ---------------------------------------------------------------------------
 # The tags: the one source of truth.
@@ -46,7 +47,7 @@ _HEADER_RE = re.compile(r"(\d+):")
 # tags that end an outline even when its "</Outline>" is missing
 _OUTLINE_STOP = ("</Outlines>", "<Outline>", "</Parallel>", "<Thread>")
 
-Piece = Union[str, tuple]  # text, or a tuple of token ids when parsed from ids
+Piece = str | tuple  # text, or a tuple of token ids when parsed from ids
 Part = Union[str, tuple, "Block"]
 
 
@@ -463,7 +464,7 @@ def _render_part(p) -> str:
 # Construction helpers (generators build trajectories in code, then render)
 
 
-def make_block(threads: Iterable[tuple[str, Union[str, list]]]) -> Block:
+def make_block(threads: Iterable[tuple[str, str | list]]) -> Block:
     """Block from (outline plan, thread body) pairs, numbered from 1, canonical spacing.
 
     A thread body is a string or a list of parts (to nest blocks). Outline ``i``

@@ -17,22 +17,22 @@ import inspect
 import json
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
-from .config import config_field
-from .config import config_help as config_help_of
 from . import rewards as R
 from .attention import collate
+from .config import config_field
+from .config import config_help as config_help_of
 from .finish import SAMPLED
 from .format import Limits
 from .inputs import reports_input_errors
 from .layout import PackedGraph
 from .logprobs import packed_logprobs
-from .training import Trainer, TrainConfig, apply_peft, load_pretrained, make_optimizer
+from .training import TrainConfig, Trainer, apply_peft, load_pretrained, make_optimizer
 from .wrappers import is_peft
 
 log = logging.getLogger("parallel_reason.grpo")
@@ -130,7 +130,7 @@ class GRPOConfig(TrainConfig):
     eval_batch_size: int = _f(16, "held-out prompts per runner call")
     save_final_model: bool = _f(True, "write output_dir/final with the model card")
 
-    def validate(self) -> "GRPOConfig":
+    def validate(self) -> GRPOConfig:
         def bad(msg):
             raise ValueError(f"config: {msg}")
 
@@ -899,9 +899,9 @@ class GRPOTrainer(Trainer):
             for name in (METRICS_NAME, SAMPLES_NAME):
                 p = self.out / name
                 if p.exists():
-                    keep = [l for l in p.read_text(encoding="utf-8").splitlines()
-                            if l.strip() and json.loads(l).get("step", 0) <= self.global_step]
-                    p.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
+                    keep = [line for line in p.read_text(encoding="utf-8").splitlines()
+                            if line.strip() and json.loads(line).get("step", 0) <= self.global_step]
+                    p.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
     def card(self, metrics: dict | None = None) -> dict:
         """Card for :func:`parallel_reason.hub.render_model_card`."""

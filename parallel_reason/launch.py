@@ -12,8 +12,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 
 def generate_missing(generator: str | None, jobs: Sequence[tuple], mode: str) -> None:

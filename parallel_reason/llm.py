@@ -20,9 +20,9 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Sequence
 
 import httpx2
 
@@ -159,7 +159,7 @@ class OpenAIClient:
         """Close the connection pool (the client cannot be used afterwards)."""
         self._http.close()
 
-    def __enter__(self) -> "OpenAIClient":
+    def __enter__(self) -> OpenAIClient:
         return self
 
     def __exit__(self, *exc) -> None:

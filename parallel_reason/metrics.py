@@ -9,12 +9,11 @@ text or from token ids. Definitions: docs/design.md#rewards-metrics.
 from __future__ import annotations
 
 import math
-
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable, Sequence
 
-from .format import (CONTROL_TAGS, Block, Trajectory, parse_ids, parse_lenient)
+from .format import CONTROL_TAGS, Block, Trajectory, parse_ids, parse_lenient
 
 Counter = Callable[[object], int]
 

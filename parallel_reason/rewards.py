@@ -13,13 +13,15 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from . import finish
 from .format import Limits, parse_lenient
 from .layout import block_counts
-from .metrics import Counter, approx_count, stats as text_stats
+from .metrics import Counter, approx_count
+from .metrics import stats as text_stats
 from .tasks import get_task
 
 log = logging.getLogger(__name__)

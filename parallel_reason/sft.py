@@ -14,20 +14,30 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 from .attention import collate
 from .config import config_field
 from .config import config_help as config_help_of
-from .data import (DataError, Example, build_graphs, check_trajectories, corpus, epoch_windows, eval_shards,
-                   load_examples, split_holdout, steps_per_epoch)
+from .data import (
+    DataError,
+    Example,
+    build_graphs,
+    check_trajectories,
+    corpus,
+    epoch_windows,
+    eval_shards,
+    load_examples,
+    split_holdout,
+    steps_per_epoch,
+)
 from .inputs import reports_input_errors
 from .logprobs import packed_logprobs
-from .training import Trainer, TrainConfig, apply_peft, load_pretrained, no_zero3_init
+from .training import TrainConfig, Trainer, apply_peft, load_pretrained, no_zero3_init
 
 log = logging.getLogger("parallel_reason.sft")
 
@@ -88,7 +98,7 @@ class SFTConfig(TrainConfig):
     pad_to_multiple_of: int | None = _f(None, "pad batch length to a multiple (e.g. 8 or 128 on GPU)")
     disable_tqdm: bool = _f(False, "no progress bar")
 
-    def validate(self) -> "SFTConfig":
+    def validate(self) -> SFTConfig:
         def bad(msg):
             raise ValueError(f"config: {msg}")
 

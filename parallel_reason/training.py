@@ -17,9 +17,9 @@ import logging
 import math
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence, Union
 
 import torch
 
@@ -59,7 +59,7 @@ class TrainConfig:
     attn_implementation: str = _f("sdpa", "attention of the training forward (it takes the packed-graph mask): "
                                           "sdpa | eager | flex_attention (GPU)")
     torch_dtype: str = _f("float32", "dtype the weights are loaded in: float32 | bfloat16 | float16 | auto")
-    bf16: Union[bool, str] = _f("auto", "bf16 autocast of the training forward: auto (on where the GPU supports "
+    bf16: bool | str = _f("auto", "bf16 autocast of the training forward: auto (on where the GPU supports "
                                         "it) | true | false")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward")
 

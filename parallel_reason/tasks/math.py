@@ -16,7 +16,6 @@ import signal
 import threading
 from fractions import Fraction
 from functools import lru_cache
-from typing import Union
 
 from ..format import strip_tags
 from .countdown import Verdict
@@ -47,7 +46,7 @@ MAX_COMPLETION_CHARS = 200_000
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
 
-PatternLike = Union[str, re.Pattern, None]
+PatternLike = str | re.Pattern | None
 
 
 # ---------------------------------------------------------------------------
