@@ -688,7 +688,7 @@ def run(rows: Sequence[dict], llm: LLM, cfg: RewriteConfig, out: str | os.PathLi
                 kept += 1
             if bar is not None:
                 u = llm.usage
-                post = {"kept": kept, "rej": rej, "tok": u.prompt_tokens + u.completion_tokens}
+                post: dict[str, int | str] = {"kept": kept, "rej": rej, "tok": u.prompt_tokens + u.completion_tokens}
                 if u.cost is not None:
                     post["cost"] = f"{u.cost:.4f}"
                 bar.set_postfix(post, refresh=False)

@@ -48,7 +48,7 @@ COLUMNS = [
 def rate_records(samples: Sequence[dict]) -> dict:
     """Rates over samples with their 95% Wilson intervals, and the share that forked."""
     n = len(samples)
-    out = {}
+    out: dict[str, str | float] = {}
     for key, field in (("accuracy_ci", "correct"), ("format_valid_ci", "format_valid")):
         k = sum(1 for s in samples if s.get(field))
         lo, hi = wilson_interval(k, n)

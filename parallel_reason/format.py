@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Union
+from typing import Any, Union
 
 # ---------------------------------------------------------------------------
 # The tags: the one source of truth.
@@ -77,8 +77,9 @@ class Block:
     outlines: list
     threads: list
     pre_outlines: Piece = CANONICAL_PRE_OUTLINES
-    outline_seps: list | None = None
-    thread_seps: list | None = None
+    # None (the default) is replaced by canonical separators in __post_init__: always a list after init
+    outline_seps: list = None  # type: ignore[assignment]
+    thread_seps: list = None  # type: ignore[assignment]
     has_outlines: bool = True  # "<Outlines>" was seen
     outlines_closed: bool = True  # "</Outlines>" was seen
     open_outline: bool = False  # last outline misses "</Outline>" (lenient only)
@@ -162,8 +163,9 @@ class _Alphabet:
     """What the parser needs to know about its pieces (str or tuple of ids)."""
 
     empty: Piece
-    is_blank: Callable[[Piece], bool]
-    split_header: Callable[[Piece], tuple]
+    # one alphabet takes only str pieces, the other only tuples of ids
+    is_blank: Callable[[Any], bool]
+    split_header: Callable[[Any], tuple]
     join: Callable[[list], Piece]  # pieces -> one piece, in linear time
 
 
@@ -436,7 +438,7 @@ def _render_part(p) -> str:
     if isinstance(p, str):
         return p
     b: Block = p
-    out = [PARALLEL_OPEN, b.pre_outlines]
+    out: list = [PARALLEL_OPEN, b.pre_outlines]  # text pieces: render only sees str blocks
     if b.has_outlines:
         out.append(OUTLINES_OPEN)
         for i, o in enumerate(b.outlines):

@@ -327,7 +327,7 @@ class RolloutBatch:
     rewards: torch.Tensor  # [N]
     advantages: torch.Tensor  # [N]
     components: dict[str, list[float]] = field(default_factory=dict)
-    old_logprobs: list[torch.Tensor | None] | None = None  # per rollout [L_i]
+    old_logprobs: list[torch.Tensor] | None = None  # per rollout [L_i]
     ref_logprobs: list[torch.Tensor] | None = None
     texts: list[str] | None = None  # completion texts the rewards read
 
@@ -633,7 +633,7 @@ class GRPOTrainer(Trainer):
         """Behaviour log-probs (the runner's, or recomputed) and reference log-probs."""
         if batch.old_logprobs is None:
             if self.cfg.old_logprobs == "runner" and all(g.sample_logprobs is not None for g in batch.graphs):
-                batch.old_logprobs = [g.sample_logprobs for g in batch.graphs]
+                batch.old_logprobs = [lp for g in batch.graphs if (lp := g.sample_logprobs) is not None]  # all of them
             else:
                 if self.cfg.old_logprobs == "runner":
                     log.warning("rollouts carry no sampling log-probs: recomputing the old log-probs")
@@ -687,11 +687,13 @@ class GRPOTrainer(Trainer):
                               device=acc.device)
         counts = acc.reduce(counts, reduction="sum") if W > 1 else counts
         n_tok, n_roll = float(counts[0]), float(counts[1])
+        old_logprobs = batch.old_logprobs
+        assert old_logprobs is not None  # set by prepare_old_and_ref
         for k in range(0, len(idx), cfg.micro_batch):
             sl = idx[k:k + cfg.micro_batch]
             with acc.accumulate(model):
                 loss, st = grpo_loss(
-                    model, [batch.graphs[i] for i in sl], batch.advantages[sl], [batch.old_logprobs[i] for i in sl],
+                    model, [batch.graphs[i] for i in sl], batch.advantages[sl], [old_logprobs[i] for i in sl],
                     None if batch.ref_logprobs is None else [batch.ref_logprobs[i] for i in sl],
                     epsilon_low=cfg.epsilon_low, epsilon_high=cfg.epsilon_high, beta=cfg.beta,
                     normalization=cfg.loss_normalization, max_tokens=cfg.max_tokens_norm or cfg.max_new_tokens,

@@ -494,9 +494,9 @@ def eval_records(eval_dirs: Sequence[str | os.PathLike], repo_id: str | None = N
         records[base]["is_baseline"] = True
         for i, (path, _, _) in enumerate(runs):
             if i != base:
-                sp = baseline_speedups(Run(path), base_run)
-                if sp.get("baseline_common_problems"):
-                    records[i].update({k: v for k, v in sp.items() if k.startswith("speedup_vs_baseline")})
+                speedups = baseline_speedups(Run(path), base_run)
+                if speedups.get("baseline_common_problems"):
+                    records[i].update({k: v for k, v in speedups.items() if k.startswith("speedup_vs_baseline")})
     return records
 
 

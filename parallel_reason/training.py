@@ -20,6 +20,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -338,7 +339,7 @@ def apply_peft(model, cfg: TrainConfig):
     target = "all-linear" if targets == ["all-linear"] else list(targets)
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
     to_save = list(cfg.lora_modules_to_save) or None
-    kw = {}
+    kw: dict[str, Any] = {}
     if tied and to_save:
         kw["ensure_weight_tying"] = True  # one trained copy for tied embed/lm_head
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
@@ -352,7 +353,8 @@ def apply_peft(model, cfg: TrainConfig):
 
 def make_optimizer(model, cfg: TrainConfig):
     """AdamW; no weight decay on biases and norms."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for n, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -410,6 +412,8 @@ class Trainer:
 
     #: files of ``output_dir`` (besides checkpoints and ``final``) a fresh start deletes
     run_files: tuple[str, ...] = ()
+    #: the run's tokenizer, set by the subclass (saved with every checkpoint)
+    tokenizer: Any
 
     def setup(self, cfg: TrainConfig, gradient_accumulation_steps: int, micro_batch_size: int,
               check_model: bool = True) -> None:

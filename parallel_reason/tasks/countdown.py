@@ -207,7 +207,7 @@ def extract_answer(completion: str) -> str | None:
 class Verdict:
     ok: bool
     reason: str
-    value: Fraction | None = None
+    value: Fraction | str | None = None  # Countdown: the value reached; math: the extracted answer
 
     def __bool__(self) -> bool:
         return self.ok
