@@ -180,8 +180,8 @@ def test_push_uploads_checked_folder_and_full_card(model_dir, saved_model, eval_
     assert files == res.files
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
             "README.md"} <= set(files)
-    assert not [f for f in files if f.endswith(hub.PICKLE_SUFFIXES) or "optimizer" in f or "checkpoint-" in f
-                or "trainer_state" in f or f.endswith(".tmp")], files
+    assert not [f for f in files if f.endswith((*hub.PICKLE_SUFFIXES, ".tmp")) or "optimizer" in f
+                or "checkpoint-" in f or "trainer_state" in f], files
     gen = json.loads((model_dir / "generation_config.json").read_text())  # written from config.json + tokenizer
     assert gen["eos_token_id"] is not None
     assert res.url.endswith("/commit/abc") and res.private is True
