@@ -415,7 +415,7 @@ def run(args, argv: Sequence[str] | None = None) -> dict:
                     p, scores = d.problem, d.scores
                     for ro, s in zip(d.rollouts, scores):
                         ok = s["finish_reason"] == EOS and s["format_valid"]
-                        s["retokenize_match"] = (same_tokens(ro, p["text"], s["completion"], tok, args.join,
+                        s["retokenize_match"] = (same_tokens(ro, p["text"], s["completion"], tok, runner.join,
                                                              runner.thread_header) if ok else None)
                         # invalid UTF-8 byte tokens decode to U+FFFD: the text lost what was sampled
                         s["replacement_char"] = "\ufffd" in s["completion"]

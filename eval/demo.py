@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from parallel_reason.inputs import parse_range
+from parallel_reason.layout import JOIN_MODES
 from parallel_reason.metrics import wilson_interval
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,7 +180,7 @@ def build(args) -> tuple[Pipeline, list[tuple[str, list[Job]]]]:
         argv += (["--max_train_tokens", str(args.sft_tokens)] if args.sft_tokens > 0
                  else ["--num_train_epochs", str(args.sft_epochs)])
         if mode == "parallel":
-            argv += ["--thread_header", args.thread_header]
+            argv += ["--thread_header", args.thread_header, "--join", args.join]
         return Job(f"sft_{name}", argv, done=o / "final" / "README.md")  # the model card is written last
 
     def bench(model: Path, mode: str, name: str, data: Path, n: int) -> Job:
@@ -365,7 +366,7 @@ def write_report(pipe: Pipeline, args, wall: float) -> Path:
              f"{variant}; {args.train_n} training problems; {args.test_n} held-out test problems, greedy decoding. "
              f"Tiny Qwen2 ({args.layers} layers, hidden {args.hidden}) built from the data. Parallel model: "
              f"{'a mix of fork/join (' + format(args.parallel_fraction, '.0%') + ') and depth-first' if args.parallel_fraction < 1 else 'fork/join'} "
-             f"traces, thread header `{args.thread_header}`; baseline: depth-first traces that stop at the first "
+             f"traces, thread header `{args.thread_header}`, join `{args.join}`; baseline: depth-first traces that stop at the first "
              f"solution; both SFT runs process the same number of tokens.", "",
              f"Total wall time of this invocation: {wall / 60:.1f} min ({os.cpu_count()} CPU cores).", "",
              "## Targets", "", "| target | measured | |", "|---|---|---|"]
@@ -408,6 +409,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         "the model can answer either way, so RL has room to move it towards forking)")
     g.add_argument("--thread-header", choices=("index", "outline"), default="outline",
                    help="what the runner writes after <Thread>: its index, or its outline (default)")
+    g.add_argument("--join", choices=JOIN_MODES, default="concat",
+                   help="join mode of the parallel model (SFT writes it into the model; evaluation, P-GRPO and "
+                        "self-training follow it): concat re-reads threads 2..n, tree reads nothing twice")
     g.add_argument("--no-show-target", dest="show_target", action="store_false",
                    help="states without the target ([3 21] instead of [3 21|24])")
     g.add_argument("--split-fractions", default="0.85,0.05,0.1",

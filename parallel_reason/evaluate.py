@@ -26,6 +26,7 @@ import torch
 from .data import DataError, check_prompt, read_records, render_prompt
 from .format import Limits
 from .inputs import DTYPES, InputError, check_device, check_model_path
+from .layout import JOIN_MODES
 from .rewards import format_outcome, rollout_stats
 from .runner import Rollout, Runner
 from .tasks import get_task
@@ -276,7 +277,8 @@ def add_runner_args(p: argparse.ArgumentParser, *, split: str, temperature: floa
     p.add_argument("--max-thread-tokens", type=opt_int, default=None)
     p.add_argument("--max-width", type=opt_int, default=8)
     p.add_argument("--max-depth", type=opt_int, default=2)
-    p.add_argument("--join", default="concat")
+    p.add_argument("--join", default=None, choices=JOIN_MODES,
+                   help="join mode (default: the one the model was trained with, from its config; else concat)")
     p.add_argument("--prompt-field", default="prompt", help="record field holding a ready prompt ('' = always build)")
     p.add_argument("--question-field", default=None, help="math: question field (default question|problem|query)")
     p.add_argument("--answer-field", default=None, help="math: answer field (default answer|solution|final_answer)")

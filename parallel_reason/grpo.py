@@ -32,6 +32,8 @@ from .format import Limits
 from .inputs import reports_input_errors
 from .layout import PackedGraph
 from .logprobs import packed_logprobs
+from .runner import Runner, model_join
+from .runner.hf import model_thread_header
 from .training import TrainConfig, Trainer, apply_peft, load_pretrained, make_optimizer
 from .wrappers import is_peft
 
@@ -76,6 +78,8 @@ class GRPOConfig(TrainConfig):
     output_dir: str = _f("runs/grpo", "checkpoints, final model, metrics.jsonl, samples.jsonl")
     max_steps: int = _f(100, "training steps (one step = one batch of rollouts)")
     logging_steps: int = _f(1, "log every N steps")
+    join: str | None = _f(None, "join mode of rollouts and their packed graphs: concat | tree; none: the mode "
+                                "the policy was trained with (its config; concat when absent)")
 
     # model and data
     disable_dropout: bool = _f(True, "set every dropout to 0 (the ratio must compare deterministic policies)")
@@ -918,8 +922,8 @@ class GRPOTrainer(Trainer):
         return {"model_name": cfg.model_card_name or self.out.name, "stage": "grpo",
                 "base_model": cfg.model_name_or_path or None,
                 "datasets": [d for d in (cfg.train_data,) if d], "mode": "parallel" if cfg.parallel else "sequential",
-                "join": cfg.join, "summary": summary, "metrics": metrics or {}, "config": cfg.to_dict(),
-                "thread_header": _thread_header_of(self.model),
+                "join": cfg.join or model_join(self.model), "summary": summary, "metrics": metrics or {},
+                "config": cfg.to_dict(), "thread_header": model_thread_header(self.model),
                 "extra": {"GRPO steps": self.global_step, "processes": self.acc.num_processes, "task": cfg.task}}
 
 
@@ -933,17 +937,9 @@ class GRPOResult:
         return [e[key] for e in self.log_history if key in e]
 
 
-def _thread_header_of(model) -> str:
-    from .runner.hf import model_thread_header
-
-    return model_thread_header(model)
-
-
 def default_runner_factory(model, tokenizer, cfg: GRPOConfig):
     """The HF fork/join runner configured from ``cfg`` (``parallel: false``: the
     sequential baseline, control tags are ordinary tokens)."""
-    from .runner import Runner
-
     return Runner(model, tokenizer, max_new_tokens=cfg.max_new_tokens, max_thread_tokens=cfg.max_thread_tokens,
                   max_width=cfg.max_width, max_depth=cfg.max_depth, join=cfg.join,
                   batch_size=cfg.generation_batch_size, parallel=cfg.parallel)

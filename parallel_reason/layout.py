@@ -19,7 +19,16 @@ from .format import (CANONICAL_THREAD_SEP, OUTLINE_CLOSE, OUTLINE_OPEN, OUTLINES
                      OUTLINES_OPEN, PARALLEL_CLOSE, PARALLEL_OPEN, THREAD_CLOSE, THREAD_OPEN,
                      Block, Trajectory, canonicalize, parse)
 
-JOIN_MODES = ("concat",)
+#: how the continuation after ``</Parallel>`` reads the threads (docs/design.md#joins):
+#: ``concat`` re-reads threads 2..n after thread 1 (a causal reading of the text);
+#: ``tree`` attends to every thread's tokens where they are (KV merge, nothing re-read)
+JOIN_MODES = ("concat", "tree")
+
+
+def check_join(join: str) -> str:
+    if join not in JOIN_MODES:
+        raise ValueError(f"join mode {join!r} is not available; choose one of {JOIN_MODES}")
+    return join
 #: what the runner writes after ``<Thread>``: ``index`` = ``"i:"``; ``outline`` = the
 #: thread's own outline (``"i: plan"``), copied from the block head, so a thread reads
 #: its plan locally instead of finding outline ``i`` among its siblings'
@@ -298,7 +307,9 @@ class PackedGraph:
 
 
 class _Builder:
-    def __init__(self) -> None:
+    def __init__(self, join: str = "concat") -> None:
+        self.join = join
+        self.joins: dict[int, list[int]] = {}  # join node -> the thread ends it also sees (tree)
         self.ids: list[int] = []
         self.pred: list[int] = []
         self.pos: list[int] = []
@@ -306,7 +317,10 @@ class _Builder:
         self.lp: list[float] = []
         self.has_lp = False
 
-    def chain(self, ids: Sequence[int], train: bool, parent: int, logprobs: Sequence[float] | None = None) -> int:
+    def chain(self, ids: Sequence[int], train: bool, parent: int, logprobs: Sequence[float] | None = None,
+              start: int | None = None) -> int:
+        """Append ``ids`` after node ``parent`` (positions from ``start``, default the
+        parent's + 1); returns the last node."""
         if logprobs is not None:
             if len(logprobs) != len(ids):
                 raise ValueError(f"{len(logprobs)} log-probs for {len(ids)} tokens")
@@ -316,7 +330,10 @@ class _Builder:
             self.lp.append(float(logprobs[k]) if logprobs is not None else 0.0)
             self.ids.append(int(t))
             self.pred.append(parent)
-            self.pos.append(self.pos[parent] + 1 if parent >= 0 else 0)
+            if k == 0 and start is not None:
+                self.pos.append(start)
+            else:
+                self.pos.append(self.pos[parent] + 1 if parent >= 0 else 0)
             self.loss.append(bool(train))
             parent = node
         return parent
@@ -326,10 +343,10 @@ class _Builder:
             if isinstance(it, Run):
                 parent = self.chain(it.ids, it.train, parent, it.logprobs)
             else:
-                parent = self.block_concat(it, parent)
+                parent = self.block(it, parent)
         return parent
 
-    def block_concat(self, b: TBlock, parent: int) -> int:
+    def block(self, b: TBlock, parent: int) -> int:
         fork = self.chain(b.head, True, parent, b.head_logprobs)
         ends = []
         for t in b.threads:
@@ -338,6 +355,12 @@ class _Builder:
         if not b.joined:
             # never joined (truncated rollout): nothing reads the threads afterwards
             return ends[-1] if ends else fork
+        if self.join == "tree" and ends:
+            # the join sees every thread where it is and starts after the longest one
+            first = len(self.ids)
+            last = self.chain(b.closer, False, ends[-1], start=max(self.pos[e] for e in ends) + 1)
+            self.joins[first] = ends[:-1]
+            return last
         cur = ends[0] if ends else fork
         for t in b.threads[1:]:
             cur = self.chain(t.opener + linear_ids(t.body), False, cur)
@@ -346,9 +369,7 @@ class _Builder:
 
 def build_graph(prompt_ids: Sequence[int], items: Sequence[TItem], join: str = "concat") -> PackedGraph:
     """Lay out a prompt and a completion token tree as a packed graph."""
-    if join not in JOIN_MODES:
-        raise ValueError(f"join mode {join!r} is not available; choose one of {JOIN_MODES}")
-    b = _Builder()
+    b = _Builder(check_join(join))
     last = b.chain(prompt_ids, False, -1)
     b.seq(items, last)
     return _finish(b, len(prompt_ids), join)
@@ -364,20 +385,23 @@ def _finish(b: _Builder, prompt_len: int, join: str) -> PackedGraph:
             nchild[p] += 1
     seg = [0] * L
     seg_parent = [-1]
+    seg_joins: dict[int, list[int]] = {}  # segment -> the other segments a join also sees
     for i in range(1, L):
         p = b.pred[i]
-        if p == i - 1 and nchild[p] == 1:
+        if p == i - 1 and nchild[p] == 1 and i not in b.joins:
             seg[i] = seg[i - 1]
         else:
             seg[i] = len(seg_parent)
             seg_parent.append(seg[p] if p >= 0 else -1)
+            if i in b.joins:
+                seg_joins[seg[i]] = [seg[e] for e in b.joins[i]]
     S = len(seg_parent)
     vis = torch.zeros(S, S, dtype=torch.bool)
     for s in range(S):
         vis[s, s] = True
-        par = seg_parent[s]
-        if par >= 0:
-            vis[s] |= vis[par]  # parents precede children, so vis[par] is complete
+        for par in [seg_parent[s], *seg_joins.get(s, [])]:
+            if par >= 0:
+                vis[s] |= vis[par]  # parents precede children, so vis[par] is complete
     return PackedGraph(
         input_ids=torch.tensor(b.ids, dtype=torch.long),
         pred=torch.tensor(b.pred, dtype=torch.long),

@@ -225,8 +225,9 @@ class PackedSFTTrainer(Trainer):
         tok = self.tokenizer
         gkw: dict[str, Any] = dict(mode=cfg.mode, join=cfg.join, max_length=cfg.max_length, eos=cfg.add_eos,
                    apply_chat_template=cfg.apply_chat_template, thread_header=cfg.thread_header)
-        if cfg.mode == "parallel":  # decoding must open threads as the data did: the config carries it
+        if cfg.mode == "parallel":  # decoding must open and join threads as the data did: the config carries it
             model.config.thread_header = cfg.thread_header
+            model.config.parallel_join = cfg.join
         self.train_graphs, self.train_stats = build_graphs(train_examples, tok, name="train", **gkw)
         self.eval_graphs: list[PackedGraph] | None
         self.eval_stats: GraphStats | None

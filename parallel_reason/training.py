@@ -28,6 +28,7 @@ from . import hub
 from .config import config_field, config_from_dict, parse_config
 from .files import write_json
 from .inputs import check_model_path
+from .layout import JOIN_MODES
 from .wrappers import is_peft
 
 log = logging.getLogger("parallel_reason.training")
@@ -84,7 +85,8 @@ class TrainConfig:
     apply_chat_template: bool = _f(False, "render string prompts with the tokenizer's chat template")
     max_train_samples: int | None = _f(None, "use only the first N training records")
     max_eval_samples: int | None = _f(None, "use only the first N held-out records")
-    join: str = _f("concat", "join mode of the packed graph (and of the runner)")
+    join: str | None = _f("concat", "join mode of the packed graph and the runner: concat (threads 2..n re-read "
+                                    "after thread 1) | tree (the continuation sees every thread where it is)")
     generate_data: str | None = _f(None, "recipes: data_gen module that writes train_data/eval_data when they "
                                          "are missing (e.g. countdown)")
     generate_train_n: int = _f(2000, "recipes: records generated for train_data")
@@ -130,6 +132,8 @@ class TrainConfig:
     def validate(self):
         """``ValueError`` naming the first common field out of range; subclasses check
         their own fields, then call this. Returns ``self``."""
+        if self.join is not None and self.join not in JOIN_MODES:
+            _bad(f"join mode {self.join!r} is not available; choose one of {', '.join(JOIN_MODES)}")
         if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
             _bad(f"attn_implementation {self.attn_implementation!r} cannot take a packed-graph mask; "
                  "use sdpa, eager or flex_attention (flash-attention takes no custom masks)")

@@ -22,22 +22,22 @@ from parallel_reason.attention import (
     mask_bytes,
     segment_block_counts,
 )
-from parallel_reason.layout import Run, build_graph, encode, sampled_count, tokenize_trajectory
+from parallel_reason.layout import JOIN_MODES, Run, build_graph, encode, sampled_count, tokenize_trajectory
 from parallel_reason.metrics import stats_from_ids
 
 
-def _graphs(tok, n=4, seed=0, p_block=0.9, depth=2):
+def _graphs(tok, n=4, seed=0, p_block=0.9, depth=2, join="concat"):
     rng = random.Random(seed)
     out = []
     for k in range(n):
         items = tokenize_trajectory(random_trajectory(rng, depth=depth, max_width=4, p_block=p_block), tok)
-        out.append(build_graph(encode(tok, f"Numbers: {k} 3\nTarget: 7\n"), items))
+        out.append(build_graph(encode(tok, f"Numbers: {k} 3\nTarget: 7\n"), items, join))
     return out
 
 
-@pytest.fixture(scope="module")
-def graphs(tiny_tokenizer):
-    gs = _graphs(tiny_tokenizer, n=5, seed=3)
+@pytest.fixture(scope="module", params=JOIN_MODES)
+def graphs(tiny_tokenizer, request):
+    gs = _graphs(tiny_tokenizer, n=5, seed=3, join=request.param)
     assert len({len(g) for g in gs}) > 1 and max(g.num_segments for g in gs) > 5
     return gs
 

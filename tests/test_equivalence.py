@@ -58,3 +58,126 @@ def test_packed_equals_per_request(tiny_tokenizer, arch, attn):
         assert in_requests == torch.nonzero(g.loss_mask).flatten().tolist()
     assert checked > 100
     assert worst <= TOL, f"max abs diff {worst:.2e} > {TOL}"
+
+
+# ---------------------------------------------------------------------------
+# Join modes, from their definitions (not from the layout's segment tables)
+
+
+class _Node:
+    __slots__ = ("id", "pos", "sees", "train")
+
+    def __init__(self, tid: int, pos: int, sees: frozenset, train: bool):
+        self.id, self.pos, self.sees, self.train = tid, pos, sees, train
+
+
+def definition_nodes(prompt_ids, items, join: str) -> list[_Node]:
+    """Every token of a trajectory with its position and the set of earlier tokens it
+    attends to, written from each join's definition:
+
+    * a thread sees the prefix, the block head and its own tokens;
+    * ``concat``: after ``</Parallel>`` the text reads on after thread 1: threads 2..n are
+      read again as new tokens (positions continue), then the join;
+    * ``tree``: the join sees every thread's tokens where they are and starts after the
+      longest thread; nothing is read twice."""
+    from parallel_reason.layout import Run, linear_ids
+
+    nodes: list[_Node] = []
+
+    def add(ids, train, ctx: frozenset, pos: int) -> tuple[frozenset, int]:
+        for t in ids:
+            nodes.append(_Node(int(t), pos, ctx, train))
+            ctx = ctx | {len(nodes) - 1}
+            pos += 1
+        return ctx, pos
+
+    def seq(its, ctx, pos):
+        for it in its:
+            if isinstance(it, Run):
+                ctx, pos = add(it.ids, it.train, ctx, pos)
+                continue
+            ctx, pos = add(it.head, True, ctx, pos)
+            ends = [seq(t.body, *add(t.opener, False, ctx, pos)) for t in it.threads]
+            if not it.joined:
+                return ends[-1] if ends else (ctx, pos)
+            if join == "tree":
+                seen = frozenset().union(*(c for c, _ in ends))
+                ctx, pos = add(it.closer, False, seen, max(p for _, p in ends))
+            else:
+                ctx, pos = ends[0]
+                reread = [x for t in it.threads[1:] for x in t.opener + linear_ids(t.body)]
+                ctx, pos = add(reread + it.closer, False, ctx, pos)
+        return ctx, pos
+
+    ctx, pos = add(prompt_ids, False, frozenset(), 0)
+    seq(items, ctx, pos)
+    return nodes
+
+
+def definition_logprobs(model, nodes: list[_Node]) -> list[float]:
+    """Log-prob of every trained token, one request at a time: a token, everything it
+    sees, each with its own position and visibility, in one forward. What a token sees
+    is closed (what it sees sees nothing more), so the forward of a request's last
+    token also gives the log-probs of the request's earlier tokens."""
+    lp: dict[int, float] = {}
+    for k in reversed(range(len(nodes))):
+        if not nodes[k].train or k in lp:
+            continue
+        sub = sorted(nodes[k].sees) + [k]
+        where = {j: i for i, j in enumerate(sub)}
+        m = torch.eye(len(sub), dtype=torch.bool)
+        for i, j in enumerate(sub):
+            for v in nodes[j].sees:
+                m[i, where[v]] = True
+        mask = m[None, None]
+        if model.config._attn_implementation == "eager":  # eager takes an additive float mask
+            mask = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
+        ids = torch.tensor([[nodes[j].id for j in sub]])
+        pos = torch.tensor([[nodes[j].pos for j in sub]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids, position_ids=pos, attention_mask=mask).logits[0].double(), -1)
+        for j in sub:
+            if nodes[j].train and j not in lp:
+                pred = max(nodes[j].sees, key=lambda v: nodes[v].pos)  # the token right before j
+                lp[j] = float(logp[where[pred], nodes[j].id])
+    return [lp[k] for k in range(len(nodes)) if nodes[k].train]
+
+
+@pytest.mark.parametrize("join", ["concat", "tree"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_equals_join_definition(tiny_tokenizer, join, attn):
+    """Packed log-probs (batched, padded, nested blocks) equal, within 1e-4, a reference
+    built token by token from the join mode's definition."""
+    from parallel_reason.layout import build_graph, encode, tokenize_trajectory
+
+    tok = tiny_tokenizer
+    model = make_model(tok, attn=attn, seed=3)
+    rng = random.Random(11)
+    graphs, refs, saved = [], [], 0
+    for k in range(3):
+        text = random_trajectory(rng, depth=2, max_width=3, p_block=0.9)
+        prompt = encode(tok, f"Numbers: {k} 4\nTarget: 9\n")
+        items = tokenize_trajectory(text, tok)
+        g = build_graph(prompt, items, join)
+        nodes = definition_nodes(prompt, items, join)
+        # same tokens trained in the same order, at the positions the definition gives
+        trained = torch.nonzero(g.loss_mask).flatten().tolist()
+        assert [g.input_ids[i].item() for i in trained] == [n.id for n in nodes if n.train]
+        assert [g.position_ids[i].item() for i in trained] == [n.pos for n in nodes if n.train]
+        # no trained token sees more or less than its definition allows (by token identity and position)
+        for i, n in zip(trained, [n for n in nodes if n.train]):
+            got = sorted((g.input_ids[j].item(), g.position_ids[j].item()) for j in torch.nonzero(g.visible(i))[:, 0]
+                         if j != i)
+            assert got == sorted((nodes[j].id, nodes[j].pos) for j in n.sees)
+        assert len(g) == len(nodes)  # tree: every token stored once; concat: the re-read copies too
+        saved += len(definition_nodes(prompt, items, "concat")) - len(g)
+        graphs.append(g)
+        refs.append(definition_logprobs(model, nodes))
+    assert saved > 0 if join == "tree" else saved == 0  # tree reads nothing twice
+    assert sum(g.num_segments > 3 for g in graphs) >= 2 and len({len(g) for g in graphs}) > 1  # nested, padded
+    batch = collate(graphs, pad_id=tok.pad_token_id)
+    with torch.no_grad():
+        packed = packed_logprobs(model, batch).double()
+    worst = max(abs(float(packed[b, i]) - r) for b, g in enumerate(graphs)
+                for i, r in zip(torch.nonzero(g.loss_mask).flatten().tolist(), refs[b]))
+    assert worst <= TOL, f"max abs diff {worst:.2e} > {TOL}"

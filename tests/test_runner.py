@@ -22,6 +22,7 @@ from parallel_reason.format import (
     THREAD_OPEN,
 )
 from parallel_reason.layout import (
+    JOIN_MODES,
     Run,
     TBlock,
     TThread,
@@ -185,7 +186,9 @@ def wide_trajectory(rng: random.Random, blocks: int, width: int, words: int = 8)
 
 def non_leaf_nodes(g) -> int:
     """Graph nodes whose keys/values some later token needs: the tokens a decoder must feed."""
-    return len(g) - len(g.leaves())
+    m = g.dense_mask()
+    m.fill_diagonal_(False)
+    return int(m.any(0).sum())
 
 
 # ---------------------------------------------------------------------- greedy == generate
@@ -222,19 +225,21 @@ def test_greedy_equals_model_generate(tok, arch, attn):
 # ---------------------------------------------------------------------- consistency
 
 
-def test_replay_nested_matches_trainer_graph(tok, model):
+@pytest.mark.parametrize("join", JOIN_MODES)
+def test_replay_nested_matches_trainer_graph(tok, model, join):
     rng = random.Random(7)
     texts = [random_trajectory(rng, depth=2, max_width=4, p_block=0.9) for _ in range(6)]
     prompts = [f"Numbers: {k} 1 2\nTarget: {k + 3}\n" + "pad " * k for k in range(6)]
-    runner = Runner(model, tok, max_new_tokens=4096, max_width=4, max_depth=3, batch_size=3)
+    runner = Runner(model, tok, max_new_tokens=4096, max_width=4, max_depth=3, batch_size=3, join=join)
     outs = runner.replay(prompts, texts)
     assert sum(r.forks for r in outs) >= 10
-    assert runner.stats.split_steps > 0  # joins and admissions ran apart from decoding rows
+    if join == "concat":  # re-reads at joins and admissions ran apart from decoding rows
+        assert runner.stats.split_steps > 0
     for r, p, text in zip(outs, prompts, texts):
         check_rollout(r, tok)
         assert r.finish_reason == "eos"
         assert r.completion == text + tok.eos_token
-        ref = graph_from_text(p, text, tok)
+        ref = graph_from_text(p, text, tok, join=join)
         for name in ("input_ids", "pred", "position_ids", "loss_mask", "seg_id", "seg_vis"):
             assert torch.equal(getattr(ref, name), getattr(r.graph, name)), name
         st = stats_from_ids(r.completion_ids, tok)
@@ -254,8 +259,9 @@ def test_eager_attention_with_forks(tok):
     assert worst_logprob_diff(model, outs, tok.pad_token_id) <= TOL
 
 
-def test_sampling_with_forks_is_consistent(tok, markov):
-    runner = Runner(markov, tok, max_new_tokens=160, max_width=4, max_depth=2, batch_size=8)
+@pytest.mark.parametrize("join", JOIN_MODES)
+def test_sampling_with_forks_is_consistent(tok, markov, join):
+    runner = Runner(markov, tok, max_new_tokens=160, max_width=4, max_depth=2, batch_size=8, join=join)
     prompts = [f"Numbers: {k} {k + 1}\nTarget: {2 * k}\n" for k in range(12)]
     outs = runner.generate(prompts, n=2, temperature=1.0, seed=11)
     assert len(outs) == 24 and [(r.prompt_index, r.sample_index) for r in outs][:3] == [(0, 0), (0, 1), (1, 0)]
@@ -428,10 +434,11 @@ def test_seeds_do_not_depend_on_batch_composition(tok, markov):
     assert [r.completion_ids for r in again] == [r.completion_ids for r in big]
 
 
-def test_fork_recomputes_nothing_and_prompt_is_shared(tok, model):
+@pytest.mark.parametrize("join", JOIN_MODES)
+def test_fork_recomputes_nothing_and_prompt_is_shared(tok, model, join):
     rng = random.Random(3)
     texts = [random_trajectory(rng, depth=2, max_width=4, p_block=0.9) for _ in range(4)]
-    runner = Runner(model, tok, max_new_tokens=4096, max_width=4, max_depth=3, batch_size=4)
+    runner = Runner(model, tok, max_new_tokens=4096, max_width=4, max_depth=3, batch_size=4, join=join)
     outs = runner.replay(["Numbers: 1 2\n"] * 4, texts)
     assert runner.stats.tokens_fed == sum(non_leaf_nodes(r.graph) for r in outs)
     # n samples of a prompt share one prefill of the prompt
@@ -446,18 +453,23 @@ def test_fork_recomputes_nothing_and_prompt_is_shared(tok, model):
     assert runner.stats.tokens_fed == P + sum(r.total_tokens - 1 for r in outs)
 
 
-def test_dead_slots_are_reclaimed(tok, model):
+@pytest.mark.parametrize("join", JOIN_MODES)
+def test_dead_slots_are_reclaimed(tok, model, join):
     rng = random.Random(5)
     texts = [wide_trajectory(rng, blocks=3, width=4) for _ in range(3)]
-    runner = Runner(model, tok, max_new_tokens=4096, max_width=4, max_depth=3, batch_size=3, compact_min_slots=16)
+    runner = Runner(model, tok, max_new_tokens=4096, max_width=4, max_depth=3, batch_size=3, compact_min_slots=16,
+                    join=join)
     outs = runner.replay(["Numbers: 1 2\n", "Target: 3\n", "x"], texts)
     assert runner.stats.compactions > 0
     assert worst_logprob_diff(model, outs, tok.pad_token_id) <= TOL
     # one row: without reclaim the cache would hold every token fed
-    runner = Runner(model, tok, max_new_tokens=4096, max_width=4, batch_size=1, compact_min_slots=16)
+    runner = Runner(model, tok, max_new_tokens=4096, max_width=4, batch_size=1, compact_min_slots=16, join=join)
     r = runner.replay(["Numbers: 1 2\n"], [wide_trajectory(rng, blocks=4, width=4)])[0]
     st = runner.stats
-    assert st.compactions > 0 and st.max_slots < st.tokens_fed - 100, st
+    if join == "concat":
+        assert st.compactions > 0 and st.max_slots < st.tokens_fed - 100, st
+    else:  # a tree join keeps every thread in view: nothing dies, nothing is fed twice
+        assert st.compactions == 0 and st.max_slots == st.tokens_fed == non_leaf_nodes(r.graph), st
     assert worst_logprob_diff(model, [r], tok.pad_token_id) <= TOL
 
 
@@ -480,8 +492,8 @@ def test_bad_arguments(tok, model):
         runner.generate([""])
     with pytest.raises(ValueError):
         runner.generate(["a"], top_p=0.0)
-    with pytest.raises(ValueError):
-        Runner(model, tok, join="tree")
+    with pytest.raises(ValueError, match="join mode 'summary' is not available"):
+        Runner(model, tok, join="summary")
     with pytest.raises(ValueError):
         runner.replay(["a", "b"], ["x"])
 

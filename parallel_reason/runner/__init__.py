@@ -11,8 +11,8 @@ Usage::
     r.graph  # layout.PackedGraph with sample_logprobs: what the trainer trains
 """
 
-from .hf import BackendStats, HFBackend, Runner, filter_logits
+from .hf import BackendStats, HFBackend, Runner, filter_logits, model_join
 from .scheduler import FINISH_REASONS, Rollout, RolloutState, RunLimits, TagSet
 
 __all__ = ["Runner", "Rollout", "FINISH_REASONS", "RunLimits", "HFBackend", "BackendStats", "RolloutState",
-           "TagSet", "filter_logits"]
+           "TagSet", "filter_logits", "model_join"]

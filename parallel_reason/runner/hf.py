@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 
 from ..attention import float_mask
-from ..layout import JOIN_MODES, Run, check_thread_header, encode, linear_ids, tokenize_trajectory
+from ..layout import Run, check_join, check_thread_header, encode, linear_ids, tokenize_trajectory
 from ..logprobs import attn_implementation_of
 from ..wrappers import unwrap_model
 from .scheduler import (ACTIVE, Context, Lane, RunLimits, RolloutState, Rollout, Row, Script, TagSet,
@@ -209,13 +209,29 @@ class HFBackend:
             anc = self.anc.new_zeros(self.anc.shape[0], S2, S2)
             anc[:, :S, :S] = self.anc
             self.anc = anc
-        if ctx.parent is not None:
-            if ctx.parent.handle is None:
+        for par in ctx.parents():  # one parent, or every thread end after a tree join
+            if par.handle is None:
                 raise RuntimeError("a context was fed before its parent")
-            self.anc[b, s] = self.anc[b, ctx.parent.handle]
+            self.anc[b, s] |= self.anc[b, par.handle]
         self.anc[b, s, s] = True
         ctx.handle = s
         return s
+
+    def _feed(self, b: int, row: Row, c: Context, ids: list, pos: list, seg: list, touched: list) -> None:
+        """Queue the pending tokens of ``c`` for this step, after those of the contexts
+        it sees whole that are pending too (the thread ends of a tree join)."""
+        if c.done >= len(c.tokens):
+            return
+        for par in c.joins + ((c.parent,) if c.parent is not None and c.parent.handle is None else ()):
+            self._feed(b, row, par, ids, pos, seg, touched)
+        s = c.handle if c.handle is not None else self._new_seg(b, row, c)
+        new = c.tokens[c.done:]
+        ids += new
+        pos.extend(range(c.start + c.done, c.start + len(c.tokens)))
+        seg += [s] * len(new)
+        c.done = len(c.tokens)
+        c.last = len(ids) - 1
+        touched.append(c)
 
     # ------------------------------------------------------------------ step
     def step(self) -> tuple[list[Lane], torch.Tensor | None]:
@@ -225,8 +241,9 @@ class HFBackend:
         lanes: list[Lane] = []
         want: list[tuple[int, int]] = []  # (row, index in that row's keep list) per lane
         touched: list[Context] = []
-        simple: list[bool] = []  # the row's live lanes all share one context
+        simple: list[bool] = []  # the row's live lanes share one context, the only one fed
         for b, row in enumerate(self.rows):
+            fed_before = len(touched)
             ids: list[int] = []
             pos: list[int] = []
             seg: list[int] = []
@@ -242,15 +259,7 @@ class HFBackend:
                         one = c
                     elif c is not one:
                         single = False
-                    if c.done < len(c.tokens):
-                        s = c.handle if c.handle is not None else self._new_seg(b, row, c)
-                        new = c.tokens[c.done:]
-                        ids += new
-                        pos.extend(range(c.start + c.done, c.start + len(c.tokens)))
-                        seg += [s] * len(new)
-                        c.done = len(c.tokens)
-                        c.last = len(ids) - 1
-                        touched.append(c)
+                    self._feed(b, row, c, ids, pos, seg, touched)
                     if lane.state == ACTIVE:
                         if c.last < 0:
                             raise RuntimeError("an active lane has nothing to feed")
@@ -261,7 +270,7 @@ class HFBackend:
             rows_pos.append(pos)
             rows_seg.append(seg)
             rows_keep.append(keep)
-            simple.append(single)
+            simple.append(single and len(touched) - fed_before <= 1)
         self._simple = simple
         for c in touched:
             c.last = -1
@@ -410,6 +419,16 @@ class HFBackend:
         return [logits for _, logits, _, _ in res]
 
     # ------------------------------------------------------------------ memory
+    def _sees(self, b: int, c: Context) -> torch.Tensor:
+        """Bool [S]: the segments of row ``b`` that context ``c`` attends to (a context
+        not fed yet sees what its parents see)."""
+        if c.handle is not None:
+            return self.anc[b, c.handle]
+        out = torch.zeros(self.anc.shape[1], dtype=torch.bool, device=self.device)
+        for par in c.parents():
+            out |= self._sees(b, par)
+        return out
+
     def reclaim(self) -> None:
         """Mark slots nobody can see any more (after joins and finished rollouts) and
         compact the cache when live slots are a small share of its width."""
@@ -423,10 +442,7 @@ class HFBackend:
                 if ro.finished:
                     continue
                 for c in ro.live_contexts():
-                    while c is not None and c.handle is None:
-                        c = c.parent
-                    if c is not None:
-                        live |= self.anc[b, c.handle]
+                    live |= self._sees(b, c)
             ks = self.kseg[b]
             ks = torch.where(live[ks], ks, torch.zeros_like(ks))
             self.kseg[b] = ks
@@ -518,11 +534,17 @@ def model_thread_header(model) -> str:
     return check_thread_header(mode) if mode is not None else "index"
 
 
+def model_join(model) -> str:
+    """The join mode stored in a model's config (``concat`` when absent; SFT writes it)."""
+    mode = getattr(getattr(unwrap_model(model), "config", None), "parallel_join", None)
+    return check_join(mode) if mode is not None else "concat"
+
+
 class Runner:
     """Fork/join decoding with a Hugging Face causal LM.
 
     ``Runner(model, tokenizer, max_new_tokens=512, max_thread_tokens=None, max_width=8,
-    max_depth=2, join="concat", batch_size=8)``; ``generate(prompts, n, temperature,
+    max_depth=2, join=None, batch_size=8)``; ``generate(prompts, n, temperature,
     top_p, top_k, seed)`` and ``replay(prompts, completions)`` return one
     :class:`~.scheduler.Rollout` per (prompt, sample), in prompt order.
 
@@ -532,11 +554,10 @@ class Runner:
     """
 
     def __init__(self, model, tokenizer, max_new_tokens: int = 512, max_thread_tokens: int | None = None,
-                 max_width: int | None = 8, max_depth: int | None = 2, join: str = "concat",
+                 max_width: int | None = 8, max_depth: int | None = 2, join: str | None = None,
                  batch_size: int = 8, parallel: bool = True, compact_min_slots: int = 128,
                  compact_ratio: float = 0.75, thread_header: str | None = None):
-        if join not in JOIN_MODES:
-            raise ValueError(f"join mode {join!r} is not available; choose one of {JOIN_MODES}")
+        join = check_join(join) if join is not None else model_join(model)  # default: as the model was trained
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if max_new_tokens < 1:
@@ -583,7 +604,7 @@ class Runner:
                 if temperature > 0:
                     g = torch.Generator(device=self.backend.device)
                     g.manual_seed(rollout_seed(seeds[i], j))
-                rs.append(RolloutState(ctx, self.tags, self.limits, self.parallel, None, i, j, g))
+                rs.append(RolloutState(ctx, self.tags, self.limits, self.parallel, None, i, j, g, join=self.join))
             rows.append(Row(ctx, rs))
 
         def choose(lanes: list[Lane], logits: torch.Tensor) -> None:
@@ -631,7 +652,8 @@ class Runner:
                 ids = linear_ids(items)
                 items = [Run(ids, True)] if ids else []
             ctx = Context(None, self._prompt_ids(p))
-            rows.append(Row(ctx, [RolloutState(ctx, self.tags, self.limits, self.parallel, Script(items), i, 0)]))
+            rows.append(Row(ctx, [RolloutState(ctx, self.tags, self.limits, self.parallel, Script(items), i, 0,
+                                                 join=self.join)]))
 
         def choose(lanes: list[Lane], logits: torch.Tensor) -> None:
             forced = []

@@ -60,17 +60,23 @@ class TagSet:
 
 
 class Context:
-    """A chain of tokens extending ``parent`` (see module docstring)."""
+    """A chain of tokens extending ``parent``; a tree join's context also sees the
+    contexts in ``joins`` and starts after the furthest of them."""
 
-    __slots__ = ("parent", "tokens", "start", "done", "handle", "last")
+    __slots__ = ("parent", "joins", "tokens", "start", "done", "handle", "last")
 
-    def __init__(self, parent: "Context | None", tokens: Sequence[int] = ()):
+    def __init__(self, parent: "Context | None", tokens: Sequence[int] = (), joins: Sequence["Context"] = ()):
         self.parent = parent
+        self.joins = tuple(joins)
         self.tokens: list[int] = list(tokens)
-        self.start = parent.next_pos if parent is not None else 0
+        self.start = max((c.next_pos for c in self.parents()), default=0)
         self.done = 0  # tokens already fed to the model by the backend
         self.handle = None  # backend data (the HF backend: segment id in its row)
         self.last = -1  # backend scratch: index of the last fed token in the current step
+
+    def parents(self) -> tuple:
+        """The contexts this one sees whole: its parent and, after a tree join, the others."""
+        return ((self.parent,) if self.parent is not None else ()) + self.joins
 
     @property
     def next_pos(self) -> int:
@@ -81,7 +87,10 @@ class Context:
         return self.done < len(self.tokens)
 
     def path(self) -> list[int]:
-        """All tokens visible from the end of this context (ancestors first)."""
+        """All tokens visible from the end of this context (ancestors first); a linear
+        reading exists only without tree joins."""
+        if self.joins:
+            raise ValueError("a context after a tree join has no linear reading")
         chain = []
         c = self
         while c is not None:
@@ -182,8 +191,10 @@ class RolloutState:
     """State of one rollout; see the module docstring for the state machine."""
 
     def __init__(self, prompt_ctx: Context, tags: TagSet, limits: RunLimits, parallel: bool = True,
-                 script: Script | None = None, prompt_index: int = 0, sample_index: int = 0, generator=None):
+                 script: Script | None = None, prompt_index: int = 0, sample_index: int = 0, generator=None,
+                 join: str = "concat"):
         self.prompt_ctx = prompt_ctx
+        self.join = join
         self.prompt_ids = list(prompt_ctx.tokens)
         self.tags = tags
         self.limits = limits
@@ -215,12 +226,14 @@ class RolloutState:
         """Contexts whose tokens some future token of this rollout will attend to: every
         live lane's context, plus thread 1's last context of every block waiting for its
         join (the continuation is read after it, even when thread 1 ended long ago).
-        Threads 2..n that have ended are not live: the join re-reads them."""
+        Threads 2..n that have ended are live only under a tree join: a concat join
+        re-reads them."""
         out = []
         for l in self.lanes:
             out.append(l.ctx)
             if l.state == WAITING and l.pending is not None:
-                out.append(l.pending.children[0].ctx)
+                children = l.pending.children if self.join == "tree" else l.pending.children[:1]
+                out.extend(c.ctx for c in children)
         return out
 
     def lane_budget(self, lane: Lane) -> int:
@@ -398,12 +411,16 @@ class RolloutState:
     def _join(self, fork: _Fork) -> None:
         block, parent = fork.block, fork.lane
         block.closer = list(self.tags.closer)
-        first = fork.children[0]
-        reread = [int(self.tags.id_of[THREAD_CLOSE])]  # thread 1's </Thread>, never fed by its lane
-        for t in block.threads[1:]:
-            reread += t.opener + linear_ids(t.body)
-        reread += block.closer
-        parent.ctx = Context(first.ctx, reread)
+        close = int(self.tags.id_of[THREAD_CLOSE])  # each thread's </Thread>, never fed by its lane
+        if self.join == "tree":  # every thread's end stays where it is; the closer sees them all
+            ends = [Context(ch.ctx, [close]) for ch in fork.children]
+            parent.ctx = Context(ends[-1], block.closer, joins=ends[:-1])
+        else:
+            reread = [close]
+            for t in block.threads[1:]:
+                reread += t.opener + linear_ids(t.body)
+            reread += block.closer
+            parent.ctx = Context(fork.children[0].ctx, reread)
         parent.owns_ctx = True
         parent.state = ACTIVE
         parent.block = None
