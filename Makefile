@@ -7,10 +7,11 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 DS_STAMP := $(VENV)/.installed-deepspeed
 STAMP := $(VENV)/.installed
+LINT_STAMP := $(VENV)/.installed-lint
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow install bench clean
+.PHONY: demo test test-slow lint install bench clean
 
 $(STAMP): pyproject.toml
 	$(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV); $(PY) -m venv $(VENV); }
@@ -29,6 +30,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	WANDB_MODE=offline $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# ruff (lint + format check) and mypy, configured in pyproject.toml
+$(LINT_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[test,lint]"
+	touch $(LINT_STAMP)
+
+lint: $(LINT_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # multi-process runs (DDP over gloo, DeepSpeed ZeRO-2/3 on the CPU accelerator)
 $(DS_STAMP): $(STAMP)

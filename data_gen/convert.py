@@ -19,13 +19,13 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
-from parallel_reason.dialects import CONVERTERS, DialectError, convert, dialect_name
-from parallel_reason.format import Limits
 from parallel_reason.data import read_bytes
+from parallel_reason.dialects import CONVERTERS, DialectError, convert, dialect_name
 from parallel_reason.files import write_jsonl
+from parallel_reason.format import Limits
 from parallel_reason.inputs import InputError, reports_input_errors
 from parallel_reason.metrics import stats
 
@@ -34,7 +34,7 @@ log = logging.getLogger("data_gen.convert")
 
 def _json_list(data: bytes) -> list | None:
     """The records of a file that is one JSON list (or ``{"name": [...]}``), else None."""
-    if not data.lstrip()[:1] in (b"[", b"{"):
+    if data.lstrip()[:1] not in (b"[", b"{"):
         return None
     try:
         obj = json.loads(data.decode("utf-8-sig"))

@@ -19,8 +19,8 @@ import multiprocessing as mp
 import random
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 from parallel_reason import files, metrics
 from parallel_reason.format import Limits, make_block, parse, render
@@ -122,8 +122,8 @@ def _moves(items: tuple, target: int, rng: random.Random, width: int) -> list:
     out = []
     for _s, _r, i, j, value, op in scored[:width]:
         hi, lo = (items[i], items[j]) if items[i].value >= items[j].value else (items[j], items[i])
-        rest = tuple(x for k, x in enumerate(items) if k != i and k != j)
-        out.append((f"{hi.value}{op}{lo.value}={value}", rest + (_apply(hi, op, lo, value),)))
+        others = tuple(x for k, x in enumerate(items) if k != i and k != j)
+        out.append((f"{hi.value}{op}{lo.value}={value}", others + (_apply(hi, op, lo, value),)))
     return out
 
 
@@ -239,9 +239,9 @@ def _render_parts(node: Node, target: int, parallel: bool, indent: str, lead: st
                 parts = parts + ["\n"]  # the answer line ends before </Thread>
             return [" " + c.outline(goal), *parts] if style.restate else parts
         block = make_block((c.outline(goal), _merge_text(thread(c))) for c in node.children)
-        parts = [lead] if lead else []
+        parts: list = [lead] if lead else []
         return parts + [block] + _conclusion(node, target, indent, style)
-    parts: list = []
+    parts = []
     for k, child in enumerate(node.children):
         parts.append((lead if k == 0 else "\n" + indent) + child.outline(goal))
         parts += _render_parts(child, target, parallel, indent + " ", "\n" + indent + " ", style)

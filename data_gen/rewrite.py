@@ -25,18 +25,16 @@ import os
 import re
 import sys
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from parallel_reason.data import read_jsonl, read_records
 from parallel_reason.files import write_jsonl
-from parallel_reason.format import (Block, FormatError, Limits, Trajectory, make_block, parse,
-                                    render, strip_tags)
+from parallel_reason.format import Block, FormatError, Limits, Trajectory, make_block, parse, render, strip_tags
 from parallel_reason.inputs import InputError, check_device, check_model_path, reports_input_errors
-from parallel_reason.llm import (DEFAULT_API_KEY_ENV, LLM, JSONAnswerError, LLMError, make_client,
-                                 parse_json_answer)
+from parallel_reason.llm import DEFAULT_API_KEY_ENV, LLM, JSONAnswerError, LLMError, make_client, parse_json_answer
 from parallel_reason.metrics import aggregate, approx_count, parallel_ratio, stats
 
 log = logging.getLogger("data_gen.rewrite")
@@ -690,7 +688,7 @@ def run(rows: Sequence[dict], llm: LLM, cfg: RewriteConfig, out: str | os.PathLi
                 kept += 1
             if bar is not None:
                 u = llm.usage
-                post = {"kept": kept, "rej": rej, "tok": u.prompt_tokens + u.completion_tokens}
+                post: dict[str, int | str] = {"kept": kept, "rej": rej, "tok": u.prompt_tokens + u.completion_tokens}
                 if u.cost is not None:
                     post["cost"] = f"{u.cost:.4f}"
                 bar.set_postfix(post, refresh=False)

@@ -24,12 +24,11 @@ import statistics
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from parallel_reason.data import DataError, read_records
-from parallel_reason.evaluate import (add_runner_args, check_runner_args, decode_and_score, load_problems,
-                                      load_runner)
+from parallel_reason.evaluate import add_runner_args, check_runner_args, decode_and_score, load_problems, load_runner
 from parallel_reason.files import atomic_write
 from parallel_reason.finish import EOS, FINISH_REASONS
 from parallel_reason.inputs import reports_input_errors

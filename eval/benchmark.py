@@ -22,12 +22,18 @@ import shlex
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from parallel_reason.eval_runs import RESULTS, SUMMARY, read_rows, samples_of
-from parallel_reason.evaluate import (SAMPLE_FIELDS, add_runner_args, check_runner_args, decode_and_score,
-                                      load_problems, load_runner)
+from parallel_reason.evaluate import (
+    SAMPLE_FIELDS,
+    add_runner_args,
+    check_runner_args,
+    decode_and_score,
+    load_problems,
+    load_runner,
+)
 from parallel_reason.files import atomic_write, write_jsonl
 from parallel_reason.inputs import reports_input_errors
 from parallel_reason.metrics import aggregate
@@ -99,7 +105,7 @@ def repair_results(path: Path) -> list[dict]:
     if not path.exists():
         return rows
     raw = path.read_bytes()
-    if bad or (raw and not raw.endswith(b"\n")) or len(rows) != sum(1 for l in raw.split(b"\n") if l.strip()):
+    if bad or (raw and not raw.endswith(b"\n")) or len(rows) != sum(1 for line in raw.split(b"\n") if line.strip()):
         if bad:
             log.warning("%s: dropped %d unreadable line(s); those problems are decoded again", path, bad)
         write_jsonl(path, rows)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from parallel_reason.eval_runs import Run, baseline_speedups
 from parallel_reason.inputs import InputError, reports_input_errors
@@ -48,7 +48,7 @@ COLUMNS = [
 def rate_records(samples: Sequence[dict]) -> dict:
     """Rates over samples with their 95% Wilson intervals, and the share that forked."""
     n = len(samples)
-    out = {}
+    out: dict[str, str | float] = {}
     for key, field in (("accuracy_ci", "correct"), ("format_valid_ci", "format_valid")):
         k = sum(1 for s in samples if s.get(field))
         lo, hi = wilson_interval(k, n)

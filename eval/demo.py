@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from parallel_reason.inputs import parse_range
 from parallel_reason.layout import JOIN_MODES
@@ -51,8 +52,8 @@ class Job:
 
 def _tail(path: Path, n: int = 1) -> str:
     try:
-        lines = [l for l in path.read_text(encoding="utf-8", errors="replace").replace("\r", "\n").splitlines()
-                 if l.strip()]
+        lines = [line for line in path.read_text(encoding="utf-8", errors="replace").replace("\r", "\n").splitlines()
+                 if line.strip()]
     except FileNotFoundError:
         return ""
     return "\n".join(lines[-n:])
@@ -86,7 +87,7 @@ class Pipeline:
             return
         self.logs.mkdir(parents=True, exist_ok=True)
         threads = max(1, (os.cpu_count() or 2) // min(self.jobs, len(todo)))
-        running: list[tuple[Job, subprocess.Popen, Path, object]] = []
+        running: list[tuple[Job, subprocess.Popen, Path, IO[str]]] = []
         queue = list(todo)
         last_beat = time.perf_counter()
         failed: tuple[Job, Path] | None = None
@@ -94,7 +95,7 @@ class Pipeline:
             while queue and len(running) < self.jobs and failed is None:
                 j = queue.pop(0)
                 log = self.logs / f"{j.name}.log"
-                fh = open(log, "a", encoding="utf-8")
+                fh: IO[str] = open(log, "a", encoding="utf-8")
                 fh.write(f"$ {j.shell()}\n")
                 fh.flush()
                 p = subprocess.Popen(j.argv, cwd=ROOT, env={**self.env(threads), **j.env}, stdout=fh,

@@ -15,9 +15,10 @@ import dataclasses
 import difflib
 import sys
 import types
+from collections.abc import Sequence
 from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal, Sequence, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from transformers import HfArgumentParser
 
@@ -25,7 +26,10 @@ from transformers import HfArgumentParser
 def config_field(default, help: str, **kw):
     """A dataclass field with a default (lists and dicts copied per instance) and a help string."""
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+        def fresh() -> Any:
+            return type(default)(default)
+
+        return field(default_factory=fresh, metadata={"help": help}, **kw)
     return field(default=default, metadata={"help": help}, **kw)
 
 
@@ -178,8 +182,14 @@ def _build_parser(cls, usage: str, defaults: dict | None = None) -> HfArgumentPa
     hints = field_types(cls)
     defaults = dict(defaults or {})
     for f in fields:
-        if f.name not in defaults:
-            defaults[f.name] = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.name in defaults:
+            continue
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            defaults[f.name] = f.default_factory()
+        else:
+            raise TypeError(f"config field {f.name!r} has no default")
     for action in parser._actions:
         if action.dest not in hints:
             continue

@@ -14,9 +14,10 @@ import json
 import logging
 import math
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -188,6 +189,7 @@ def to_example(origin: str, rec: dict, prompt_field: str = "prompt",
         if msgs[-1]["role"] != "assistant":
             raise DataError(f"{origin}: the last message must be the assistant's (the completion), "
                             f"got role {msgs[-1]['role']!r}")
+        prompt: str | list
         prompt, completion = msgs[:-1], msgs[-1]["content"]
     else:
         missing = [f for f in (prompt_field, completion_field) if f not in rec]
@@ -382,7 +384,7 @@ def eval_shards(n: int, per_device_batch_size: int, process_index: int = 0,
 
 def corpus(examples: Iterable[Example], limit: int = 5000) -> list[str]:
     """Texts of the examples (for training a tiny tokenizer)."""
-    out = []
+    out: list[str] = []
     for ex in examples:
         if len(out) >= limit:
             break

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-from .format import (CONTROL_TAGS, MAX_NESTING, Block, FormatError, Limits, Thread, Trajectory,
-                     parse, render)
+from .format import CONTROL_TAGS, MAX_NESTING, Block, FormatError, Limits, Thread, Trajectory, parse, render
 
 #: longest synthesised outline (Parallel-R1), in characters
 OUTLINE_MAX_CHARS = 160
@@ -266,7 +265,8 @@ def _multiverse_block(children: list, i: int, parts: list, depth: int) -> int:
     if not paths:
         raise DialectError(D, par.offset, "block without <Path>")
     # goal: optional free text, then outlines
-    goal_text, outlines = "", []
+    goal_text = ""
+    outlines: list[tuple[str, int]] = []  # (text, offset)
     for c in goal.children:
         if isinstance(c, _Text):
             if outlines and not _blank(c):
@@ -543,7 +543,7 @@ def _apr_parts(x, where: str, depth: int) -> list:
         if mc[tail:].strip():
             raise DialectError("apr", tail, f"text after {APR_SPAWN_CLOSE}: {mc[tail:].strip()[:30]!r}", mwhere)
         prefix = mc[:at]
-        outlines = []
+        outlines: list[str] = []
         line_off = at + len(APR_SPAWN_OPEN)
         for line in mc[line_off:close].split("\n"):
             if line.strip():

@@ -18,8 +18,8 @@ import argparse
 import hashlib
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 
@@ -80,7 +80,7 @@ def load_problems(data, task: str, split: str = "test", config: str | None = Non
             raise DataError(f"{origin}: duplicate id {pid!r}; ids must be unique")
         seen.add(pid)
         p = rec.get(prompt_field) if prompt_field else None
-        if p is not None:
+        if p is not None and prompt_field:
             p = check_prompt(p, origin, prompt_field)
         if task == "countdown":
             if rec.get("nums") is None or rec.get("target") is None:
@@ -188,7 +188,7 @@ def load_model(path: str, dtype: str = "auto", device: str = "auto", attn: str =
         raise InputError(f"--model {path}: cannot be loaded ({why})") from None
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device).eval()
+    model.to(device).eval()  # type: ignore[arg-type]  # transformers' stub of PreTrainedModel.to is wrong
     return tok, model
 
 

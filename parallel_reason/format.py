@@ -11,9 +11,10 @@ linear-time and nests at most :data:`MAX_NESTING` deep. See docs/design.md#gramm
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Callable, Iterable, Sequence, Union
+from typing import Any, Union
 
 # ---------------------------------------------------------------------------
 # The tags: the one source of truth.
@@ -46,7 +47,7 @@ _HEADER_RE = re.compile(r"(\d+):")
 # tags that end an outline even when its "</Outline>" is missing
 _OUTLINE_STOP = ("</Outlines>", "<Outline>", "</Parallel>", "<Thread>")
 
-Piece = Union[str, tuple]  # text, or a tuple of token ids when parsed from ids
+Piece = str | tuple  # text, or a tuple of token ids when parsed from ids
 Part = Union[str, tuple, "Block"]
 
 
@@ -76,8 +77,9 @@ class Block:
     outlines: list
     threads: list
     pre_outlines: Piece = CANONICAL_PRE_OUTLINES
-    outline_seps: list | None = None
-    thread_seps: list | None = None
+    # None (the default) is replaced by canonical separators in __post_init__: always a list after init
+    outline_seps: list = None  # type: ignore[assignment]
+    thread_seps: list = None  # type: ignore[assignment]
     has_outlines: bool = True  # "<Outlines>" was seen
     outlines_closed: bool = True  # "</Outlines>" was seen
     open_outline: bool = False  # last outline misses "</Outline>" (lenient only)
@@ -161,8 +163,9 @@ class _Alphabet:
     """What the parser needs to know about its pieces (str or tuple of ids)."""
 
     empty: Piece
-    is_blank: Callable[[Piece], bool]
-    split_header: Callable[[Piece], tuple]
+    # one alphabet takes only str pieces, the other only tuples of ids
+    is_blank: Callable[[Any], bool]
+    split_header: Callable[[Any], tuple]
     join: Callable[[list], Piece]  # pieces -> one piece, in linear time
 
 
@@ -435,7 +438,7 @@ def _render_part(p) -> str:
     if isinstance(p, str):
         return p
     b: Block = p
-    out = [PARALLEL_OPEN, b.pre_outlines]
+    out: list = [PARALLEL_OPEN, b.pre_outlines]  # text pieces: render only sees str blocks
     if b.has_outlines:
         out.append(OUTLINES_OPEN)
         for i, o in enumerate(b.outlines):
@@ -463,7 +466,7 @@ def _render_part(p) -> str:
 # Construction helpers (generators build trajectories in code, then render)
 
 
-def make_block(threads: Iterable[tuple[str, Union[str, list]]]) -> Block:
+def make_block(threads: Iterable[tuple[str, str | list]]) -> Block:
     """Block from (outline plan, thread body) pairs, numbered from 1, canonical spacing.
 
     A thread body is a string or a list of parts (to nest blocks). Outline ``i``

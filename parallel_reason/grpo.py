@@ -17,16 +17,16 @@ import inspect
 import json
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
-from .config import config_field
-from .config import config_help as config_help_of
 from . import rewards as R
 from .attention import collate
+from .config import config_field
+from .config import config_help as config_help_of
 from .finish import SAMPLED
 from .format import Limits
 from .inputs import reports_input_errors
@@ -34,7 +34,7 @@ from .layout import PackedGraph
 from .logprobs import packed_logprobs
 from .runner import Runner, model_join
 from .runner.hf import model_thread_header
-from .training import Trainer, TrainConfig, apply_peft, load_pretrained, make_optimizer
+from .training import TrainConfig, Trainer, apply_peft, load_pretrained, make_optimizer
 from .wrappers import is_peft
 
 log = logging.getLogger("parallel_reason.grpo")
@@ -136,7 +136,7 @@ class GRPOConfig(TrainConfig):
     eval_batch_size: int = _f(16, "held-out prompts per runner call")
     save_final_model: bool = _f(True, "write output_dir/final with the model card")
 
-    def validate(self) -> "GRPOConfig":
+    def validate(self) -> GRPOConfig:
         def bad(msg):
             raise ValueError(f"config: {msg}")
 
@@ -333,7 +333,7 @@ class RolloutBatch:
     rewards: torch.Tensor  # [N]
     advantages: torch.Tensor  # [N]
     components: dict[str, list[float]] = field(default_factory=dict)
-    old_logprobs: list[torch.Tensor | None] | None = None  # per rollout [L_i]
+    old_logprobs: list[torch.Tensor] | None = None  # per rollout [L_i]
     ref_logprobs: list[torch.Tensor] | None = None
     texts: list[str] | None = None  # completion texts the rewards read
 
@@ -639,7 +639,7 @@ class GRPOTrainer(Trainer):
         """Behaviour log-probs (the runner's, or recomputed) and reference log-probs."""
         if batch.old_logprobs is None:
             if self.cfg.old_logprobs == "runner" and all(g.sample_logprobs is not None for g in batch.graphs):
-                batch.old_logprobs = [g.sample_logprobs for g in batch.graphs]
+                batch.old_logprobs = [lp for g in batch.graphs if (lp := g.sample_logprobs) is not None]  # all of them
             else:
                 if self.cfg.old_logprobs == "runner":
                     log.warning("rollouts carry no sampling log-probs: recomputing the old log-probs")
@@ -693,11 +693,13 @@ class GRPOTrainer(Trainer):
                               device=acc.device)
         counts = acc.reduce(counts, reduction="sum") if W > 1 else counts
         n_tok, n_roll = float(counts[0]), float(counts[1])
+        old_logprobs = batch.old_logprobs
+        assert old_logprobs is not None  # set by prepare_old_and_ref
         for k in range(0, len(idx), cfg.micro_batch):
             sl = idx[k:k + cfg.micro_batch]
             with acc.accumulate(model):
                 loss, st = grpo_loss(
-                    model, [batch.graphs[i] for i in sl], batch.advantages[sl], [batch.old_logprobs[i] for i in sl],
+                    model, [batch.graphs[i] for i in sl], batch.advantages[sl], [old_logprobs[i] for i in sl],
                     None if batch.ref_logprobs is None else [batch.ref_logprobs[i] for i in sl],
                     epsilon_low=cfg.epsilon_low, epsilon_high=cfg.epsilon_high, beta=cfg.beta,
                     normalization=cfg.loss_normalization, max_tokens=cfg.max_tokens_norm or cfg.max_new_tokens,
@@ -905,9 +907,9 @@ class GRPOTrainer(Trainer):
             for name in (METRICS_NAME, SAMPLES_NAME):
                 p = self.out / name
                 if p.exists():
-                    keep = [l for l in p.read_text(encoding="utf-8").splitlines()
-                            if l.strip() and json.loads(l).get("step", 0) <= self.global_step]
-                    p.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
+                    keep = [line for line in p.read_text(encoding="utf-8").splitlines()
+                            if line.strip() and json.loads(line).get("step", 0) <= self.global_step]
+                    p.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
     def card(self, metrics: dict | None = None) -> dict:
         """Card for :func:`parallel_reason.hub.render_model_card`."""

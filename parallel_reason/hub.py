@@ -17,9 +17,10 @@ import logging
 import os
 import shlex
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -479,7 +480,7 @@ def eval_records(eval_dirs: Sequence[str | os.PathLike], repo_id: str | None = N
             seen[name] = 0
         runs.append((path, name, summary))
     records = []
-    for path, name, summary in runs:
+    for _path, name, summary in runs:
         rec = {k: summary.get(k) for _, k, _ in EVAL_COLUMNS if k in summary}
         rec.update(name=name, task=summary.get("task"), mode=summary.get("mode"),
                    decoding=summary.get("decoding") or {})
@@ -493,9 +494,9 @@ def eval_records(eval_dirs: Sequence[str | os.PathLike], repo_id: str | None = N
         records[base]["is_baseline"] = True
         for i, (path, _, _) in enumerate(runs):
             if i != base:
-                sp = baseline_speedups(Run(path), base_run)
-                if sp.get("baseline_common_problems"):
-                    records[i].update({k: v for k, v in sp.items() if k.startswith("speedup_vs_baseline")})
+                speedups = baseline_speedups(Run(path), base_run)
+                if speedups.get("baseline_common_problems"):
+                    records[i].update({k: v for k, v in speedups.items() if k.startswith("speedup_vs_baseline")})
     return records
 
 

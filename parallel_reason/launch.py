@@ -12,8 +12,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 
 def generate_missing(generator: str | None, jobs: Sequence[tuple], mode: str) -> None:
@@ -40,11 +40,11 @@ def launcher_rank() -> int:
 
 def wait_for_files(paths: Sequence[str | os.PathLike | None], timeout_s: float = 3600.0) -> None:
     """Non-main ranks: wait until the main rank has written ``paths`` (generated data)."""
-    paths = [p for p in paths if p]
+    wanted = [p for p in paths if p]
     deadline = time.monotonic() + timeout_s
-    while not all(Path(p).exists() for p in paths):
+    while not all(Path(p).exists() for p in wanted):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"rank {launcher_rank()}: data files not written after {timeout_s:.0f}s: {paths}")
+            raise TimeoutError(f"rank {launcher_rank()}: data files not written after {timeout_s:.0f}s: {wanted}")
         time.sleep(1)
 
 

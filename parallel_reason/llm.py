@@ -20,9 +20,10 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any
 
 import httpx2
 
@@ -159,7 +160,7 @@ class OpenAIClient:
         """Close the connection pool (the client cannot be used afterwards)."""
         self._http.close()
 
-    def __enter__(self) -> "OpenAIClient":
+    def __enter__(self) -> OpenAIClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -217,7 +218,7 @@ class OpenAIClient:
     def _post(self, body: dict) -> dict:
         data = json.dumps(body).encode("utf-8")
         headers = {"Content-Type": "application/json", "Accept": "application/json", **self._headers}
-        kw = {}
+        kw: dict[str, Any] = {}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
             kw["auth"] = _NO_AUTH  # not the URL's user info as basic auth on top of the key
@@ -319,7 +320,7 @@ class HFClient:
         enc = self.tok(text, return_tensors="pt", add_special_tokens=not getattr(self.tok, "chat_template", None))
         enc = {k: v.to(self.lm.device) for k, v in enc.items()}
         n = enc["input_ids"].shape[1]
-        kw = dict(max_new_tokens=int(max_tokens), do_sample=temperature > 0)
+        kw: dict[str, Any] = dict(max_new_tokens=int(max_tokens), do_sample=temperature > 0)
         if temperature > 0:
             kw["temperature"] = float(temperature)
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id

@@ -9,14 +9,13 @@ text or from token ids. Definitions: docs/design.md#rewards-metrics.
 from __future__ import annotations
 
 import math
-
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable, Sequence
 
-from .format import (CONTROL_TAGS, Block, Trajectory, parse_ids, parse_lenient)
+from .format import CONTROL_TAGS, Block, Piece, Trajectory, parse_ids, parse_lenient
 
-Counter = Callable[[object], int]
+Counter = Callable[[Piece], int]  # tokens in a piece (text, or a tuple of ids)
 
 _WORD_RE = re.compile(r"\d|\w+|[^\w\s]|\s+")
 
@@ -220,6 +219,8 @@ def format_cell(rec: dict, key: str, fmt: str | None) -> str:
         return "baseline"
     if v is None:
         return "n/a"
+    if fmt is None:
+        return str(v)
     try:
         return fmt.format(v)
     except (ValueError, TypeError, AttributeError):

@@ -13,13 +13,15 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from . import finish
-from .format import Limits, parse_lenient
+from .format import Limits, Problem, parse_lenient
 from .layout import block_counts
-from .metrics import Counter, approx_count, stats as text_stats
+from .metrics import Counter, approx_count
+from .metrics import stats as text_stats
 from .tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -194,7 +196,8 @@ class FormatOutcome:
 def format_outcome(text: str, rollout=None, limits: Limits | None = None) -> FormatOutcome:
     """Classify a completion for :class:`FormatReward` (never raises)."""
     try:
-        traj, problems = parse_lenient(text, limits)
+        traj, parsed = parse_lenient(text, limits)
+        problems: list[Problem | str] = list(parsed)
         nblocks = len(traj.blocks())
     except Exception as e:  # the lenient parser should never raise; be defensive anyway
         log.warning("parse_lenient raised %s; treating the completion as malformed", e)
@@ -215,8 +218,8 @@ class FormatReward:
 
     def __init__(self, valid: float = 1.0, invalid: float = 0.0, truncated: float = 0.0,
                  no_block: float | None = None, max_depth: int | None = None, max_width: int | None = None):
-        self.values = dict(valid=float(valid), invalid=float(invalid), truncated=float(truncated),
-                           no_block=None if no_block is None else float(no_block))
+        self.values = dict(valid=float(valid), invalid=float(invalid), truncated=float(truncated))
+        self.no_block = None if no_block is None else float(no_block)
         self.limits = Limits(max_depth=max_depth, max_width=max_width)
 
     def __call__(self, prompts, completions, **kwargs) -> list[float]:
@@ -227,8 +230,8 @@ class FormatReward:
                 out.append(self.values["truncated"])
             elif not o.valid:
                 out.append(self.values["invalid"])
-            elif o.blocks == 0 and self.values["no_block"] is not None:
-                out.append(self.values["no_block"])
+            elif o.blocks == 0 and self.no_block is not None:
+                out.append(self.no_block)
             else:
                 out.append(self.values["valid"])
         return out
@@ -260,7 +263,9 @@ def build_reward_funcs(spec, count: Counter = approx_count) -> tuple[list[Reward
     :class:`RewardSpec` fields). Entries of ``spec.rewards`` are names
     (``correctness``, ``acceleration``, ``format``) or callables (custom rewards
     with the same signature)."""
-    g = lambda k, d=None: getattr(spec, k, d)  # noqa: E731
+    def g(k: str, d: Any = None) -> Any:
+        return getattr(spec, k, d)
+
     correctness = Correctness(g("task", "countdown"))
     funcs: list[RewardFunc] = []
     for r in g("rewards", ("correctness",)):

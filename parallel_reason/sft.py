@@ -14,20 +14,33 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import torch
 
 from .attention import collate
 from .config import config_field
 from .config import config_help as config_help_of
-from .data import (DataError, Example, build_graphs, check_trajectories, corpus, epoch_windows, eval_shards,
-                   load_examples, split_holdout, steps_per_epoch)
+from .data import (
+    DataError,
+    Example,
+    GraphStats,
+    build_graphs,
+    check_trajectories,
+    corpus,
+    epoch_windows,
+    eval_shards,
+    load_examples,
+    split_holdout,
+    steps_per_epoch,
+)
 from .inputs import reports_input_errors
+from .layout import PackedGraph
 from .logprobs import packed_logprobs
-from .training import Trainer, TrainConfig, apply_peft, load_pretrained, no_zero3_init
+from .training import TrainConfig, Trainer, apply_peft, load_pretrained, no_zero3_init
 
 log = logging.getLogger("parallel_reason.sft")
 
@@ -88,7 +101,7 @@ class SFTConfig(TrainConfig):
     pad_to_multiple_of: int | None = _f(None, "pad batch length to a multiple (e.g. 8 or 128 on GPU)")
     disable_tqdm: bool = _f(False, "no progress bar")
 
-    def validate(self) -> "SFTConfig":
+    def validate(self) -> SFTConfig:
         def bad(msg):
             raise ValueError(f"config: {msg}")
 
@@ -210,12 +223,14 @@ class PackedSFTTrainer(Trainer):
         # model
         self.tokenizer, model, self.base_path = load_model_and_tokenizer(cfg, acc, corpus(train_examples))
         tok = self.tokenizer
-        gkw = dict(mode=cfg.mode, join=cfg.join, max_length=cfg.max_length, eos=cfg.add_eos,
+        gkw: dict[str, Any] = dict(mode=cfg.mode, join=cfg.join, max_length=cfg.max_length, eos=cfg.add_eos,
                    apply_chat_template=cfg.apply_chat_template, thread_header=cfg.thread_header)
         if cfg.mode == "parallel":  # decoding must open and join threads as the data did: the config carries it
             model.config.thread_header = cfg.thread_header
             model.config.parallel_join = cfg.join
         self.train_graphs, self.train_stats = build_graphs(train_examples, tok, name="train", **gkw)
+        self.eval_graphs: list[PackedGraph] | None
+        self.eval_stats: GraphStats | None
         self.eval_graphs, self.eval_stats = (build_graphs(eval_examples, tok, name="eval", **gkw)
                                              if eval_examples else (None, None))
         log.info("train: %s", self.train_stats.as_dict())
@@ -294,13 +309,15 @@ class PackedSFTTrainer(Trainer):
     @torch.no_grad()
     def evaluate(self) -> dict:
         acc, model = self.acc, self.model
+        graphs = self.eval_graphs
+        assert graphs is not None  # called only when there is eval data
         was_training = model.training
         model.eval()
         nll = torch.zeros((), device=acc.device, dtype=torch.float64)
         ntok = torch.zeros((), device=acc.device, dtype=torch.float64)
-        for idx, w in eval_shards(len(self.eval_graphs), self.cfg.per_device_eval_batch_size,
+        for idx, w in eval_shards(len(graphs), self.cfg.per_device_eval_batch_size,
                                   acc.process_index, acc.num_processes):
-            b = self._batch([self.eval_graphs[i] for i in idx])
+            b = self._batch([graphs[i] for i in idx])
             wt = torch.tensor(w, device=acc.device, dtype=torch.float64)[:, None] * b["loss_mask"]
             logp = packed_logprobs(model, b).double()
             nll -= (logp * wt).sum()

@@ -10,8 +10,8 @@ stage loads them from a local directory like any hub model.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"

@@ -17,9 +17,10 @@ import logging
 import math
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence, Union
+from typing import Any
 
 import torch
 
@@ -60,7 +61,7 @@ class TrainConfig:
     attn_implementation: str = _f("sdpa", "attention of the training forward (it takes the packed-graph mask): "
                                           "sdpa | eager | flex_attention (GPU)")
     torch_dtype: str = _f("float32", "dtype the weights are loaded in: float32 | bfloat16 | float16 | auto")
-    bf16: Union[bool, str] = _f("auto", "bf16 autocast of the training forward: auto (on where the GPU supports "
+    bf16: bool | str = _f("auto", "bf16 autocast of the training forward: auto (on where the GPU supports "
                                         "it) | true | false")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward")
 
@@ -342,7 +343,7 @@ def apply_peft(model, cfg: TrainConfig):
     target = "all-linear" if targets == ["all-linear"] else list(targets)
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
     to_save = list(cfg.lora_modules_to_save) or None
-    kw = {}
+    kw: dict[str, Any] = {}
     if tied and to_save:
         kw["ensure_weight_tying"] = True  # one trained copy for tied embed/lm_head
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
@@ -356,7 +357,8 @@ def apply_peft(model, cfg: TrainConfig):
 
 def make_optimizer(model, cfg: TrainConfig):
     """AdamW; no weight decay on biases and norms."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for n, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -414,6 +416,8 @@ class Trainer:
 
     #: files of ``output_dir`` (besides checkpoints and ``final``) a fresh start deletes
     run_files: tuple[str, ...] = ()
+    #: the run's tokenizer, set by the subclass (saved with every checkpoint)
+    tokenizer: Any
 
     def setup(self, cfg: TrainConfig, gradient_accumulation_steps: int, micro_batch_size: int,
               check_model: bool = True) -> None:

@@ -18,8 +18,8 @@ import sys
 
 from parallel_reason.inputs import reports_input_errors
 from parallel_reason.launch import ensure_data, launcher_rank
-from parallel_reason.training import exit_process
 from parallel_reason.sft import SFTConfig, parse_args, train
+from parallel_reason.training import exit_process
 
 
 def data_jobs(cfg: SFTConfig) -> list[tuple]:

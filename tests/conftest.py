@@ -11,7 +11,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-WORDS = ("alpha beta gamma delta check try plan found none left right sum take " 
+WORDS = ("alpha beta gamma delta check try plan found none left right sum take "
          "Numbers Target Answer Search").split()
 
 

@@ -11,10 +11,17 @@ from collections import Counter
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import random_trajectory
-from parallel_reason.attention import (attention_mask, collate, dense_mask, flex_block_mask, float_mask, mask_bytes,
-                                       segment_block_counts)
+
+from parallel_reason.attention import (
+    attention_mask,
+    collate,
+    dense_mask,
+    flex_block_mask,
+    float_mask,
+    mask_bytes,
+    segment_block_counts,
+)
 from parallel_reason.layout import JOIN_MODES, Run, build_graph, encode, sampled_count, tokenize_trajectory
 from parallel_reason.metrics import stats_from_ids
 
@@ -339,6 +346,7 @@ def test_flex_attention_model_logprobs_match_sdpa(tiny_tokenizer, graphs):
     (through packed_logprobs, i.e. transformers' own compiled flex path) gives the same
     per-token log-probs as the sdpa model with the dense mask."""
     from conftest import make_model
+
     from parallel_reason.logprobs import packed_logprobs
 
     b = collate(graphs[:2], pad_id=tiny_tokenizer.pad_token_id, pad_to_multiple_of=128)

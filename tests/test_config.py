@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal, Optional, Union
+from typing import Literal
 
 import pytest
 
@@ -15,13 +15,13 @@ from parallel_reason.config import coerce, config_field, config_from_dict, confi
 class Cfg:
     lr: float = config_field(1e-3, "learning rate (100% = 1.0)")
     steps: int = config_field(10, "steps")
-    name: Optional[str] = config_field(None, "run name")
-    limit: Optional[int] = config_field(None, "max samples")
+    name: str | None = config_field(None, "run name")
+    limit: int | None = config_field(None, "max samples")
     tags: list[str] = config_field(["a"], "tags")
-    weights: Optional[list[float]] = config_field(None, "weights")
+    weights: list[float] | None = config_field(None, "weights")
     flag: bool = config_field(False, "a switch")
     on: bool = config_field(True, "on by default")
-    bf16: Union[bool, str] = config_field("auto", "true | false | auto")
+    bf16: bool | str = config_field("auto", "true | false | auto")
     kind: Literal["x", "y"] = config_field("x", "x or y")
     extra: dict = config_field({}, "a mapping")
 
@@ -49,7 +49,7 @@ def test_flags_like_hf_argument_parser():
     assert parse("--extra", '{"k": 1}').extra == {"k": 1}
     assert parse("--steps", "1", "--steps", "2").steps == 2  # the last one wins
     # HfArgumentParser must not leave its rewritten types on the dataclass fields
-    assert {f.name: f.type for f in dataclasses.fields(Cfg)}["bf16"] == "Union[bool, str]"
+    assert {f.name: f.type for f in dataclasses.fields(Cfg)}["bf16"] == "bool | str"
 
 
 def test_errors_name_the_flag_and_suggest():

@@ -16,8 +16,8 @@ import pytest
 from data_gen import countdown as gen
 from parallel_reason import metrics
 from parallel_reason.format import Limits, parse, strip_tags, validate
-from parallel_reason.tasks import get_task
 from parallel_reason.tasks import countdown as cd
+from parallel_reason.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMS = [4, 7, 25, 60]
@@ -273,7 +273,7 @@ def test_parallel_has_blocks_and_sequential_is_the_same_search(par_records, seq_
         traj = parse(p["completion"])
         for block, _depth in traj.blocks():
             assert len(block.outlines) == len(block.threads) >= 2
-            for i, (outline, thread) in enumerate(zip(block.outlines, block.threads), 1):
+            for outline, thread in zip(block.outlines, block.threads):
                 move = outline.split(": ", 1)[1]  # "60-25=35 [4 7 35]"
                 assert move in s["completion"]  # the same node in the sequential chain
                 body = thread.parts[0]
@@ -366,8 +366,8 @@ def test_dfs_stops_at_the_first_solution_of_the_same_search(seq_records):
     for d, s in zip(dfs, seq_records):
         assert strip_tags(d["completion"]) == d["completion"]
         assert cd.verify(cd.extract_answer(d["completion"]), d["nums"], d["target"]).ok
-        top = [l for l in d["completion"].split("\n") if l and not l.startswith((" ", "=>", "Answer"))]
-        assert top == [l for l in s["completion"].split("\n") if l in top][:len(top)]
+        top = [line for line in d["completion"].split("\n") if line and not line.startswith((" ", "=>", "Answer"))]
+        assert top == [line for line in s["completion"].split("\n") if line in top][:len(top)]
         # the last top-level move is the one that reaches the target: its subtree ends with it
         assert d["completion"].split("\n=> ")[-1].startswith(d["answer"])
         assert metrics.total_tokens(d["completion"]) <= metrics.total_tokens(s["completion"])

@@ -7,8 +7,8 @@ import random
 
 import pytest
 import torch
-
 from conftest import make_model, random_trajectory
+
 from parallel_reason.attention import collate
 from parallel_reason.layout import graph_from_text
 from parallel_reason.logprobs import packed_logprobs

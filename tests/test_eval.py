@@ -55,7 +55,7 @@ def _bench(workdir: Path, out: str, mode: str, *extra: str) -> dict:
 
 
 def _lines(path: Path) -> list[dict]:
-    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")
@@ -207,8 +207,8 @@ def test_math_benchmark_pipeline(workdir, tmp_path):
     pytest.importorskip("math_verify")
     data = tmp_path / "gsm.jsonl"
     with open(data, "w") as f:
-        for i, (q, a) in enumerate([("What is 2+2?", "2+2=4\n#### 4"), ("Half of 3?", "#### 1.5"),
-                                    ("Cost?", "10*123.4=1234\n#### 1,234")]):
+        for q, a in [("What is 2+2?", "2+2=4\n#### 4"), ("Half of 3?", "#### 1.5"),
+                     ("Cost?", "10*123.4=1234\n#### 1,234")]:
             f.write(json.dumps({"question": q, "answer": a}) + "\n")
     problems = ev.load_problems(str(data), "math")
     assert [p["reference"] for p in problems] == ["4", "1.5", "1,234"]
@@ -261,7 +261,7 @@ def test_compare(workdir, two_runs, capsys):
     md = (out / "compare.md").read_text()
     assert md.strip() in printed
     assert _png_ok(out / "accuracy_vs_budget.png") and _png_ok(out / "speedup_hist.png")
-    table = [l for l in md.splitlines() if l.startswith("|")]
+    table = [line for line in md.splitlines() if line.startswith("|")]
     header = [c.strip() for c in table[0].strip("|").split("|")]
     body = {}
     for line in table[2:]:

@@ -6,10 +6,24 @@ import random
 import time
 
 import pytest
-
 from conftest import random_trajectory
-from parallel_reason.format import (CONTROL_TAGS, MAX_NESTING, Block, FormatError, Limits, Thread, Trajectory,
-                                    make_block, parse, parse_ids, parse_lenient, render, strip_tags, validate)
+
+from parallel_reason.format import (
+    CONTROL_TAGS,
+    MAX_NESTING,
+    Block,
+    FormatError,
+    Limits,
+    Thread,
+    Trajectory,
+    make_block,
+    parse,
+    parse_ids,
+    parse_lenient,
+    render,
+    strip_tags,
+    validate,
+)
 
 GOOD = ("Plan first.\n<Parallel>\n<Outlines><Outline>1: left</Outline><Outline>2: right</Outline></Outlines>\n"
         "<Thread>1: go left <Parallel>\n<Outlines><Outline>1: deep</Outline></Outlines>\n<Thread>1: deeper</Thread>\n"

@@ -18,8 +18,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import make_model, make_rollout
+
 from parallel_reason import grpo as G
 from parallel_reason.layout import Run, TBlock, TThread, closer_ids, opener_ids
 
@@ -421,10 +421,10 @@ def test_recipe_runs_sequential_baseline(tiny_tokenizer, tmp_path, one_thread):
                       "--eval_steps", "0", "--save_steps", "1", "--parallel", "false", "--log_level", "warning",
                       "--report_to", "tensorboard"])
     assert rc == 0
-    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
-    train = [l for l in lines if "reward" in l]
-    assert [l["step"] for l in train] == [1, 2]
-    assert all(l["rewards/acceleration"] == 0 and l["blocks_per_rollout"] == 0 and l["speedup"] == 1 for l in train)
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [line for line in lines if "reward" in line]
+    assert [line["step"] for line in train] == [1, 2]
+    assert all(line["rewards/acceleration"] == 0 and line["blocks_per_rollout"] == 0 and line["speedup"] == 1 for line in train)
     assert "eval/accuracy" in lines[0] and "eval/accuracy" in lines[-1]
     assert (out / "checkpoint-2" / "accelerate_state").is_dir() and (out / "final" / "README.md").exists()
     assert "Sequential GRPO baseline" in (out / "final" / "README.md").read_text()
@@ -484,8 +484,8 @@ def test_two_process_gloo_matches_single_process(tiny_tokenizer, tmp_path):
     r = subprocess.run([sys.executable, str(root / "recipes" / "grpo.py"), *args(output_dir=one, prompts_per_step=2)],
                        cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
-    a = [json.loads(l) for l in (two / "metrics.jsonl").read_text().splitlines()]
-    b = [json.loads(l) for l in (one / "metrics.jsonl").read_text().splitlines()]
+    a = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()]
     assert [e["step"] for e in a] == [e["step"] for e in b] == [1, 2, 3]
     assert any(e["reward_std"] > 0 for e in b), "the test needs reward variance"
     for x, y in zip(a, b):

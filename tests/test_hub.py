@@ -26,8 +26,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import make_model, random_trajectory
+
 from parallel_reason import hub
 from parallel_reason.format import CONTROL_TAGS
 
@@ -180,8 +180,8 @@ def test_push_uploads_checked_folder_and_full_card(model_dir, saved_model, eval_
     assert files == res.files
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
             "README.md"} <= set(files)
-    assert not [f for f in files if f.endswith(hub.PICKLE_SUFFIXES) or "optimizer" in f or "checkpoint-" in f
-                or "trainer_state" in f or f.endswith(".tmp")], files
+    assert not [f for f in files if f.endswith((*hub.PICKLE_SUFFIXES, ".tmp")) or "optimizer" in f
+                or "checkpoint-" in f or "trainer_state" in f], files
     gen = json.loads((model_dir / "generation_config.json").read_text())  # written from config.json + tokenizer
     assert gen["eos_token_id"] is not None
     assert res.url.endswith("/commit/abc") and res.private is True
@@ -219,7 +219,7 @@ def test_push_uploads_checked_folder_and_full_card(model_dir, saved_model, eval_
     ev = _section(card, "Evaluation")
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip().strip("|").split("|")]
             for line in ev.splitlines() if line.startswith("| ") and not line.startswith("| run ")}
-    header = [c.strip() for c in next(l for l in ev.splitlines() if l.startswith("| run ")).strip("|").split("|")]
+    header = [c.strip() for c in next(line for line in ev.splitlines() if line.startswith("| run ")).strip("|").split("|")]
     assert set(rows) == {"par", "seq"}
     for name, run in (("par", par), ("seq", seq)):
         s = json.loads((run / "summary.json").read_text())

@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 
 from parallel_reason.format import parse
-from parallel_reason.metrics import (aggregate, critical_path, parallel_ratio, speedup, speedup_vs, stats,
-                                     stats_from_ids, total_tokens)
+from parallel_reason.metrics import (
+    aggregate,
+    critical_path,
+    parallel_ratio,
+    speedup,
+    speedup_vs,
+    stats,
+    stats_from_ids,
+    total_tokens,
+)
 
 
 def words(piece) -> int:
@@ -53,7 +61,7 @@ def test_sequential_text_speedup_one():
 
 
 def test_from_ids_matches_text(tiny_tokenizer):
-    from parallel_reason.layout import critical_path_count, sampled_count, tokenize_trajectory, linear_ids
+    from parallel_reason.layout import critical_path_count, linear_ids, sampled_count, tokenize_trajectory
     from parallel_reason.metrics import tokenizer_counter
     tok = tiny_tokenizer
     items = tokenize_trajectory(parse(NESTED), tok, eos=False)

@@ -335,7 +335,8 @@ def test_fuzz_cli_data_loading(tmp_path, empty_model, capsys):
     from parallel_reason.data import check_trajectories, corpus, load_examples
     from parallel_reason.format import parse
     from parallel_reason.grpo import check_prompts, load_prompts
-    from parallel_reason.tasks import countdown, math as math_task
+    from parallel_reason.tasks import countdown
+    from parallel_reason.tasks import math as math_task
 
     rng = random.Random(1234)
     outcomes = {"ok": 0, "error": 0}
@@ -354,7 +355,7 @@ def test_fuzz_cli_data_loading(tmp_path, empty_model, capsys):
         # GRPO (recipes/grpo.py): prompts checked for the Countdown verifier; what
         # training does with the records that pass must work
         rows = _try(load_prompts, path)
-        if rows is not None and _try(lambda: check_prompts(rows, "countdown") or True):
+        if rows is not None and _try(lambda rows=rows: check_prompts(rows, "countdown") or True):
             for r in rows:
                 countdown.verify("1+2", r["nums"], r["target"])
                 if r.get("prompt") is None:

@@ -7,10 +7,10 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from conftest import make_rollout, random_trajectory
+
 from parallel_reason import rewards as R
-from parallel_reason.format import make_block, render, Trajectory
+from parallel_reason.format import Trajectory, make_block, render
 from parallel_reason.layout import Run, TBlock, TThread, block_counts
 
 NUMS, TARGET = [1, 2, 3, 4], 24

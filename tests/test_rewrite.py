@@ -20,8 +20,17 @@ import pytest
 
 from data_gen import rewrite as rw
 from parallel_reason.format import parse
-from parallel_reason.llm import (LLM, DiskCache, JSONAnswerError, LLMError, OpenAIClient, cache_key,
-                                 make_client, parse_json_answer, redact)
+from parallel_reason.llm import (
+    LLM,
+    DiskCache,
+    JSONAnswerError,
+    LLMError,
+    OpenAIClient,
+    cache_key,
+    make_client,
+    parse_json_answer,
+    redact,
+)
 from parallel_reason.tasks import math as math_task
 
 REPO = Path(__file__).resolve().parents[1]

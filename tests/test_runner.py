@@ -8,13 +8,32 @@ import random
 
 import pytest
 import torch
-
 from conftest import make_model, random_text, random_trajectory
+
 from parallel_reason.attention import collate
-from parallel_reason.format import (OUTLINE_CLOSE, OUTLINE_OPEN, OUTLINES_CLOSE, OUTLINES_OPEN,
-                                    PARALLEL_CLOSE, PARALLEL_OPEN, THREAD_CLOSE, THREAD_OPEN)
-from parallel_reason.layout import (JOIN_MODES, Run, TBlock, TThread, encode, graph_from_text, linear_graph, linear_ids,
-                                    opener_ids, sampled_count, tokenize_trajectory)
+from parallel_reason.format import (
+    OUTLINE_CLOSE,
+    OUTLINE_OPEN,
+    OUTLINES_CLOSE,
+    OUTLINES_OPEN,
+    PARALLEL_CLOSE,
+    PARALLEL_OPEN,
+    THREAD_CLOSE,
+    THREAD_OPEN,
+)
+from parallel_reason.layout import (
+    JOIN_MODES,
+    Run,
+    TBlock,
+    TThread,
+    encode,
+    graph_from_text,
+    linear_graph,
+    linear_ids,
+    opener_ids,
+    sampled_count,
+    tokenize_trajectory,
+)
 from parallel_reason.logprobs import packed_logprobs
 from parallel_reason.metrics import stats_from_ids
 from parallel_reason.runner import FINISH_REASONS, Runner
@@ -530,7 +549,7 @@ def test_outline_header_replay_matches_trainer_graph(tok, model):
     text = next(t for t in texts if any(isinstance(x, Block) for x in parse(t).parts))
     block = next(x for x in parse(text).parts if isinstance(x, Block))
     tblock = next(it for it in tokenize_trajectory(text, tok, thread_header="outline") if isinstance(it, TBlock))
-    for i, (o, t) in enumerate(zip(block.outlines, tblock.threads), 1):
+    for o, t in zip(block.outlines, tblock.threads):
         assert t.opener == encode(tok, "\n") + [tag_token_ids(tok)["<Thread>"]] + encode(tok, o)
 
 

@@ -48,7 +48,7 @@ def overfit(model, tok, records, max_steps: int = 400, lr: float = 3e-3, ambiguo
     tgt = b["input_ids"][sel]
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
-    for step in range(1, max_steps + 1):
+    for step in range(1, max_steps + 1):  # noqa: B007 (returned after the loop)
         logits = model(input_ids=b["input_ids"], attention_mask=mask, position_ids=b["position_ids"],
                        use_cache=False).logits
         lg = logits.gather(1, pred[:, :, None].expand(-1, -1, logits.shape[-1]))[sel]
@@ -68,7 +68,7 @@ def _write(path: Path, rows) -> None:
 
 
 def _lines(path: Path) -> list[dict]:
-    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")
@@ -336,8 +336,8 @@ def test_select_order_and_policies():
 def test_math_record_and_chat_prompt(tmp_path):
     """A kept math sample stores the reference answer (the output is again valid input)
     and the model's; with --chat-template a string prompt is stored as a user message."""
-    from parallel_reason.evaluate import load_problems
     from parallel_reason.data import load_examples
+    from parallel_reason.evaluate import load_problems
 
     src = tmp_path / "math.jsonl"
     _write(src, [{"id": "m1", "question": "What is 6*7?", "answer": "#### 42"}])

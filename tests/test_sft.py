@@ -15,11 +15,18 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import random_trajectory, reset_accelerate
+
 from parallel_reason import sft
-from parallel_reason.data import (DataError, build_graphs, epoch_windows, eval_shards, load_examples,
-                                  split_holdout, steps_per_epoch)
+from parallel_reason.data import (
+    DataError,
+    build_graphs,
+    epoch_windows,
+    eval_shards,
+    load_examples,
+    split_holdout,
+    steps_per_epoch,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_YAML = ROOT / "configs" / "sft" / "countdown_tiny.yaml"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-
 from conftest import make_model
+
 from parallel_reason.format import CONTROL_TAGS
 from parallel_reason.tiny import build_tokenizer
 from parallel_reason.tokens import _name_ids, add_control_tokens, missing_tags, tag_token_ids

@@ -1,6 +1,10 @@
 """Error analysis of a countdown eval run (parallel or sequential)."""
-import json, re, sys, collections
+import collections
+import json
+import re
+import sys
 from fractions import Fraction
+
 path = sys.argv[1]
 S = collections.Counter()
 def arith_ok(m):
@@ -8,8 +12,12 @@ def arith_ok(m):
     v = {'+': a+b, '-': a-b, '*': a*b, '/': (Fraction(a, b) if b else None)}[op]
     return v == c
 for line in open(path):
-    r = json.loads(line); t = r['completion']; nums = r['reference']['nums']; tgt = r['reference']['target']
-    S['n'] += 1; S['correct'] += r['correct']
+    r = json.loads(line)
+    t = r['completion']
+    nums = r['reference']['nums']
+    tgt = r['reference']['target']
+    S['n'] += 1
+    S['correct'] += r['correct']
     outl = re.findall(r'<Outline>\d+: (\d+)([-+*/])(\d+)=(\d+)', t)
     for o in outl:
         S['outline'] += 1
@@ -19,12 +27,14 @@ for line in open(path):
         for ln in t.split('\n'):
             m = re.match(r' ?(\d+)([-+*/])(\d+)=(\d+) \[', ln)
             if m:
-                o = m.groups(); S['outline'] += 1
+                o = m.groups()
+                S['outline'] += 1
                 S['outline_operands_from_prompt'] += (int(o[0]) in nums and int(o[2]) in nums)
                 S['outline_arith_ok'] += arith_ok(o)
     checks = re.findall(r'(?<![\[\d])(\d+)([-+*/])(\d+)=(\d+)(?! \[)', t.split('</Outlines>')[-1])
     for c in checks:
-        S['checks'] += 1; S['checks_ok'] += arith_ok(c)
+        S['checks'] += 1
+        S['checks_ok'] += arith_ok(c)
     threads = re.findall(r'<Thread>(\d+):(.*?)</Thread>', t, re.S)
     states = dict(re.findall(r'<Outline>(\d+): [^\[]*\[([\d ]+)\]', t))
     for i, body in threads:
@@ -33,7 +43,8 @@ for line in open(path):
             first = re.findall(r'(\d+)[-+*/](\d+)=', body.replace(states.get(i,''),'',0))
             st = set(int(x) for x in states[i].split())
             m = re.search(r'\] (\d+)[-+*/](\d+)=', body) or re.match(r' (\d+)[-+*/](\d+)=', body)
-            if m: S['thread_uses_own_state'] += ({int(m.group(1)), int(m.group(2))} == st or (int(m.group(1)) in st and int(m.group(2)) in st))
+            if m:
+                S['thread_uses_own_state'] += ({int(m.group(1)), int(m.group(2))} == st or (int(m.group(1)) in st and int(m.group(2)) in st))
     claims = re.findall(r'=> (.+?) = (\d+)', t)
     S['has_answer'] += r.get('answer') is not None
     S['claims'] += len(claims)

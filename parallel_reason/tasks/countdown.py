@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 from ..format import split_at_first_tag
 
@@ -206,7 +207,7 @@ def extract_answer(completion: str) -> str | None:
 class Verdict:
     ok: bool
     reason: str
-    value: Fraction | None = None
+    value: Fraction | str | None = None  # Countdown: the value reached; math: the extracted answer
 
     def __bool__(self) -> bool:
         return self.ok

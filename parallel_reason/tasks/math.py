@@ -16,10 +16,13 @@ import signal
 import threading
 from fractions import Fraction
 from functools import lru_cache
-from typing import Union
+from typing import TYPE_CHECKING
 
 from ..format import strip_tags
 from .countdown import Verdict
+
+if TYPE_CHECKING:
+    import subprocess
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,7 @@ MAX_COMPLETION_CHARS = 200_000
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
 
-PatternLike = Union[str, re.Pattern, None]
+PatternLike = str | re.Pattern | None
 
 
 # ---------------------------------------------------------------------------
@@ -280,7 +283,7 @@ class _Worker:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.proc = None
+        self.proc: subprocess.Popen[str] | None = None
 
     def _start(self) -> None:
         import subprocess
@@ -296,6 +299,7 @@ class _Worker:
     def _readline(self, timeout: float) -> str | None:
         import select
 
+        assert self.proc is not None and self.proc.stdout is not None  # started by _start
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         if not ready:
             return None
@@ -318,6 +322,7 @@ class _Worker:
         with self.lock:
             if self.proc is None or self.proc.poll() is not None:
                 self._start()
+            assert self.proc is not None and self.proc.stdin is not None  # started above
             try:
                 self.proc.stdin.write(json.dumps([answer, gold, t]) + "\n")
                 self.proc.stdin.flush()
