@@ -10,7 +10,7 @@ tensor (:func:`flex_block_mask`). See docs/design.md#packed-graph.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

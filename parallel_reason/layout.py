@@ -10,14 +10,26 @@ docs/design.md#packed-graph.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence, Union
 
 import torch
 
-from .format import (CANONICAL_THREAD_SEP, OUTLINE_CLOSE, OUTLINE_OPEN, OUTLINES_CLOSE,
-                     OUTLINES_OPEN, PARALLEL_CLOSE, PARALLEL_OPEN, THREAD_CLOSE, THREAD_OPEN,
-                     Block, Trajectory, canonicalize, parse)
+from .format import (
+    CANONICAL_THREAD_SEP,
+    OUTLINE_CLOSE,
+    OUTLINE_OPEN,
+    OUTLINES_CLOSE,
+    OUTLINES_OPEN,
+    PARALLEL_CLOSE,
+    PARALLEL_OPEN,
+    THREAD_CLOSE,
+    THREAD_OPEN,
+    Block,
+    Trajectory,
+    canonicalize,
+    parse,
+)
 
 #: how the continuation after ``</Parallel>`` reads the threads (docs/design.md#joins):
 #: ``concat`` re-reads threads 2..n after thread 1 (a causal reading of the text);
@@ -73,7 +85,7 @@ class TBlock:
         return bool(self.closer)
 
 
-TItem = Union[Run, TBlock]
+TItem = Run | TBlock
 
 
 def encode(tokenizer, text: str) -> list[int]:
@@ -153,6 +165,7 @@ def _restated_body(parts: list, outline: str, header: str, i: int) -> list:
 
 
 def _tok_block(b: Block, tok, thread_header: str = "index") -> TBlock:
+    assert isinstance(b.pre_outlines, str)  # a parsed text block (token pieces are the parser's internals)
     head = [_tag(tok, PARALLEL_OPEN)] + encode(tok, b.pre_outlines) + [_tag(tok, OUTLINES_OPEN)]
     outline_ids = []
     for i, o in enumerate(b.outlines):

@@ -13,8 +13,8 @@ from __future__ import annotations
 import inspect
 import time
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import torch
 
@@ -22,8 +22,7 @@ from ..attention import float_mask
 from ..layout import Run, check_join, check_thread_header, encode, linear_ids, tokenize_trajectory
 from ..logprobs import attn_implementation_of
 from ..wrappers import unwrap_model
-from .scheduler import (ACTIVE, Context, Lane, RunLimits, RolloutState, Rollout, Row, Script, TagSet,
-                        to_rollout)
+from .scheduler import ACTIVE, Context, Lane, Rollout, RolloutState, Row, RunLimits, Script, TagSet, to_rollout
 
 
 @dataclass
@@ -99,7 +98,7 @@ def _slab_classes():
     return SlabCache
 
 
-_SlabCache = None
+_SlabCache: type | None = None
 
 
 class _RowState:
@@ -132,7 +131,7 @@ class HFBackend:
         self.impl = impl
         self.num_layers = int(text_cfg.num_hidden_layers)
         h = getattr(text_cfg, "hidden_size", 1024)
-        kv = getattr(text_cfg, "num_key_value_heads", None) or getattr(text_cfg, "num_attention_heads", 16)
+        kv = int(getattr(text_cfg, "num_key_value_heads", 0) or getattr(text_cfg, "num_attention_heads", 16))
         hd = getattr(text_cfg, "head_dim", None) or h // max(getattr(text_cfg, "num_attention_heads", 16), 1)
         self._slot_cost = (kv * hd * 8) / (12 * h * h)
         p = next(inner.parameters())
@@ -153,7 +152,7 @@ class HFBackend:
     def _layers(self):
         if self.cache is None:
             return []
-        return [l for l in self.cache.layers if l.is_initialized and l.n > 0]
+        return [layer for layer in self.cache.layers if layer.is_initialized and layer.n > 0]
 
     def _new_cache(self, kv=None):
         cache = _slab_classes()(self.num_layers)
@@ -367,6 +366,7 @@ class HFBackend:
                 mask = float_mask(mask, self.dtype)
         if cache is None:
             cache = self._new_cache()
+        ltk: int | torch.Tensor
         if M == 1 and all(rows_keep[b] == [N - 1] for b in idx):
             ltk = 1  # every row wants its last position: plain slicing
         else:
@@ -388,7 +388,7 @@ class HFBackend:
         res = []
         for g in groups:
             it = torch.tensor(g, device=dev)
-            sub = self._new_cache([(l.keys.index_select(0, it), l.values.index_select(0, it)) for l in old]) \
+            sub = self._new_cache([(layer.keys.index_select(0, it), layer.values.index_select(0, it)) for layer in old]) \
                 if old else None
             logits, qseg = self._forward(g, rows_ids, rows_pos, rows_seg, rows_keep, sub)
             res.append((it, logits, qseg, self._cache_out))
@@ -482,7 +482,7 @@ def _cache_kwarg(model) -> str:
     if name is None:
         inner = unwrap_model(model, peft=True)
         try:
-            params = inspect.signature(inner.forward).parameters
+            params: Mapping = inspect.signature(inner.forward).parameters
         except (TypeError, ValueError, AttributeError):  # pragma: no cover
             params = {}
         if "cache" in params:

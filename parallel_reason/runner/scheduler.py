@@ -10,14 +10,26 @@ backend interface, mapping onto prefix-caching engines: docs/design.md#runner.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any
 
 from ..finish import FINISH_REASONS
-from ..format import (OUTLINE_CLOSE, OUTLINE_OPEN, OUTLINES_CLOSE, OUTLINES_OPEN, PARALLEL_OPEN,
-                      THREAD_CLOSE)
-from ..layout import (PackedGraph, Run, TBlock, TItem, TThread, build_graph, check_thread_header, closer_ids,
-                      critical_path_count, linear_ids, opener_ids, sampled_count)
+from ..format import OUTLINE_CLOSE, OUTLINE_OPEN, OUTLINES_CLOSE, OUTLINES_OPEN, PARALLEL_OPEN, THREAD_CLOSE
+from ..layout import (
+    PackedGraph,
+    Run,
+    TBlock,
+    TItem,
+    TThread,
+    build_graph,
+    check_thread_header,
+    closer_ids,
+    critical_path_count,
+    linear_ids,
+    opener_ids,
+    sampled_count,
+)
 from ..tokens import tag_token_ids
 
 ACTIVE, WAITING, ENDED = 0, 1, 2
@@ -65,13 +77,13 @@ class Context:
 
     __slots__ = ("parent", "joins", "tokens", "start", "done", "handle", "last")
 
-    def __init__(self, parent: "Context | None", tokens: Sequence[int] = (), joins: Sequence["Context"] = ()):
+    def __init__(self, parent: Context | None, tokens: Sequence[int] = (), joins: Sequence[Context] = ()):
         self.parent = parent
         self.joins = tuple(joins)
         self.tokens: list[int] = list(tokens)
         self.start = max((c.next_pos for c in self.parents()), default=0)
         self.done = 0  # tokens already fed to the model by the backend
-        self.handle = None  # backend data (the HF backend: segment id in its row)
+        self.handle: Any = None  # backend data (the HF backend: segment id in its row)
         self.last = -1  # backend scratch: index of the last fed token in the current step
 
     def parents(self) -> tuple:
@@ -92,7 +104,7 @@ class Context:
         if self.joins:
             raise ValueError("a context after a tree join has no linear reading")
         chain = []
-        c = self
+        c: Context | None = self
         while c is not None:
             chain.append(c.tokens)
             c = c.parent
@@ -175,7 +187,7 @@ class Script:
             self.j = 0
         return None
 
-    def fork(self, k: int) -> list["Script"]:
+    def fork(self, k: int) -> list[Script]:
         """Scripts of the ``k`` threads of the block whose head was just consumed."""
         it = self.items[self.i] if self.i < len(self.items) else None
         if isinstance(it, TBlock) and self.j == len(it.head):
@@ -220,7 +232,7 @@ class RolloutState:
         return self.finish_reason is not None
 
     def active_lanes(self) -> list[Lane]:
-        return [l for l in self.lanes if l.state == ACTIVE]
+        return [lane for lane in self.lanes if lane.state == ACTIVE]
 
     def live_contexts(self) -> list[Context]:
         """Contexts whose tokens some future token of this rollout will attend to: every
@@ -229,10 +241,10 @@ class RolloutState:
         Threads 2..n that have ended are live only under a tree join: a concat join
         re-reads them."""
         out = []
-        for l in self.lanes:
-            out.append(l.ctx)
-            if l.state == WAITING and l.pending is not None:
-                children = l.pending.children if self.join == "tree" else l.pending.children[:1]
+        for lane in self.lanes:
+            out.append(lane.ctx)
+            if lane.state == WAITING and lane.pending is not None:
+                children = lane.pending.children if self.join == "tree" else lane.pending.children[:1]
                 out.extend(c.ctx for c in children)
         return out
 
@@ -253,6 +265,7 @@ class RolloutState:
         allowed: set[str] = set()
         if lane.phase == HEAD:
             h = lane.head
+            assert h is not None  # set with the HEAD phase
             if not h.outlines_seen:
                 allowed.add(OUTLINES_OPEN)
             elif h.in_outline:
@@ -284,8 +297,8 @@ class RolloutState:
             raise ValueError(f"unknown finish reason {reason!r}")
         self.finish_reason = reason
         self.detail = detail
-        for l in self.lanes:
-            l.state = ENDED
+        for lane in self.lanes:
+            lane.state = ENDED
         self.lanes = []
         self.version += 1
         self.t_end = time.perf_counter()
@@ -314,7 +327,7 @@ class RolloutState:
             self.finish("max_thread_tokens", f"thread {lane.number} at depth {lane.depth} sampled "
                         f"{lane.count} tokens without </Thread>")
         elif self.sampled >= lim.max_new_tokens:
-            open_threads = sum(1 for l in self.lanes if l.is_thread)
+            open_threads = sum(1 for lane in self.lanes if lane.is_thread)
             if open_threads:
                 self.finish("unclosed_thread", f"budget of {lim.max_new_tokens} tokens spent with "
                             f"{open_threads} thread(s) open")
@@ -330,6 +343,7 @@ class RolloutState:
             run = Run([], True, [])
             items.append(run)
             self.sampler_lp[id(run)] = []
+        assert run.logprobs is not None  # sampled runs always record log-probs
         run.ids.append(token)
         run.logprobs.append(lp)
         self.sampler_lp[id(run)].append(slp)
@@ -354,7 +368,7 @@ class RolloutState:
                 self.finish("eos_in_thread", f"EOS in thread {lane.number} at depth {lane.depth}")
             else:
                 self.finish("eos")
-        elif tag == THREAD_CLOSE and lane.is_thread:
+        elif tag == THREAD_CLOSE and lane.thread is not None:
             lane.thread.closed = True
             self._end_thread(lane)
         elif tag is not None:
@@ -364,11 +378,11 @@ class RolloutState:
             lane.ctx.tokens.append(token)
 
     def _head_token(self, lane: Lane, token: int, tag: str | None, lp: float, slp: float) -> None:
-        block = lane.block
+        block, h = lane.block, lane.head
+        assert block is not None and block.head_logprobs is not None and h is not None  # set with the HEAD phase
         block.head.append(token)
         block.head_logprobs.append(lp)
         self.sampler_lp[id(block)].append(slp)
-        h = lane.head
         if self.tags.eos is not None and token == self.tags.eos:
             if lane.is_thread:
                 self.finish("eos_in_thread", f"EOS in the head of a block in thread {lane.number}")
@@ -407,6 +421,7 @@ class RolloutState:
 
     def _fork(self, lane: Lane, k: int, outlines: Sequence[Sequence[int]] = ()) -> None:
         block = lane.block
+        assert block is not None  # forks end a block head
         lane.state = WAITING
         lane.phase = TEXT
         lane.head = None
@@ -433,6 +448,7 @@ class RolloutState:
         self.lanes.remove(lane)
         self.version += 1
         fork = lane.fork
+        assert fork is not None  # only threads end
         fork.alive -= 1
         if fork.alive == 0:
             self._join(fork)
@@ -465,7 +481,7 @@ class Row:
     def __init__(self, prompt_ctx: Context, rollouts: list[RolloutState]):
         self.prompt_ctx = prompt_ctx
         self.rollouts = rollouts
-        self.handle = None
+        self.handle: Any = None  # backend data (the HF backend: its _RowState)
 
     @property
     def finished(self) -> bool:
@@ -534,7 +550,7 @@ def _flatten(items: Sequence[TItem], slp: dict, ids: list, lps: list, slps: list
 
 def to_rollout(state: RolloutState, tokenizer, join: str = "concat") -> Rollout:
     """Package a finished :class:`RolloutState`."""
-    if not state.finished:
+    if state.finish_reason is None:
         raise RuntimeError("rollout is not finished")
     ids: list[int] = []
     lps: list[float] = []
