@@ -8,9 +8,10 @@
    (``Runner(parallel=False)``). Reported: wall-clock of both, achieved speedup
    ``t_seq / t_par`` and ``achieved / ideal``.
 2. Recomputation: tokens fed to the model vs the graph nodes that must be fed (every
-   node with a child); the difference is prefix tokens recomputed (target 0). The
-   concat join re-reads threads 2..n by design; those re-read tokens are graph nodes
-   of their own and are listed separately.
+   node some other token attends to); the difference is prefix tokens recomputed
+   (target 0). The concat join re-reads threads 2..n by design; those re-read tokens
+   are graph nodes of their own and are listed separately; the tree join re-reads
+   nothing. Both joins (``--joins``) run on the same trajectories.
 3. Sequential throughput vs ``model.generate``: greedy, tags and EOS suppressed (both
    decode exactly ``--gen-tokens`` tokens per prompt), same batch size.
 
@@ -59,6 +60,13 @@ def trajectory(rng: random.Random, blocks: int, width: int, thread_words: int, s
     return render(Trajectory(parts))
 
 
+def nodes_to_feed(g) -> int:
+    """Graph nodes whose keys/values some other token attends to (under the graph's join)."""
+    m = g.dense_mask()
+    m.fill_diagonal_(False)
+    return int(m.any(0).sum())
+
+
 def timed(fn):
     t = time.perf_counter()
     out = fn()
@@ -76,6 +84,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--thread-words", type=int, default=40)
     ap.add_argument("--seq-words", type=int, default=8)
     ap.add_argument("--batches", default="1,4", help="batch sizes of the replay comparison")
+    ap.add_argument("--joins", default="concat,tree", help="join modes compared on the same trajectories")
     ap.add_argument("--gen-batches", default="1,8", help="batch sizes of the generate comparison")
     ap.add_argument("--gen-tokens", type=int, default=128)
     ap.add_argument("--json", action="store_true")
@@ -92,13 +101,17 @@ def main(argv=None) -> dict:
                  "replay": [], "generate": []}
 
     # ------------------------------------------------------------ 1 + 2: replay
-    for B in [int(x) for x in args.batches.split(",")]:
-        trajs = [trajectory(rng, args.blocks, args.width, args.thread_words, args.seq_words) for _ in range(B)]
+    cases = [(B, join) for B in [int(x) for x in args.batches.split(",")] for join in args.joins.split(",")]
+    trajs_of: dict[int, list[str]] = {}
+    for B, join in cases:
+        if B not in trajs_of:  # the same trajectories for every join mode
+            trajs_of[B] = [trajectory(rng, args.blocks, args.width, args.thread_words, args.seq_words) for _ in range(B)]
+        trajs = trajs_of[B]
         prompts = [f"Numbers: {k} 3 7\nTarget: 21\n" for k in range(B)]
         trees = [tokenize_trajectory(t, tok) for t in trajs]
         total = sum(sampled_count(t) for t in trees)
         crit = sum(critical_path_count(t) for t in trees)
-        par = Runner(model, tok, max_new_tokens=100_000, max_width=args.width, batch_size=B)
+        par = Runner(model, tok, max_new_tokens=100_000, max_width=args.width, batch_size=B, join=join)
         seq = Runner(model, tok, max_new_tokens=100_000, batch_size=B, parallel=False)
         par.replay(prompts, trajs)  # warm-up
         tp, ts = [], []
@@ -111,13 +124,13 @@ def main(argv=None) -> dict:
         t_par, t_seq = statistics.median(tp), statistics.median(ts)
         assert all(o.finish_reason == "eos" for o in outs + souts)
         assert [o.completion_ids for o in outs] == [o.completion_ids for o in souts]
-        need = sum(len(o.graph) - len(o.graph.leaves()) for o in outs)
+        need = sum(nodes_to_feed(o.graph) for o in outs)
         # graph = prompt + every linear token once + the re-read copies of threads 2..n
         reread = sum(len(o.graph) - o.graph.prompt_len - len(o.completion_ids) for o in outs)
         ideal = total / crit
         achieved = t_seq / t_par
         res["replay"].append({
-            "batch": B, "total_tokens": total, "critical_path": crit, "ideal_speedup": ideal,
+            "batch": B, "join": join, "total_tokens": total, "critical_path": crit, "ideal_speedup": ideal,
             "t_seq_s": t_seq, "t_par_s": t_par, "achieved_speedup": achieved, "achieved_over_ideal": achieved / ideal,
             "tokens_fed": st.tokens_fed, "nodes_to_feed": need, "recomputed": st.tokens_fed - need,
             "reread_at_joins": reread, "forward_calls_par": st.forward_calls, "forward_calls_seq": seq.stats.forward_calls,
@@ -160,11 +173,11 @@ def main(argv=None) -> dict:
         print(json.dumps(res, indent=2))
     else:
         print(f"Runner benchmark: {res['model']}, CPU, {args.threads} thread(s), median of {args.repeats}\n")
-        print("| batch | threads/block | total | critical | ideal S | t_seq (s) | t_par (s) | achieved | achieved/ideal "
-              "| tokens fed | nodes to feed | recomputed | re-read at joins |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("| batch | join | threads/block | total | critical | ideal S | t_seq (s) | t_par (s) | achieved "
+              "| achieved/ideal | tokens fed | nodes to feed | recomputed | re-read at joins |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in res["replay"]:
-            print(f"| {r['batch']} | {args.width} | {r['total_tokens']} | {r['critical_path']} | {r['ideal_speedup']:.2f} "
+            print(f"| {r['batch']} | {r['join']} | {args.width} | {r['total_tokens']} | {r['critical_path']} | {r['ideal_speedup']:.2f} "
                   f"| {r['t_seq_s']:.3f} | {r['t_par_s']:.3f} | {r['achieved_speedup']:.2f} | "
                   f"{r['achieved_over_ideal']:.2f} | {r['tokens_fed']} | {r['nodes_to_feed']} | {r['recomputed']} "
                   f"| {r['reread_at_joins']} |")

@@ -314,6 +314,65 @@ def test_fuzz_200_prompts_temperature_1_5(tok, markov_fuzz):
     assert worst_logprob_diff(markov, outs, tok.pad_token_id) <= TOL
 
 
+@pytest.mark.parametrize("join", JOIN_MODES)
+def test_constrained_decoding_never_malformed(tok, markov_fuzz, model, join):
+    """With constraints the fuzz model at T=1.5 (which often samples tags out of place)
+    and a random model end no rollout with a grammar violation; the recorded log-probs
+    stay the model's own (what the trainer computes), the sampler's are the constrained
+    distribution's (never below the model's: the mass of banned tags moved to the rest)."""
+    rng = random.Random(0)
+    prompts = [" ".join(rng.choice(["alpha", "beta", "7", "sum", "take", "\n", "Target:"])
+                        for _ in range(rng.randint(1, 12))) + "\n" for _ in range(64)]
+    violations = {"malformed", "eos_in_thread", "no_outlines", "max_threads", "max_depth"}
+    for m in (markov_fuzz, model):
+        free = Runner(m, tok, max_new_tokens=64, max_thread_tokens=24, max_width=3, max_depth=2, batch_size=32,
+                      join=join).generate(prompts, temperature=1.5, seed=5)
+        outs = Runner(m, tok, max_new_tokens=64, max_thread_tokens=24, max_width=3, max_depth=2, batch_size=32,
+                      join=join, constrained=True).generate(prompts, temperature=1.5, seed=5)
+        if m is markov_fuzz:
+            assert sum(r.finish_reason in violations for r in free) >= 10
+            assert sum(r.forks for r in outs) >= 20
+        assert not [r.finish_reason for r in outs if r.finish_reason in violations]
+        for r in outs:
+            check_rollout(r, tok, 64)
+        assert worst_logprob_diff(m, outs, tok.pad_token_id) <= TOL
+    # at T=1 without filters the sampler's distribution is the model's renormalised over what is allowed
+    outs = Runner(markov_fuzz, tok, max_new_tokens=64, max_width=3, max_depth=2, batch_size=32, join=join,
+                  constrained=True).generate(prompts[:16], temperature=1.0, seed=1)
+    pairs = [(s, lp) for r in outs for s, lp in zip(r.sampler_logprobs, r.logprobs)]
+    assert all(s >= lp - 1e-5 for s, lp in pairs) and any(s > lp + 1e-3 for s, lp in pairs)
+
+
+def test_constrained_banned_sets(tok, model):
+    """The banned tags in each state are exactly those the guards would stop on."""
+    from parallel_reason.runner.scheduler import Context, RolloutState, RunLimits, TagSet
+
+    T = tag_token_ids(tok)
+    eos = tok.eos_token_id
+    st = RolloutState(Context(None, encode(tok, "x")), TagSet(tok), RunLimits(max_new_tokens=100, max_width=1,
+                                                                              max_depth=1))
+    lane = st.main
+    names = {v: k for k, v in T.items()}
+
+    def allowed():
+        return sorted(names[i] for i in set(T.values()) - set(st.banned(lane))), eos in st.banned(lane)
+
+    assert allowed() == ([PARALLEL_OPEN], False)  # main text: open a block or end
+    st.advance(lane, T[PARALLEL_OPEN], -1.0)
+    assert allowed() == ([OUTLINES_OPEN], True)
+    st.advance(lane, T[OUTLINES_OPEN], -1.0)
+    assert allowed() == ([OUTLINE_OPEN], True)  # zero outlines: </Outlines> is banned
+    st.advance(lane, T[OUTLINE_OPEN], -1.0)
+    assert allowed() == ([OUTLINE_CLOSE], True)
+    st.advance(lane, T[OUTLINE_CLOSE], -1.0)
+    assert allowed() == ([OUTLINES_CLOSE], True)  # max_width 1 reached: no second <Outline>
+    st.advance(lane, T[OUTLINES_CLOSE], -1.0)
+    thread = st.active_lanes()[0]
+    assert thread.is_thread
+    lane = thread
+    assert allowed() == ([THREAD_CLOSE], True)  # max_depth 1: no nested block; no EOS in a thread
+
+
 # ---------------------------------------------------------------------- guards
 
 
