@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from parallel_reason.data import DataError, read_records
-from parallel_reason.evaluate import add_runner_args, check_runner_args, decode_and_score, load_problems, load_runner
+from parallel_reason.evaluate import add_runner_args, decode_and_score, load_problems, load_runner, parse_runner_args
 from parallel_reason.files import atomic_write
 from parallel_reason.finish import EOS, FINISH_REASONS
 from parallel_reason.inputs import reports_input_errors
@@ -482,16 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def validate_args(p: argparse.ArgumentParser, args) -> None:
-    check_runner_args(p, args, args.k, "--k")
-
-
 @reports_input_errors
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    p = build_parser()
-    args = p.parse_args(argv)
-    validate_args(p, args)
+    args = parse_runner_args(build_parser(), argv, "--k")
     stats = run(args, argv)
     print(format_table(stats))
     print(f"wrote {args.out} ({stats['records_in_file']} records) and {side_paths(args.out)[1]}", file=sys.stderr)

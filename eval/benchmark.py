@@ -29,10 +29,10 @@ from parallel_reason.eval_runs import RESULTS, SUMMARY, read_rows, samples_of
 from parallel_reason.evaluate import (
     SAMPLE_FIELDS,
     add_runner_args,
-    check_runner_args,
     decode_and_score,
     load_problems,
     load_runner,
+    parse_runner_args,
 )
 from parallel_reason.files import atomic_write, write_jsonl
 from parallel_reason.inputs import reports_input_errors
@@ -281,16 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def validate_args(p: argparse.ArgumentParser, args) -> None:
-    check_runner_args(p, args, args.samples, "--samples")
-
-
 @reports_input_errors
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    p = build_parser()
-    args = p.parse_args(argv)
-    validate_args(p, args)
+    args = parse_runner_args(build_parser(), argv, "--samples")
     summary = run(args, argv)
     keys = ("n_problems", "accuracy", "pass_at_k", "total_tokens_mean", "critical_path_mean",
             "speedup_mean_of_ratios", "speedup_ratio_of_means", "wall_clock_per_problem_s",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -293,6 +294,15 @@ def add_runner_args(p: argparse.ArgumentParser, *, split: str, temperature: floa
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"))
     p.add_argument("--no-progress", action="store_true")
+
+
+def parse_runner_args(p: argparse.ArgumentParser, argv: Sequence[str] | None, samples_flag: str):
+    """Parse a decode-and-score command line (python logging on) and check its runner
+    options with :func:`check_runner_args`; ``samples_flag`` names the samples option."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = p.parse_args(argv)
+    check_runner_args(p, args, getattr(args, samples_flag.lstrip("-").replace("-", "_")), samples_flag)
+    return args
 
 
 def check_runner_args(p: argparse.ArgumentParser, args, samples: int, samples_flag: str) -> None:

@@ -34,7 +34,7 @@ from .layout import PackedGraph
 from .logprobs import packed_logprobs
 from .runner import Runner, model_join
 from .runner.hf import model_thread_header
-from .training import TrainConfig, Trainer, apply_peft, load_pretrained, make_optimizer
+from .training import TrainConfig, Trainer, apply_peft, load_pretrained, make_optimizer, run_main
 from .wrappers import is_peft
 
 log = logging.getLogger("parallel_reason.grpo")
@@ -954,19 +954,7 @@ def train(cfg: GRPOConfig, **kwargs) -> GRPOResult:
 
 @reports_input_errors
 def main(argv: Sequence[str] | None = None) -> int:
-    import sys
-
-    from .data import DataError
-
-    try:
-        cfg = parse_args(argv)
-    except (ValueError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    result = train(cfg)
-    if result.final_dir:
-        print(f"final model: {result.final_dir}", file=sys.stderr)
-    return 0
+    return run_main(parse_args, train, argv)
 
 
 __all__ = [

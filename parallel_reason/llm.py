@@ -16,7 +16,6 @@ import logging
 import os
 import random
 import re
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+
+from .files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -392,21 +393,7 @@ class DiskCache:
         return entry if isinstance(entry, dict) and entry.get("key") == key else None
 
     def put(self, record_id: str, step: str, key: str, entry: dict) -> None:
-        p = self.path(record_id, step, key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=p.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({**entry, "key": key}, f, ensure_ascii=False, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, p)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        atomic_write(self.path(record_id, step, key), json.dumps({**entry, "key": key}, ensure_ascii=False, indent=1))
 
 
 @dataclass

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +24,6 @@ from .attention import collate
 from .config import config_field
 from .config import config_help as config_help_of
 from .data import (
-    DataError,
     Example,
     GraphStats,
     build_graphs,
@@ -40,7 +38,7 @@ from .data import (
 from .inputs import reports_input_errors
 from .layout import PackedGraph
 from .logprobs import packed_logprobs
-from .training import TrainConfig, Trainer, apply_peft, load_pretrained, no_zero3_init
+from .training import TrainConfig, Trainer, apply_peft, load_pretrained, no_zero3_init, run_main
 
 log = logging.getLogger("parallel_reason.sft")
 
@@ -424,13 +422,7 @@ def train(cfg: SFTConfig, train_examples: Sequence[Example] | None = None,
 
 @reports_input_errors
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        cfg = parse_args(argv)
-    except (ValueError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    train(cfg)
-    return 0
+    return run_main(parse_args, train, argv)
 
 
 __all__ = ["SFTConfig", "SFTResult", "PackedSFTTrainer", "parse_args", "train", "main", "load_model_and_tokenizer"]

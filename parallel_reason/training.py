@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -627,14 +628,33 @@ class Trainer:
             hub.push_trained(final, self.cfg.hub_model_id, private=self.cfg.hub_private)
 
 
+def run_main(parse: Callable, train: Callable, argv: Sequence[str] | None = None,
+             prepare: Callable | None = None) -> int:
+    """A trainer's command line: parse the config (a bad one: one ``error:`` line, exit
+    status 2), ``prepare(cfg)`` (recipes: generate missing data), train, and say where
+    the final model is (rank 0)."""
+    from .data import DataError
+    from .launch import launcher_rank
+
+    try:
+        cfg = parse(argv)
+    except (ValueError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if prepare is not None:
+        prepare(cfg)
+    result = train(cfg)
+    if result.final_dir and launcher_rank() == 0:
+        print(f"final model: {result.final_dir}", file=sys.stderr)
+    return 0
+
+
 def exit_process(code: int) -> None:
     """Exit a recipe with ``code``. In a multi-process launch, after training has ended
     (files written, trackers and process group closed), skip the interpreter's teardown:
     a rank torn down by it occasionally aborted ("terminate called without an active
     exception") after a successful DeepSpeed run, turning success into a failed launch."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import sys
-
         sys.stdout.flush()
         sys.stderr.flush()
         logging.shutdown()
@@ -643,5 +663,5 @@ def exit_process(code: int) -> None:
 
 
 __all__ = ["TrainConfig", "Trainer", "make_accelerator", "load_pretrained", "apply_peft", "make_optimizer",
-           "list_checkpoints", "resolve_resume", "check_optimizer_fields", "check_hub_fields", "exit_process",
+           "list_checkpoints", "resolve_resume", "check_optimizer_fields", "check_hub_fields", "exit_process", "run_main",
            "CHECKPOINT_PREFIX", "STATE_NAME", "ACCEL_STATE_DIR", "FINAL_DIR", "TORCH_DTYPES"]

@@ -14,12 +14,10 @@ process only; the others wait). Everything else lives in :mod:`parallel_reason.g
 
 from __future__ import annotations
 
-import sys
-
 from parallel_reason.grpo import GRPOConfig, parse_args, train
 from parallel_reason.inputs import InputError, check_model_path, reports_input_errors
 from parallel_reason.launch import ensure_data
-from parallel_reason.training import exit_process
+from parallel_reason.training import exit_process, run_main
 
 
 def data_jobs(cfg: GRPOConfig) -> list[tuple]:
@@ -29,23 +27,19 @@ def data_jobs(cfg: GRPOConfig) -> list[tuple]:
             (cfg.eval_data, "test", cfg.generate_eval_n, cfg.generate_seed)]
 
 
-@reports_input_errors
-def main(argv=None) -> int:
-    try:
-        cfg = parse_args(argv)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def prepare(cfg: GRPOConfig) -> None:
+    """The policy must exist (GRPO starts from an SFT model); missing prompt files are generated."""
     try:
         check_model_path(cfg.model_name_or_path, "model_name_or_path", cfg.revision)
     except InputError as e:
         raise InputError(f"{e}; GRPO starts from an SFT model: run recipes/sft.py first (see the config's "
                          "header)") from None
     ensure_data(cfg.generate_data, data_jobs(cfg), mode="parallel" if cfg.parallel else "sequential")
-    result = train(cfg)
-    if result.final_dir:
-        print(f"final model: {result.final_dir}", file=sys.stderr)
-    return 0
+
+
+@reports_input_errors
+def main(argv=None) -> int:
+    return run_main(parse_args, train, argv, prepare)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,10 @@ When ``generate_data`` names a generator (``countdown``) and ``train_data`` /
 
 from __future__ import annotations
 
-import sys
-
 from parallel_reason.inputs import reports_input_errors
-from parallel_reason.launch import ensure_data, launcher_rank
+from parallel_reason.launch import ensure_data
 from parallel_reason.sft import SFTConfig, parse_args, train
-from parallel_reason.training import exit_process
+from parallel_reason.training import exit_process, run_main
 
 
 def data_jobs(cfg: SFTConfig) -> list[tuple]:
@@ -28,18 +26,13 @@ def data_jobs(cfg: SFTConfig) -> list[tuple]:
             (cfg.eval_data, "val", cfg.generate_eval_n, cfg.seed)]
 
 
+def prepare(cfg: SFTConfig) -> None:
+    ensure_data(cfg.generate_data, data_jobs(cfg), mode=cfg.mode)
+
+
 @reports_input_errors
 def main(argv=None) -> int:
-    try:
-        cfg = parse_args(argv)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    ensure_data(cfg.generate_data, data_jobs(cfg), mode=cfg.mode)
-    result = train(cfg)
-    if result.final_dir and launcher_rank() == 0:
-        print(f"final model: {result.final_dir}", file=sys.stderr)
-    return 0
+    return run_main(parse_args, train, argv, prepare)
 
 
 if __name__ == "__main__":
