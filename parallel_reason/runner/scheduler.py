@@ -103,6 +103,12 @@ FINISH_REASONS: dict[str, str] = {
     "replay_end": "replay only: the forced tokens ran out before the rollout ended",
 }
 
+#: Reasons a caller (the server, a remote engine) may end a rollout with; not decoding guards.
+EXTERNAL_REASONS: dict[str, str] = {
+    "stop": "a stop string or stop token of the request was produced (serving)",
+    "cancelled": "the request was cancelled (its client disconnected)",
+}
+
 ACTIVE, WAITING, ENDED = 0, 1, 2
 TEXT, HEAD = 0, 1
 
@@ -321,7 +327,7 @@ class RolloutState:
     def finish(self, reason: str, detail: str = "") -> None:
         if self.finished:
             return
-        if reason not in FINISH_REASONS:
+        if reason not in FINISH_REASONS and reason not in EXTERNAL_REASONS:
             raise ValueError(f"unknown finish reason {reason!r}")
         self.finish_reason = reason
         self.detail = detail
