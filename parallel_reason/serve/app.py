@@ -34,7 +34,8 @@ class ServeConfig:
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for bodies over ``limit`` bytes (declared or streamed)."""
+    """ASGI middleware: 413 for bodies over ``limit`` bytes (declared or streamed). The
+    body is read here, before the app runs, and handed on in one message."""
 
     def __init__(self, app, limit: int):
         self.app = app
@@ -44,27 +45,30 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         size = dict(scope.get("headers") or []).get(b"content-length")
+        too_big = ApiError(413, f"request body over {self.limit} bytes")
         if size is not None and (not size.isdigit() or int(size) > self.limit):
-            return await _send_error(send, ApiError(413, f"request body over {self.limit} bytes"))
+            return await _send_error(send, too_big)
+        body, more = [], True
         seen = 0
-
-        async def limited():
-            nonlocal seen
+        while more:
             msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge()
-            return msg
+            if msg["type"] != "http.request":
+                return  # the client left before sending its body
+            body.append(msg.get("body", b""))
+            seen += len(body[-1])
+            more = msg.get("more_body", False)
+            if seen > self.limit:
+                return await _send_error(send, too_big)
+        first = {"type": "http.request", "body": b"".join(body), "more_body": False}
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _send_error(send, ApiError(413, f"request body over {self.limit} bytes"))
+        async def replay():
+            nonlocal first
+            if first is not None:
+                msg, first = first, None
+                return msg
+            return await receive()
 
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 async def _send_error(send, err: ApiError) -> None:

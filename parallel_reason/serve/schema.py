@@ -71,6 +71,9 @@ class ChatRequest(_Request):
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
 
 
+_TYPE_TAGS = {"str", "int", "bool", "float", "none", "dict", "list", "literal"}
+
+
 def parse_body(raw: bytes, cls: type[BaseModel]) -> BaseModel:
     """Validate a JSON body; :class:`ApiError` (400) names the offending field."""
     try:
@@ -79,7 +82,8 @@ def parse_body(raw: bytes, cls: type[BaseModel]) -> BaseModel:
         err = e.errors(include_url=False)[0]
         if err["type"] in ("json_invalid", "json_type"):
             raise ApiError(400, f"the request body is not valid JSON ({err['msg']})") from None
-        loc = [str(x) for x in err["loc"] if not str(x).startswith(("function-", "list[", "str", "int", "bool"))]
+        # union members show up in the location as type tags ("str", "list[int]"): drop them
+        loc = [str(x) for x in err["loc"] if "[" not in str(x) and str(x) not in _TYPE_TAGS]
         param = ".".join(loc) or None
         where = f"{param}: " if param else ""
         raise ApiError(400, f"{where}{err['msg']}", param) from None

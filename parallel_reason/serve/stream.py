@@ -11,8 +11,11 @@ KEEPALIVE_S = 1.0  # an SSE comment when nothing moved: a gone client shows at t
 
 
 def held_back(text: str, stops) -> str:
-    """``text`` minus what may still change: a trailing partial UTF-8 character and a
-    suffix that could be the start of a stop string."""
+    """``text`` up to its first stop string, minus what may still change: a trailing
+    partial UTF-8 character and a suffix that could be the start of a stop string."""
+    hits = [p for s in stops if (p := text.find(s)) >= 0]
+    if hits:
+        return text[:min(hits)]
     if text.endswith("\ufffd"):
         text = text.rstrip("\ufffd")
     cut = len(text)

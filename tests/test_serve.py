@@ -1,0 +1,347 @@
+"""The OpenAI-compatible server (parallel_reason.serve) and the remote runner backend,
+on real HTTP over loopback: the openai client, greedy and seeded equality with the
+in-process runner, the remote backend against our server, bad requests, limits,
+disconnects, and a load test (slow)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import threading
+import time
+
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx2")
+
+from conftest import make_model, random_text  # noqa: E402
+from parallel_reason.runner import Runner  # noqa: E402
+from parallel_reason.runner.remote import RemoteFeatureError, RemoteRunner, parse_choice  # noqa: E402
+from parallel_reason.serve import ServeConfig, ServerThread, build_server  # noqa: E402
+from test_runner import MarkovLM, markov_table  # noqa: E402
+
+CHAT = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}")
+NAME = "tiny-markov"
+MAX = 48  # runner budget of the served model (max_tokens may not exceed it)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_tokenizer):
+    t = copy.deepcopy(tiny_tokenizer)
+    t.chat_template = CHAT
+    return t
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    """Forks often (a Markov chain over the grammar on top of a tiny model)."""
+    base = make_model(tok, seed=3)
+    return MarkovLM(base, markov_table(tok, base.lm_head.out_features)).eval()
+
+
+@pytest.fixture(scope="module")
+def server(tok, model):
+    cfg = ServeConfig(model_name=NAME, max_tokens_limit=MAX, max_body_bytes=64 * 1024, max_concurrent=128)
+    app, engine = build_server(model, tok, cfg, max_rows=16, max_new_tokens=MAX)
+    with ServerThread(app) as s:
+        s.engine = engine
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
+def prompts(k: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [f"Numbers:{random_text(rng, 1, 4)}\n" for _ in range(k)]
+
+
+def reference(model, tok, ps, max_tokens: int, **kw):
+    return Runner(model, tok, max_new_tokens=max_tokens, batch_size=8).generate(ps, **kw)
+
+
+def wait_idle(engine, timeout: float = 20.0) -> None:
+    t0 = time.time()
+    while engine.jobs and time.time() - t0 < timeout:
+        time.sleep(0.02)
+    assert engine.jobs == 0, f"{engine.jobs} jobs still in flight"
+
+
+# ---------------------------------------------------------------------- openai client
+
+
+def test_openai_client_completions_chat_and_streaming(server, tok, model):
+    openai = pytest.importorskip("openai")
+    oc = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0)
+    assert [m.id for m in oc.models.list().data] == [NAME]
+    p = prompts(1)[0]
+    ref = reference(model, tok, [p], 24, temperature=0)[0]
+    r = oc.completions.create(model=NAME, prompt=p, max_tokens=24, temperature=0, logprobs=2,
+                              extra_body={"return_token_ids": True})
+    c = r.choices[0]
+    assert c.model_extra["token_ids"] == ref.completion_ids
+    assert c.text == tok.decode([t for t in ref.completion_ids if t != tok.eos_token_id], skip_special_tokens=False)
+    assert len(c.logprobs.token_logprobs) == len(ref.completion_ids)
+    assert r.usage.completion_tokens == len(ref.completion_ids)
+    assert r.usage.model_extra["sampled_tokens"] == ref.total_tokens
+    assert r.usage.model_extra["critical_path"] == ref.critical_path
+    assert c.finish_reason == ("length" if ref.finish_reason in ("max_new_tokens", "unclosed_thread") else "stop")
+    streamed = "".join(ch.choices[0].text for ch in oc.completions.create(
+        model=NAME, prompt=p, max_tokens=24, temperature=0, stream=True))
+    assert streamed == c.text
+
+    msgs = [{"role": "user", "content": "Numbers: 3 4"}]
+    chat_prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    cref = reference(model, tok, [chat_prompt], MAX, temperature=0)[0]
+    cr = oc.chat.completions.create(model=NAME, messages=msgs, temperature=0)
+    want = tok.decode([t for t in cref.completion_ids if t != tok.eos_token_id], skip_special_tokens=False)
+    assert cr.choices[0].message.content == want
+    parts = []
+    for ch in oc.chat.completions.create(model=NAME, messages=msgs, temperature=0, stream=True,
+                                         stream_options={"include_usage": True}):
+        if ch.choices and ch.choices[0].delta.content:
+            parts.append(ch.choices[0].delta.content)
+        if ch.usage is not None:
+            assert ch.usage.completion_tokens == len(cref.completion_ids)
+    assert "".join(parts) == want
+
+
+# ---------------------------------------------------------------------- equality
+
+
+def test_concurrent_greedy_equals_in_process_runner(server, client, tok, model):
+    ps = prompts(12, seed=1)
+    lens = [8 + 5 * (i % 8) for i in range(len(ps))]
+    out: dict = {}
+
+    def ask(i):
+        body = {"model": NAME, "prompt": ps[i], "max_tokens": lens[i], "temperature": 0, "return_token_ids": True,
+                "stream": i % 3 == 0}
+        if body["stream"]:
+            with client.stream("POST", "/completions", json=body) as r:
+                text = ""
+                for line in r.iter_lines():
+                    if line.startswith("data: {"):
+                        ch = json.loads(line[6:])["choices"][0]
+                        text += ch["text"]
+                        if ch["finish_reason"]:
+                            out[i] = (text, ch["token_ids"])
+        else:
+            ch = client.post("/completions", json=body).json()["choices"][0]
+            out[i] = (ch["text"], ch["token_ids"])
+
+    ts = [threading.Thread(target=ask, args=(i,)) for i in range(len(ps))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    forks = 0
+    for i, p in enumerate(ps):
+        ref = reference(model, tok, [p], lens[i], temperature=0)[0]
+        forks += ref.forks
+        text, ids = out[i]
+        assert ids == ref.completion_ids, i
+        assert text == tok.decode([t for t in ids if t != tok.eos_token_id], skip_special_tokens=False)
+    assert forks > 0  # the comparison covers forks and joins
+
+
+def test_seeded_sampling_equals_runner_and_repeats(client, tok, model):
+    ps = prompts(2, seed=2)
+    body = {"prompt": ps, "max_tokens": 32, "temperature": 1.0, "top_p": 0.9, "n": 3, "seed": 11,
+            "return_token_ids": True}
+    a = client.post("/completions", json=body).json()
+    b = client.post("/completions", json=body).json()
+    ref = Runner(model, tok, max_new_tokens=32).generate(ps, n=3, temperature=1.0, top_p=0.9, seed=11)
+    assert [c["index"] for c in a["choices"]] == list(range(6))
+    assert [c["token_ids"] for c in a["choices"]] == [c["token_ids"] for c in b["choices"]]
+    assert [c["token_ids"] for c in a["choices"]] == [r.completion_ids for r in ref]
+
+
+def test_stop_strings_cut_the_text(client, tok, model):
+    p = prompts(1, seed=3)[0]
+    full = client.post("/completions", json={"prompt": p, "max_tokens": 32, "temperature": 0}).json()
+    text = full["choices"][0]["text"]
+    stop = text[len(text) // 2:len(text) // 2 + 3]
+    cut = text[:text.find(stop)]
+    r = client.post("/completions", json={"prompt": p, "max_tokens": 32, "temperature": 0, "stop": stop}).json()
+    assert r["choices"][0]["text"] == cut and r["choices"][0]["finish_reason"] == "stop"
+    assert r["choices"][0]["stop_reason"] == stop
+    body = {"prompt": p, "max_tokens": 32, "temperature": 0, "stop": [stop], "stream": True}
+    with client.stream("POST", "/completions", json=body) as s:
+        got = "".join(json.loads(line[6:])["choices"][0]["text"] for line in s.iter_lines()
+                      if line.startswith("data: {"))
+    assert got == cut
+
+
+def test_remote_backend_on_our_server_equals_hf_backend(server, tok, model):
+    ps = prompts(6, seed=4)
+    ref = reference(model, tok, ps, 40, temperature=0)
+    rr = RemoteRunner(tok, engine=server.url, max_new_tokens=40, batch_size=4, chunk=8)
+    got = rr.generate(ps, temperature=0)
+    assert sum(r.forks for r in ref) > 0
+    for a, b in zip(got, ref):
+        assert a.completion_ids == b.completion_ids
+        assert a.finish_reason == b.finish_reason
+        assert a.critical_path == b.critical_path and a.total_tokens == b.total_tokens
+        assert max((abs(x - y) for x, y in zip(a.logprobs, b.logprobs)), default=0) < 1e-3
+    assert rr.stats.requests > len(ps)  # forks and joins became requests of their own
+
+
+def test_remote_backend_errors(server, tok):
+    with pytest.raises(RemoteFeatureError, match="return_tokens_as_token_ids"):
+        parse_choice({"choices": [{"text": "a", "logprobs": {"tokens": ["a"], "token_logprobs": [-1.0]}}]})
+    with pytest.raises(RemoteFeatureError, match="log-probs"):
+        parse_choice({"choices": [{"text": "a", "token_ids": [3]}]})
+    from parallel_reason.runner.remote import RemoteError
+
+    with pytest.raises(RemoteError, match="ConnectError|after 1 retries"):
+        RemoteRunner(tok, engine="http://127.0.0.1:9/v1", model="m", retries=1, timeout=2)
+    with pytest.raises(RemoteError, match="HTTP 404"):
+        RemoteRunner(tok, engine=server.url, model="not-served", retries=0)
+
+
+# ---------------------------------------------------------------------- bad requests and limits
+
+
+@pytest.mark.parametrize("body,param", [
+    (b"{not json", None),
+    (b"[1, 2]", None),
+    (json.dumps({"prompt": "x", "max_tokens": "a"}).encode(), "max_tokens"),
+    (json.dumps({"prompt": "x", "temperature": "hot"}).encode(), "temperature"),
+    (json.dumps({"prompt": "x", "n": 1.5}).encode(), "n"),
+    (json.dumps({"prompt": 5}).encode(), "prompt"),
+    (json.dumps({"max_tokens": 4}).encode(), "prompt"),
+    (json.dumps({"prompt": "x", "stream": "yes"}).encode(), "stream"),
+    (json.dumps({"prompt": "x", "max_tokens": MAX + 1}).encode(), "max_tokens"),
+    (json.dumps({"prompt": "x", "max_tokens": 0}).encode(), "max_tokens"),
+    (json.dumps({"prompt": [1, 10 ** 6]}).encode(), "prompt"),
+    (json.dumps({"prompt": "x", "n": 2, "temperature": 0}).encode(), "n"),
+    (json.dumps({"prompt": "x", "top_p": 0}).encode(), "top_p"),
+    (json.dumps({"prompt": "x", "echo": True}).encode(), "echo"),
+])
+def test_bad_completion_requests_get_400_naming_the_field(client, body, param):
+    r = client.post("/completions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["message"]
+
+
+def test_bad_chat_requests_and_unknown_model(client):
+    r = client.post("/chat/completions", json={"messages": [{"role": "user", "content": 3}]})
+    assert r.status_code == 400 and r.json()["error"]["param"].startswith("messages")
+    r = client.post("/chat/completions", json={"messages": []})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    r = client.post("/completions", json={"model": "other", "prompt": "x"})
+    assert r.status_code == 404 and r.json()["error"]["param"] == "model"
+
+
+def test_oversized_body_gets_413(client):
+    big = json.dumps({"prompt": "x" * (70 * 1024)}).encode()
+    r = client.post("/completions", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "error" in r.json()
+
+    def chunks():  # no content-length: the limit counts the streamed body
+        for _ in range(80):
+            yield b" " * 1024
+
+    r = client.post("/completions", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_health_and_models(server, client):
+    assert httpx.get(f"http://{server.host}:{server.port}/health").json()["status"] == "ok"
+    assert client.get("/models").json()["data"][0]["id"] == NAME
+
+
+def test_full_server_answers_429_and_disconnect_frees_rows(tok, model):
+    cfg = ServeConfig(model_name=NAME, max_tokens_limit=4000, max_concurrent=1)
+    app, engine = build_server(model, tok, cfg, max_rows=4, max_new_tokens=4000)
+    p = prompts(1, seed=5)[0]
+    with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=30) as c:
+        body = {"prompt": p, "max_tokens": 4000, "temperature": 1.0, "seed": 1, "stream": True}
+        with c.stream("POST", "/completions", json=body) as r:
+            next(line for line in r.iter_lines() if line.startswith("data:"))
+            busy = c.post("/completions", json={"prompt": p, "max_tokens": 4})
+            assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+        # the stream was closed mid-way: its rows leave the batch, the next request runs
+        wait_idle(engine)
+        ok = c.post("/completions", json={"prompt": p, "max_tokens": 8, "temperature": 0}).json()
+        ref = Runner(model, tok, max_new_tokens=8).generate([p], temperature=0)[0]
+        assert ok["choices"][0]["text"] == tok.decode([t for t in ref.completion_ids if t != tok.eos_token_id],
+                                                      skip_special_tokens=False)
+
+
+# ---------------------------------------------------------------------- load
+
+
+def _load(server, tok, model, clients: int, seed: int) -> None:
+    """``clients`` concurrent requests (mixed lengths, a third streamed, some
+    disconnecting): every finished one is its prompt's own greedy rollout."""
+    rng = random.Random(seed)
+    ps = prompts(clients, seed=seed)
+    lens = [rng.randint(4, MAX) for _ in ps]
+    kinds = [rng.choice(["plain", "plain", "stream", "drop"]) for _ in ps]
+    out: dict = {}
+    errors: list = []
+    start = threading.Barrier(clients)
+
+    def ask(i):
+        try:
+            with httpx.Client(base_url=server.url, timeout=120) as c:
+                body = {"prompt": ps[i], "max_tokens": lens[i], "temperature": 0, "return_token_ids": True,
+                        "stream": kinds[i] != "plain"}
+                start.wait()
+                if kinds[i] == "plain":
+                    ch = c.post("/completions", json=body).json()["choices"][0]
+                    out[i] = ch["token_ids"]
+                    return
+                with c.stream("POST", "/completions", json=body) as r:
+                    for line in r.iter_lines():
+                        if kinds[i] == "drop" and line.startswith("data:"):
+                            return  # disconnect after the first chunk
+                        if line.startswith("data: {"):
+                            ch = json.loads(line[6:])["choices"][0]
+                            if ch["finish_reason"]:
+                                out[i] = ch["token_ids"]
+        except Exception as e:  # noqa: BLE001
+            errors.append((i, repr(e)))
+
+    ts = [threading.Thread(target=ask, args=(i,)) for i in range(clients)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors, errors[:3]
+    for i in range(clients):
+        if kinds[i] == "drop":
+            continue
+        assert i in out, f"request {i} lost"
+        ref = reference(model, tok, [ps[i]], lens[i], temperature=0)[0]
+        assert out[i] == ref.completion_ids, i
+    wait_idle(server.engine)
+
+
+def test_load_64_concurrent(server, tok, model):
+    _load(server, tok, model, 64, seed=7)
+
+
+@pytest.mark.slow
+def test_load_128_concurrent_three_rounds(server, tok, model):
+    for seed in (8, 9, 10):
+        _load(server, tok, model, 128, seed=seed)
