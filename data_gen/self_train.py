@@ -479,10 +479,9 @@ def load(args) -> list[dict]:
 
 def run(args, argv: Sequence[str] | None = None) -> dict:
     """Sample, filter and write (or resume); returns the statistics (also written)."""
-    from eval.benchmark import atomic_write, load_model, problem_seed, score_sample
+    from eval.benchmark import atomic_write, load_runner, problem_seed, score_sample
     from parallel_reason.data import render_prompt
     from parallel_reason.format import Limits
-    from parallel_reason.runner import Runner
     from parallel_reason.tasks import get_task
 
     t_start = time.perf_counter()
@@ -498,12 +497,9 @@ def run(args, argv: Sequence[str] | None = None) -> dict:
 
     decoded = 0
     if todo:
-        tok, model = load_model(args.model, args.dtype, args.device, args.attn)
+        tok, runner = load_runner(args, parallel=True)
         for p in todo:
             p["text"] = render_prompt(p["prompt"], tok, args.chat_template, p["origin"])
-        runner = Runner(model, tok, max_new_tokens=args.max_new_tokens, max_thread_tokens=args.max_thread_tokens,
-                        max_width=args.max_width, max_depth=args.max_depth, join=args.join,
-                        batch_size=args.batch_size, parallel=True)
         limits = Limits(max_depth=args.max_depth, max_width=args.max_width)
         chunk = args.chunk_size or 4 * args.batch_size
         from tqdm import tqdm

@@ -437,6 +437,26 @@ def load_model(path: str, dtype: str = "auto", device: str = "auto", attn: str =
     return tok, model
 
 
+def load_runner(args, parallel: bool):
+    """``(tokenizer, runner)``: the HF runner on the loaded model, or with ``--engine URL``
+    the remote backend on that server (only the tokenizer of ``--model`` is loaded)."""
+    kw = dict(max_new_tokens=args.max_new_tokens, max_thread_tokens=args.max_thread_tokens,
+              max_width=args.max_width, max_depth=args.max_depth, join=args.join, batch_size=args.batch_size,
+              parallel=parallel)
+    if getattr(args, "engine", None):
+        from parallel_reason.runner.remote import RemoteRunner, thread_header_of
+        from parallel_reason.tokens import load_tokenizer
+
+        tok = load_tokenizer(args.model)
+        return tok, RemoteRunner(tok, engine=args.engine, model=args.engine_model,
+                                 thread_header=thread_header_of(args.model),
+                                 api_key=os.environ.get("OPENAI_API_KEY"), **kw)
+    from parallel_reason.runner import Runner
+
+    tok, model = load_model(args.model, args.dtype, args.device, args.attn)
+    return tok, Runner(model, tok, **kw)
+
+
 def config_of(args) -> dict:
     cfg = {k: getattr(args, k) for k in CONFIG_KEYS}
     cfg["model"] = os.path.abspath(args.model) if os.path.exists(args.model) else args.model
@@ -471,7 +491,6 @@ def run(args, argv: Sequence[str] | None = None) -> dict:
     """Run (or resume) a benchmark; returns the summary (also written to disk)."""
     from parallel_reason.data import render_prompt
     from parallel_reason.format import Limits
-    from parallel_reason.runner import Runner
     from parallel_reason.tasks import get_task
 
     task_mod = get_task(args.task)
@@ -489,12 +508,9 @@ def run(args, argv: Sequence[str] | None = None) -> dict:
 
     decoded = 0
     if todo:
-        tok, model = load_model(args.model, args.dtype, args.device, args.attn)
+        tok, runner = load_runner(args, parallel=(args.mode == "parallel"))
         for p in todo:
             p["text"] = render_prompt(p["prompt"], tok, args.chat_template, p["origin"])
-        runner = Runner(model, tok, max_new_tokens=args.max_new_tokens, max_thread_tokens=args.max_thread_tokens,
-                        max_width=args.max_width, max_depth=args.max_depth, join=args.join,
-                        batch_size=args.batch_size, parallel=(args.mode == "parallel"))
         limits = Limits(max_depth=args.max_depth, max_width=args.max_width)
         chunk = args.chunk_size or 4 * args.batch_size
         from tqdm import tqdm
@@ -542,6 +558,7 @@ def run(args, argv: Sequence[str] | None = None) -> dict:
         | {"batch_size": args.batch_size, "parallel": args.mode == "parallel",
            "chat_template": args.chat_template},
         "sequential_mode": "Runner(parallel=False): control tags are ordinary tokens, no forks",
+        "engine": getattr(args, "engine", None) or "hf",
         "command": "python -m eval.benchmark " + shlex.join(argv),
         "argv": argv,
         "decoded_this_run": decoded,
@@ -593,6 +610,10 @@ def add_runner_args(p: argparse.ArgumentParser, *, split: str, temperature: floa
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"))
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--engine", default=None, metavar="URL",
+                   help="decode on an OpenAI-compatible server (vLLM, SGLang, parallel_reason.serve), e.g. "
+                        "http://localhost:8000/v1; --model then only gives the tokenizer (API key: $OPENAI_API_KEY)")
+    p.add_argument("--engine-model", default=None, help="model name on --engine (default: the server's first)")
 
 
 def check_runner_args(p: argparse.ArgumentParser, args, samples: int, samples_flag: str) -> None:

@@ -345,3 +345,42 @@ def test_load_64_concurrent(server, tok, model):
 def test_load_128_concurrent_three_rounds(server, tok, model):
     for seed in (8, 9, 10):
         _load(server, tok, model, 128, seed=seed)
+
+
+# ---------------------------------------------------------------------- --engine URL
+
+
+def test_benchmark_and_self_train_with_engine_url(tmp_path):
+    """``eval.benchmark`` and ``data_gen.self_train`` with ``--engine URL`` (our server
+    on a saved tiny model) write the same rollouts as with the in-process runner."""
+    from data_gen import countdown as dg
+    from data_gen import self_train as st
+    from eval import benchmark as bm
+    from parallel_reason.serve.cli import load
+    from parallel_reason.tiny import build_tiny
+
+    recs = dg.generate(dg.GenConfig(n_numbers=3, split="test", seed=0), 4, progress=False)
+    data = tmp_path / "cd.jsonl"
+    dg.write_jsonl(recs, str(data))
+    build_tiny([r["prompt"] + r["completion"] for r in recs] * 2, tmp_path / "model", vocab_size=300,
+               hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate_size=64)
+    tok, model = load(str(tmp_path / "model"), "auto", "cpu", "sdpa", False)
+    app, _ = build_server(model, tok, ServeConfig(model_name="m"), max_new_tokens=64)
+    common = ["--model", str(tmp_path / "model"), "--max-new-tokens", "16", "--batch-size", "2", "--no-progress"]
+    with ServerThread(app) as s:
+        for engine in ([], ["--engine", s.url]):
+            tag = "remote" if engine else "hf"
+            assert bm.main(common + ["--task", "countdown", "--data", str(data), "--out", str(tmp_path / tag),
+                                     *engine]) == 0
+            assert st.main(common + ["--input", str(data), "--out", str(tmp_path / f"st-{tag}.jsonl"), "--k", "2",
+                                     "--temperature", "0.8", *engine]) == 0
+    keys = ("id", "completion", "finish_reason", "total_tokens", "critical_path")
+    rows = {t: [json.loads(x) for x in (tmp_path / t / "results.jsonl").read_text().splitlines()]
+            for t in ("hf", "remote")}
+    assert [{k: r[k] for k in keys} for r in rows["hf"]] == [{k: r[k] for k in keys} for r in rows["remote"]]
+    summary = json.loads((tmp_path / "remote" / "summary.json").read_text())
+    assert summary["engine"] == s.url
+    # self-train samples on the server (its own sampler: not the HF runner's draws); every problem is done
+    done = {t: [json.loads(x) for x in st.side_paths(tmp_path / f"st-{t}.jsonl")[0].read_text().splitlines()]
+            for t in ("hf", "remote")}
+    assert sorted(m.get("id", "") for m in done["hf"]) == sorted(m.get("id", "") for m in done["remote"])

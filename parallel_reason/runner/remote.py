@@ -299,4 +299,19 @@ class RemoteRunner:
             ro.advance(lane, t, lp, lp if temperature > 0 else 0.0)
 
 
-__all__ = ["RemoteEngine", "RemoteError", "RemoteFeatureError", "RemoteRunner", "RemoteStats", "parse_choice"]
+def thread_header_of(path: str) -> str:
+    """The thread header mode in a model's ``config.json`` (``index`` when absent or unreadable)."""
+    import json
+    from pathlib import Path
+
+    from ..layout import check_thread_header
+
+    cfg = Path(str(path)) / "config.json"
+    try:
+        mode = json.loads(cfg.read_text(encoding="utf-8")).get("thread_header")
+    except (OSError, ValueError, AttributeError):
+        mode = None
+    return check_thread_header(mode) if mode is not None else "index"
+
+
+__all__ = ["RemoteEngine", "RemoteError", "RemoteFeatureError", "RemoteRunner", "RemoteStats", "parse_choice", "thread_header_of"]
