@@ -101,7 +101,8 @@ def create_app(engine: Engine, config: ServeConfig | None = None):
     async def health():
         if not engine.alive:
             return JSONResponse({"status": "error", "error": str(engine.error or "engine not running")}, 503)
-        return {"status": "ok", "requests_in_flight": engine.jobs}
+        return {"status": "ok", "requests_in_flight": engine.jobs, "decode_steps": engine.steps, "decode_row_steps": engine.row_steps,
+                "decode_step_s": round(engine.step_s, 3), "decode_busy_s": round(engine.busy_s, 3)}
 
     @app.get("/v1/models")
     async def models(request: Request):

@@ -16,6 +16,7 @@ import asyncio
 import collections
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -101,10 +102,16 @@ def linear_entries(items, out: list, stable: bool) -> bool:
 
 class Engine:
     """The decode thread and its inbox. ``runner`` is a :class:`~parallel_reason.runner.Runner`
-    used only by this engine; ``max_rows`` bounds the running batch (prompts)."""
+    used only by this engine; ``max_rows`` bounds the running batch (prompts).
 
-    def __init__(self, runner, max_rows: int = 32):
+    Admission groups prefills: while rows decode, queued requests join when a quarter
+    of the running rows' worth has queued or after ``admit_wait`` steps (each
+    admission is one step that also prefills, so one per request would cost a step each)."""
+
+    def __init__(self, runner, max_rows: int = 32, admit_wait: int = 8):
         self.runner = runner
+        self.admit_wait = admit_wait
+        self._waited = 0  # steps the oldest queued request has waited
         self.tokenizer = runner.tokenizer
         self.eos = runner.tokenizer.eos_token_id
         self.max_rows = max(1, int(max_rows))
@@ -114,7 +121,10 @@ class Engine:
         self._stop = False
         self.jobs = 0  # submitted jobs not yet done (admission control reads it)
         self.error: BaseException | None = None
-        self.steps = 0
+        self.steps = 0  # decode steps run
+        self.row_steps = 0  # sum over steps of the rows in the batch (occupancy = row_steps / steps)
+        self.step_s = 0.0  # seconds in Runner.step (forward, sampling, scheduler)
+        self.busy_s = 0.0  # ... plus the events posted after each step
         self._thread = threading.Thread(target=self._main, name="parallel-reason-decode", daemon=True)
 
     # ------------------------------------------------------------------ control
@@ -163,12 +173,17 @@ class Engine:
                             break
                         self._admit(be)
                     self._cancel()
+                    t0 = time.perf_counter()
                     if be.rows:
+                        self.row_steps += len(be.rows)
                         gone = self.runner.step(self._choose)
                         self.steps += 1
                     else:
                         gone = []
+                    t1 = time.perf_counter()
                     self._after_step(gone)
+                    self.step_s += t1 - t0
+                    self.busy_s += time.perf_counter() - t0
         except BaseException as e:  # noqa: BLE001 - reported to every waiting request
             log.exception("decode loop failed")
             self.error = e
@@ -181,6 +196,13 @@ class Engine:
                 job.post([("error", f"decode engine stopped: {self.error or 'shutdown'}")])
 
     def _admit(self, be) -> None:
+        if not self._inbox:
+            return
+        queued = sum(len(j.rows) for j in self._inbox)
+        if be.rows and queued < max(1, len(be.rows) // 4) and self._waited < self.admit_wait:
+            self._waited += 1
+            return
+        self._waited = 0
         while self._inbox:
             job = self._inbox[0]
             if be.rows and len(be.rows) + len(job.rows) > self.max_rows:
