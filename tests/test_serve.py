@@ -269,20 +269,27 @@ def test_health_and_models(server, client):
     assert client.get("/models").json()["data"][0]["id"] == NAME
 
 
-def test_full_server_answers_429_and_disconnect_frees_rows(tok, model):
+def test_full_server_answers_429_and_disconnect_frees_rows(tok):
+    model = make_model(tok, seed=5)  # EOS suppressed, no forks: the first request runs to max_tokens
+    bias = torch.zeros(model.lm_head.out_features)
+    bias[tok.eos_token_id] = -1e4
+    model.lm_head.register_forward_hook(lambda m, i, o: o + bias)
     cfg = ServeConfig(model_name=NAME, max_tokens_limit=4000, max_concurrent=1)
-    app, engine = build_server(model, tok, cfg, max_rows=4, max_new_tokens=4000)
+    app, engine = build_server(model, tok, cfg, max_rows=4, max_new_tokens=4000, parallel=False)
     p = prompts(1, seed=5)[0]
     with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=30) as c:
         body = {"prompt": p, "max_tokens": 4000, "temperature": 1.0, "seed": 1, "stream": True}
         with c.stream("POST", "/completions", json=body) as r:
-            next(line for line in r.iter_lines() if line.startswith("data:"))
+            lines = r.iter_lines()  # kept open: a dropped iterator may close the response
+            for line in lines:
+                if line.startswith("data:"):
+                    break
             busy = c.post("/completions", json={"prompt": p, "max_tokens": 4})
-            assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+            assert busy.status_code == 429 and busy.headers["retry-after"] == "1", (engine.jobs, busy.text[:300])
         # the stream was closed mid-way: its rows leave the batch, the next request runs
         wait_idle(engine)
         ok = c.post("/completions", json={"prompt": p, "max_tokens": 8, "temperature": 0}).json()
-        ref = Runner(model, tok, max_new_tokens=8).generate([p], temperature=0)[0]
+        ref = Runner(model, tok, max_new_tokens=8, parallel=False).generate([p], temperature=0)[0]
         assert ok["choices"][0]["text"] == tok.decode([t for t in ref.completion_ids if t != tok.eos_token_id],
                                                       skip_special_tokens=False)
 

@@ -224,8 +224,8 @@ class _Api:
         if req.n > 1 and req.temperature == 0:
             raise ApiError(400, "n > 1 needs temperature > 0 (greedy samples are identical)", "n")
         stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
-        if len(stop) > 4 or any(not s for s in stop):
-            raise ApiError(400, "stop: up to 4 non-empty strings", "stop")
+        if len(stop) > 16 or any(not s for s in stop):
+            raise ApiError(400, "stop: up to 16 non-empty strings", "stop")
         k = (req.top_logprobs or 0) if chat else (req.logprobs or 0)
         sp = Sampling(temperature=req.temperature, top_p=req.top_p, top_k=max(req.top_k, 0), top_logprobs=k,
                       stop=stop, stop_token_ids=frozenset(req.stop_token_ids or ()))
