@@ -288,10 +288,27 @@ def test_full_server_answers_429_and_disconnect_frees_rows(tok):
             assert busy.status_code == 429 and busy.headers["retry-after"] == "1", (engine.jobs, busy.text[:300])
         # the stream was closed mid-way: its rows leave the batch, the next request runs
         wait_idle(engine)
+        with pytest.raises(httpx.ReadTimeout):  # a non-streamed client that gives up is noticed too
+            c.post("/completions", json={"prompt": p, "max_tokens": 4000}, timeout=0.5)
+        wait_idle(engine)
         ok = c.post("/completions", json={"prompt": p, "max_tokens": 8, "temperature": 0}).json()
         ref = Runner(model, tok, max_new_tokens=8, parallel=False).generate([p], temperature=0)[0]
         assert ok["choices"][0]["text"] == tok.decode([t for t in ref.completion_ids if t != tok.eos_token_id],
                                                       skip_special_tokens=False)
+
+
+def test_api_key_is_required_and_never_logged(tok, model, caplog):
+    key = "sk-test-0123456789"
+    app, _ = build_server(model, tok, ServeConfig(model_name=NAME, api_key=key), max_new_tokens=8)
+    with caplog.at_level("DEBUG"), ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=30) as c:
+        assert c.get("/models").status_code == 401
+        r = c.post("/completions", json={"prompt": "x", "max_tokens": 2}, headers={"Authorization": "Bearer no"})
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+        ok = c.post("/completions", json={"prompt": "x", "max_tokens": 2}, headers={"Authorization": f"Bearer {key}"})
+        assert ok.status_code == 200
+        rr = RemoteRunner(tok, engine=s.url, api_key=key, max_new_tokens=4)
+        assert len(rr.generate(["Numbers: 1\n"])) == 1
+    assert key not in caplog.text
 
 
 # ---------------------------------------------------------------------- load
