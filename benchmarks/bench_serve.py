@@ -1,6 +1,6 @@
 """Benchmark of the OpenAI-compatible server against the in-process runner (CPU, tiny model).
 
-The same ``--requests`` prompts are decoded greedily (so both sides decode exactly
+The same prompts (``--per-client`` per client, at least ``--min-requests``) are decoded greedily (so both sides decode exactly
 the same tokens) by
 
 - the in-process runner: ``Runner.generate(prompts, batch_size=C)`` (continuous
@@ -12,7 +12,7 @@ for C in ``--clients`` (default 1, 4, 16). Reported: requests/s and sampled toke
 of both, and server / in-process as ratios. Timings are medians of ``--repeats``
 interleaved runs. Both sides use ``--threads`` torch threads.
 
-    python benchmarks/bench_serve.py [--clients 1 4 16] [--requests 64] [--max-tokens 64] [--json]
+    python benchmarks/bench_serve.py [--clients 1 4 16] [--per-client 16] [--max-tokens 64] [--json]
 """
 
 from __future__ import annotations
@@ -50,12 +50,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_dir: str, port: int, threads: int, max_tokens: int):
+def start_server(model_dir: str, port: int, threads: int, max_tokens: int, extra: tuple = ()):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "parallel_reason.serve", "--model", model_dir, "--port", str(port),
            "--served-model-name", "bench", "--batch-size", "32", "--max-tokens-limit", str(max_tokens),
-           "--device", "cpu"]
+           "--device", "cpu", *extra]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     import httpx2 as httpx
 
@@ -119,7 +119,8 @@ def run_local(runner: Runner, prompts: list[str]) -> tuple[float, int, list]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    ap.add_argument("--requests", type=int, default=64)
+    ap.add_argument("--per-client", type=int, default=16, help="requests per client (at least --min-requests)")
+    ap.add_argument("--min-requests", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
@@ -130,7 +131,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     rng = random.Random(0)
     corpus = [text(rng, 12) for _ in range(300)]
-    prompts = [f"Numbers:{text(rng, rng.randint(2, 12))}\n" for _ in range(args.requests)]
+    n_max = max(args.min_requests, args.per_client * max(args.clients))
+    all_prompts = [f"Numbers:{text(rng, rng.randint(2, 12))}\n" for _ in range(n_max)]
     with tempfile.TemporaryDirectory() as d:
         tok, model = build_tiny(corpus, d, vocab_size=512, hidden_size=args.hidden, layers=args.layers,
                                 heads=4, kv_heads=2, intermediate_size=4 * args.hidden)
@@ -140,8 +142,9 @@ def main() -> int:
         url = f"http://127.0.0.1:{port}/v1"
         rows = []
         try:
-            run_server(url, prompts[:4], 4, 4)  # warm-up
+            run_server(url, all_prompts[:4], 4, 4)  # warm-up
             for c in args.clients:
+                prompts = all_prompts[:max(args.min_requests, args.per_client * c)]
                 runner = Runner(model, tok, max_new_tokens=args.max_tokens, batch_size=c)
                 loc, srv = [], []
                 for _ in range(args.repeats):
@@ -162,13 +165,14 @@ def main() -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"model: hidden {args.hidden}, {args.layers} layers; {args.requests} greedy requests, "
+    print(f"model: hidden {args.hidden}, {args.layers} layers; {args.per_client} greedy requests per client "
+          f"(at least {args.min_requests}), "
           f"max_tokens {args.max_tokens}; torch threads {args.threads}; medians of {args.repeats}\n")
-    print("| clients | in-process req/s | server req/s | in-process tok/s | server tok/s | ratio req/s "
+    print("| clients | requests | in-process req/s | server req/s | in-process tok/s | server tok/s | ratio req/s "
           "| ratio tok/s | same tokens | server time in decode steps |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['clients']} | {r['local_req_s']:.1f} | {r['server_req_s']:.1f} | {r['local_tok_s']:.0f} "
+        print(f"| {r['clients']} | {r['requests']} | {r['local_req_s']:.1f} | {r['server_req_s']:.1f} | {r['local_tok_s']:.0f} "
               f"| {r['server_tok_s']:.0f} | {r['ratio_req_s']:.2f} | {r['ratio_tok_s']:.2f} | {r['same_tokens']} "
               f"| {r['server_step_share']:.0%} |")
     return 0

@@ -19,12 +19,13 @@ from .engine import Engine, Job, Sampling
 __all__ = ["Engine", "Job", "Sampling", "ServeConfig", "create_app", "build_server", "main"]
 
 
-def build_server(model, tokenizer, config: ServeConfig | None = None, max_rows: int = 32, **runner_kw):
+def build_server(model, tokenizer, config: ServeConfig | None = None, max_rows: int = 32, admit_wait: int = 8,
+                 **runner_kw):
     """An ASGI app (and its engine) serving ``model``; ``runner_kw`` go to :class:`Runner`."""
     from ..runner import Runner
 
     runner = Runner(model, tokenizer, **runner_kw)
-    engine = Engine(runner, max_rows=max_rows)
+    engine = Engine(runner, max_rows=max_rows, admit_wait=admit_wait)
     return create_app(engine, config), engine
 
 

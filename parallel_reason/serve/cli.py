@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--batch-size", type=int, default=32, help="prompts decoded at once (running batch)")
+    p.add_argument("--admit-wait", type=int, default=8,
+                   help="steps a request may wait so that queued prompts are prefilled together (0 = join at once)")
     p.add_argument("--max-concurrent", type=int, default=256, help="requests in flight; more get 429")
     p.add_argument("--max-tokens-limit", type=int, default=4096, help="largest max_tokens a request may ask")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20)
@@ -66,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = ServeConfig(model_name=args.served_model_name or args.model, max_tokens_limit=args.max_tokens_limit,
                       max_concurrent=args.max_concurrent, max_body_bytes=args.max_body_bytes,
                       api_key=args.api_key or os.environ.get("PR_SERVE_API_KEY") or None)
-    app, _ = build_server(model, tok, cfg, max_rows=args.batch_size, max_new_tokens=args.max_tokens_limit,
+    app, _ = build_server(model, tok, cfg, max_rows=args.batch_size, admit_wait=args.admit_wait,
+                          max_new_tokens=args.max_tokens_limit,
                           max_thread_tokens=args.max_thread_tokens, max_width=args.max_width,
                           max_depth=args.max_depth, join=args.join, batch_size=args.batch_size,
                           parallel=not args.sequential)
