@@ -1,7 +1,7 @@
 """Benchmark of the OpenAI-compatible server against the in-process runner (CPU, tiny model).
 
-The same prompts (``--per-client`` per client, at least ``--min-requests``) are decoded greedily (so both sides decode exactly
-the same tokens) by
+The same prompts (``--per-client`` per client, at least ``--min-requests``) are
+decoded greedily (so both sides decode exactly the same tokens) by
 
 - the in-process runner: ``Runner.generate(prompts, batch_size=C)`` (continuous
   batching of C prompts, every prompt queued up front), and
@@ -172,7 +172,8 @@ def main() -> int:
           "| ratio tok/s | same tokens | server time in decode steps |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['clients']} | {r['requests']} | {r['local_req_s']:.1f} | {r['server_req_s']:.1f} | {r['local_tok_s']:.0f} "
+        print(f"| {r['clients']} | {r['requests']} | {r['local_req_s']:.1f} | {r['server_req_s']:.1f} "
+              f"| {r['local_tok_s']:.0f} "
               f"| {r['server_tok_s']:.0f} | {r['ratio_req_s']:.2f} | {r['ratio_tok_s']:.2f} | {r['same_tokens']} "
               f"| {r['server_step_share']:.0%} |")
     return 0

@@ -297,6 +297,32 @@ def test_full_server_answers_429_and_disconnect_frees_rows(tok):
                                                       skip_special_tokens=False)
 
 
+class _Boom(torch.nn.Module):
+    """A model whose forward fails when token ``bad`` is fed."""
+
+    def __init__(self, base, bad: int):
+        super().__init__()
+        self.module = base
+        self.config = base.config
+        self.bad = bad
+
+    def forward(self, input_ids, **kw):
+        if bool((input_ids == self.bad).any()):
+            raise RuntimeError("boom")
+        return self.module(input_ids=input_ids, **kw)
+
+
+def test_a_failing_step_fails_its_batch_and_the_server_goes_on(tok, model):
+    bad = tok.convert_tokens_to_ids("<Thread>")
+    app, engine = build_server(_Boom(model.module, bad), tok, ServeConfig(model_name=NAME), max_new_tokens=8)
+    with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=30) as c:
+        r = c.post("/completions", json={"prompt": [5, bad, 6], "max_tokens": 4})
+        assert r.status_code == 500 and "boom" in r.json()["error"]["message"]
+        ok = c.post("/completions", json={"prompt": "Numbers: 1\n", "max_tokens": 4, "temperature": 0})
+        assert ok.status_code == 200 and engine.alive
+        wait_idle(engine)
+
+
 def test_api_key_is_required_and_never_logged(tok, model, caplog):
     key = "sk-test-0123456789"
     app, _ = build_server(model, tok, ServeConfig(model_name=NAME, api_key=key), max_new_tokens=8)

@@ -129,7 +129,7 @@ class RemoteEngine:
     def check(self, stop_ids: Sequence[int], prompt: Sequence[int]) -> None:
         """Probe once: :class:`RemoteFeatureError` names what the server lacks."""
         try:
-            ids, lps, _ = self.complete(list(prompt), 2, stop_ids, 0.0, 1.0, 0, None)
+            ids, _, _ = self.complete(list(prompt), 2, stop_ids, 0.0, 1.0, 0, None)
         except RemoteFeatureError:
             raise
         except RemoteError as e:
@@ -314,4 +314,5 @@ def thread_header_of(path: str) -> str:
     return check_thread_header(mode) if mode is not None else "index"
 
 
-__all__ = ["RemoteEngine", "RemoteError", "RemoteFeatureError", "RemoteRunner", "RemoteStats", "parse_choice", "thread_header_of"]
+__all__ = ["RemoteEngine", "RemoteError", "RemoteFeatureError", "RemoteRunner", "RemoteStats", "parse_choice",
+           "thread_header_of"]

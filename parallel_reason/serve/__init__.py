@@ -7,11 +7,11 @@ others decode joins the running batch at the next step. See ``README.md``
 ("Serving") and :mod:`.app` for limits and extra fields.
 """
 
-try:
-    import fastapi  # noqa: F401
-    import uvicorn  # noqa: F401
-except ImportError as e:  # pragma: no cover
-    raise ImportError(f"the server needs the 'serve' extra: pip install -e '.[serve]' ({e})") from None
+import importlib.util as _util
+
+_missing = [m for m in ("fastapi", "uvicorn") if _util.find_spec(m) is None]
+if _missing:  # pragma: no cover
+    raise ImportError(f"the server needs the 'serve' extra ({', '.join(_missing)} missing): pip install -e '.[serve]'")
 
 from .app import ServeConfig, create_app
 from .engine import Engine, Job, Sampling

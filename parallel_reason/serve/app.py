@@ -101,7 +101,8 @@ def create_app(engine: Engine, config: ServeConfig | None = None):
     async def health():
         if not engine.alive:
             return JSONResponse({"status": "error", "error": str(engine.error or "engine not running")}, 503)
-        return {"status": "ok", "requests_in_flight": engine.jobs, "decode_steps": engine.steps, "decode_row_steps": engine.row_steps,
+        return {"status": "ok", "requests_in_flight": engine.jobs, "decode_steps": engine.steps,
+                "decode_row_steps": engine.row_steps,
                 "decode_step_s": round(engine.step_s, 3), "decode_busy_s": round(engine.busy_s, 3)}
 
     @app.get("/v1/models")
@@ -185,7 +186,8 @@ class _Api:
     def _prompts(self, req, chat: bool) -> list[list[int]]:
         if chat:
             if getattr(self.tok, "chat_template", None) is None:
-                raise ApiError(400, "this model's tokenizer has no chat template; use /v1/completions", "messages")
+                raise ApiError(400, "this model's tokenizer has no chat template; use /v1/completions",
+                               "messages")
             msgs = [{"role": m.role, "content": m.text()} for m in req.messages]
             try:
                 text = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)

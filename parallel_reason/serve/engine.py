@@ -161,9 +161,8 @@ class Engine:
     # ------------------------------------------------------------------ loop
     def _main(self) -> None:
         be = self.runner.backend
-        model = self.runner.model
         try:
-            model.eval()
+            self.runner.model.eval()
             with torch.inference_mode():
                 while True:
                     with self._cv:
@@ -172,18 +171,11 @@ class Engine:
                         if self._stop:
                             break
                         self._admit(be)
-                    self._cancel()
-                    t0 = time.perf_counter()
-                    if be.rows:
-                        self.row_steps += len(be.rows)
-                        gone = self.runner.step(self._choose)
-                        self.steps += 1
-                    else:
-                        gone = []
-                    t1 = time.perf_counter()
-                    self._after_step(gone)
-                    self.step_s += t1 - t0
-                    self.busy_s += time.perf_counter() - t0
+                    try:
+                        self._step(be)
+                    except Exception as e:  # noqa: BLE001 - fail the batch, keep serving
+                        log.exception("decode step failed; failing the %d requests in the batch", len(self._active))
+                        self._fail_active(e, be)
         except BaseException as e:  # noqa: BLE001 - reported to every waiting request
             log.exception("decode loop failed")
             self.error = e
@@ -194,6 +186,29 @@ class Engine:
             for job in jobs:
                 job.done = True
                 job.post([("error", f"decode engine stopped: {self.error or 'shutdown'}")])
+
+    def _step(self, be) -> None:
+        self._cancel()
+        t0 = time.perf_counter()
+        gone = []
+        if be.rows:
+            self.row_steps += len(be.rows)
+            gone = self.runner.step(self._choose)
+            self.steps += 1
+        t1 = time.perf_counter()
+        self._after_step(gone)
+        self.step_s += t1 - t0
+        self.busy_s += time.perf_counter() - t0
+
+    def _fail_active(self, err: Exception, be) -> None:
+        """A step raised: the requests of the running batch get a 500, the batch is dropped."""
+        jobs, self._active = self._active, []
+        be.reset()
+        for job in jobs:
+            job.done = True
+            with self._cv:
+                self.jobs -= 1
+            job.post([("error", f"decoding failed: {type(err).__name__}: {err}")])
 
     def _admit(self, be) -> None:
         if not self._inbox:
