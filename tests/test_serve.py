@@ -173,6 +173,31 @@ def test_seeded_sampling_equals_runner_and_repeats(client, tok, model):
     assert [c["token_ids"] for c in a["choices"]] == [r.completion_ids for r in ref]
 
 
+def _streamed(client, body) -> dict:
+    texts: dict = {}
+    with client.stream("POST", "/completions", json=body | {"stream": True}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                ch = json.loads(line[6:])["choices"][0]
+                texts[ch["index"]] = texts.get(ch["index"], "") + ch["text"]
+    return texts
+
+
+def test_streamed_text_equals_the_completion_with_forks(client):
+    """Sampled rollouts that fork and nest: the streamed deltas add up to the text."""
+    body = {"prompt": prompts(4, seed=8), "max_tokens": MAX, "temperature": 1.0, "n": 3, "seed": 5}
+    full = client.post("/completions", json=body).json()
+    assert sum(c["parallel"]["forks"] for c in full["choices"]) >= 3
+    texts = _streamed(client, body)
+    assert texts == {c["index"]: c["text"] for c in full["choices"]}
+    stop = {"stop": ["</Outline>", "9"]}  # stop strings inside block heads and threads
+    full = client.post("/completions", json=body | stop).json()
+    assert _streamed(client, body | stop) == {c["index"]: c["text"] for c in full["choices"]}
+    for c in full["choices"]:
+        assert "</Outline>" not in c["text"] and "9" not in c["text"]
+    assert sum(c["stop_reason"] in ("</Outline>", "9") for c in full["choices"]) >= 3
+
+
 def test_stop_strings_cut_the_text(client, tok, model):
     p = prompts(1, seed=3)[0]
     full = client.post("/completions", json={"prompt": p, "max_tokens": 32, "temperature": 0}).json()

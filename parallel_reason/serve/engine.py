@@ -43,17 +43,42 @@ class Sampling:
 class Track:
     """Server-side bookkeeping of one rollout (attached as ``rollout.track``)."""
 
-    __slots__ = ("job", "index", "sent", "scan", "cut", "stop_reason", "tops", "reported")
+    __slots__ = ("job", "index", "item", "pos", "recent", "cut", "stop_reason", "tops", "reported")
 
     def __init__(self, job: "Job", index: int):
         self.job = job
         self.index = index  # choice index
-        self.sent = 0  # stable entries already posted
-        self.scan = 0  # text length already searched for stop strings
+        self.item = 0  # first item of the main sequence not yet posted in full
+        self.pos = 0  # entries of that item already posted
+        self.recent: list[int] = []  # the last tokens scanned for stop strings
         self.cut: int | None = None  # text is cut here (a stop string starts here)
         self.stop_reason = None  # the stop string or stop token id
         self.tops: dict = {}  # (id(box), k) -> [(token, logprob)] (see linear_entries)
         self.reported = False
+
+    def new_entries(self, ro) -> list:
+        """Stable entries (see :func:`linear_entries`) not returned before, in order. Only
+        the main sequence's last item can still grow (and only its stable part is read),
+        so each call costs the new tokens, or the size of the block being decoded."""
+        out: list = []
+        items = ro.items
+        while self.item < len(items):
+            it = items[self.item]
+            final = ro.finished or self.item < len(items) - 1
+            if isinstance(it, Run):
+                box = it if it.train else None
+                out.extend((t, box, k) for k, t in enumerate(it.ids[self.pos:], self.pos))
+                self.pos = len(it.ids)
+            else:
+                ents: list = []
+                linear_entries([it], ents, stable=not final)
+                out.extend(ents[self.pos:])
+                self.pos = len(ents)
+            if not final:
+                break
+            self.item += 1
+            self.pos = 0
+        return out
 
 
 class Job:
@@ -307,14 +332,12 @@ class Engine:
                 tr = ro.track
                 if tr.reported:
                     continue
-                entries: list = []
-                linear_entries(ro.items, entries, stable=not ro.finished)
-                if job.sampling.stop and tr.cut is None:
-                    self._check_stop(ro, entries)
+                new = tr.new_entries(ro)
+                if job.sampling.stop and tr.cut is None and new:
+                    self._check_stop(ro, new)
                 if job.stream:
-                    if len(entries) > tr.sent:
-                        events.append(("tokens", tr.index, entries[tr.sent:]))
-                        tr.sent = len(entries)
+                    if new:
+                        events.append(("tokens", tr.index, new))
                     if ro.finished:
                         events.append(("finish", tr.index))
                 if ro.finished:
@@ -327,16 +350,21 @@ class Engine:
                 self._active.remove(job)
                 self._finish_job(job)
 
-    def _check_stop(self, ro, entries) -> None:
-        """End the rollout at the first stop string in its stable text."""
+    def _check_stop(self, ro, new) -> None:
+        """End the rollout at the first stop string in its stable text (only the new
+        tokens and a window before them are decoded)."""
         tr = ro.track
-        text = self.tokenizer.decode([e[0] for e in entries if e[0] != self.eos], skip_special_tokens=False)
-        longest = max(len(s) for s in tr.job.sampling.stop)
-        start = max(0, tr.scan - longest + 1)
-        hits = [(p, s) for s in tr.job.sampling.stop if (p := text.find(s, start)) >= 0]
-        tr.scan = len(text)
+        stops = tr.job.sampling.stop
+        ids = tr.recent + [e[0] for e in new if e[0] != self.eos]
+        text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        tr.recent = ids[-(max(len(s) for s in stops) + 2):]  # a token is at least one character
+        if not any(s in text for s in stops):
+            return
+        entries: list = []
+        linear_entries(ro.items, entries, stable=not ro.finished)
+        full = self.tokenizer.decode([e[0] for e in entries if e[0] != self.eos], skip_special_tokens=False)
+        hits = [(p, s) for s in stops if (p := full.find(s)) >= 0]
         if hits:
-            p, s = min(hits)
-            tr.cut, tr.stop_reason = p, s
+            tr.cut, tr.stop_reason = min(hits)
             if not ro.finished:
-                ro.finish("stop", f"stop string {s!r}")
+                ro.finish("stop", f"stop string {tr.stop_reason!r}")

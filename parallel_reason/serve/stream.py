@@ -28,12 +28,32 @@ def held_back(text: str, stops) -> str:
 
 
 class _ChoiceStream:
-    __slots__ = ("entries", "sent", "first")
+    """Text of one streamed choice, decoded incrementally: ``base`` is the text of
+    ``ids[:k]`` (cut where no partial character follows); new tokens are decoded with a
+    few tokens of context before them (tokenizers that drop a leading space at the
+    start of a text would otherwise lose it) and the context's text is taken off."""
+
+    __slots__ = ("ids", "k", "base", "sent", "first")
+
+    CONTEXT = 4
 
     def __init__(self):
-        self.entries: list = []
+        self.ids: list[int] = []
+        self.k = 0
+        self.base = ""
         self.sent = ""  # text sent so far
         self.first = True
+
+    def text(self, out, new) -> str:
+        self.ids.extend(e[0] for e in new)
+        p0 = max(0, self.k - self.CONTEXT)
+        ctx = out.text(self.ids[p0:self.k])
+        whole = out.text(self.ids[p0:])
+        tail = whole[len(ctx):] if whole.startswith(ctx) else out.text(self.ids)[len(self.base):]
+        full = self.base + tail
+        if tail and not tail.endswith("\ufffd"):
+            self.base, self.k = full, len(self.ids)
+        return full
 
 
 def sse_response(engine, job, out: ChoiceOutput, meta: dict, req):
@@ -78,8 +98,7 @@ async def _events(engine, job, out: ChoiceOutput, meta: dict, req):
                 kind = ev[0]
                 if kind == "tokens":
                     st = states[ev[1]]
-                    st.entries.extend(ev[2])
-                    text = held_back(out.text([e[0] for e in st.entries]), stops)
+                    text = held_back(st.text(out, ev[2]), stops)
                     if len(text) > len(st.sent) and text.startswith(st.sent):
                         new, n0 = text[len(st.sent):], len(st.sent)
                         st.sent = text
