@@ -241,6 +241,32 @@ def test_remote_backend_errors(server, tok):
         RemoteRunner(tok, engine=server.url, model="not-served", retries=0)
 
 
+def test_remote_engine_retries_with_backoff_then_fails_clearly():
+    from parallel_reason.runner.remote import RemoteEngine, RemoteError
+
+    calls = []
+    answer = {"choices": [{"token_ids": [7, 8], "logprobs": {"token_logprobs": [-0.5, -0.25]},
+                           "finish_reason": "length"}]}
+
+    def handler(request):
+        calls.append(json.loads(request.content))
+        if len(calls) == 1:
+            return httpx.Response(503, json={"error": {"message": "warming up"}})
+        if len(calls) == 2:
+            return httpx.Response(429, headers={"Retry-After": "0"}, json={"error": {"message": "full"}})
+        if calls[-1]["max_tokens"] == 99:
+            return httpx.Response(400, json={"error": {"message": "max_tokens too large", "param": "max_tokens"}})
+        return httpx.Response(200, json=answer)
+
+    eng = RemoteEngine("http://engine.test/v1", model="m", backoff=0.001, transport=httpx.MockTransport(handler))
+    assert eng.complete([1, 2], 2, (5, 6), 0.0, 1.0, 0, None) == ([7, 8], [-0.5, -0.25], "length")
+    assert eng.stats.retries == 2 and len(calls) == 3
+    assert calls[0]["prompt"] == [1, 2] and calls[0]["stop_token_ids"] == [5, 6] and calls[0]["logprobs"] == 1
+    with pytest.raises(RemoteError, match="HTTP 400: max_tokens too large"):
+        eng.complete([1], 99, (), 0.0, 1.0, 0, None)
+    assert len(calls) == 4  # a 400 is not retried
+
+
 # ---------------------------------------------------------------------- bad requests and limits
 
 

@@ -62,7 +62,7 @@ class RemoteEngine:
     RETRY_STATUS = (408, 429, 500, 502, 503, 504)
 
     def __init__(self, url: str, model: str | None = None, api_key: str | None = None, timeout: float = 120.0,
-                 retries: int = 5, backoff: float = 0.5, max_connections: int = 64):
+                 retries: int = 5, backoff: float = 0.5, max_connections: int = 64, transport=None):
         import httpx2 as httpx
 
         self._httpx = httpx
@@ -71,7 +71,8 @@ class RemoteEngine:
         self.client = httpx.Client(base_url=self.url, headers=headers,
                                    timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
                                    limits=httpx.Limits(max_connections=max_connections,
-                                                       max_keepalive_connections=max_connections))
+                                                       max_keepalive_connections=max_connections),
+                                   transport=transport)
         self.retries = retries
         self.backoff = backoff
         self.stats = RemoteStats()
