@@ -423,12 +423,16 @@ def _load(server, tok, model, clients: int, seed: int) -> None:
         except Exception as e:  # noqa: BLE001
             errors.append((i, repr(e)))
 
+    eng = server.engine
+    steps0, rows0 = eng.steps, eng.row_steps
     ts = [threading.Thread(target=ask, args=(i,)) for i in range(clients)]
     for t in ts:
         t.start()
     for t in ts:
         t.join()
     assert not errors, errors[:3]
+    # requests shared decode steps: many rows per step on average
+    assert (eng.row_steps - rows0) / max(eng.steps - steps0, 1) > 4
     for i in range(clients):
         if kinds[i] == "drop":
             continue
