@@ -251,6 +251,7 @@ def run(args, argv: Sequence[str] | None = None) -> dict:
         | {"batch_size": args.batch_size, "parallel": args.mode == "parallel",
            "chat_template": args.chat_template},
         "sequential_mode": "Runner(parallel=False): control tags are ordinary tokens, no forks",
+        "engine": getattr(args, "engine", None) or "hf",
         "command": "python -m eval.benchmark " + shlex.join(argv),
         "argv": argv,
         "decoded_this_run": decoded,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -173,16 +174,17 @@ def score_sample(task_mod, problem: dict, rollout: Rollout, limits: Limits, answ
 # Decoding
 
 
-def load_model(path: str, dtype: str = "auto", device: str = "auto", attn: str = "sdpa"):
+def load_model(path: str, dtype: str = "auto", device: str = "auto", attn: str = "sdpa",
+               trust_remote_code: bool = False):
     """``(tokenizer, model)`` of a model directory (or cached hub id), on ``device``
     in eval mode; :class:`~parallel_reason.inputs.InputError` when it cannot be loaded."""
     from transformers import AutoModelForCausalLM
 
-    kw = {"attn_implementation": attn}
+    kw: dict = {"attn_implementation": attn, "trust_remote_code": trust_remote_code}
     if dtype != "auto":
         kw["dtype"] = getattr(torch, dtype)
     try:
-        tok = load_tokenizer(path)
+        tok = load_tokenizer(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, **kw)
     except (OSError, ValueError) as e:  # no or broken weights/tokenizer files, an unknown architecture
         why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -193,12 +195,25 @@ def load_model(path: str, dtype: str = "auto", device: str = "auto", attn: str =
     return tok, model
 
 
-def load_runner(args, parallel: bool = True) -> Runner:
-    """The model of ``args.model`` in a runner set by the :func:`add_runner_args` options."""
+def load_runner(args, parallel: bool = True):
+    """The runner set by the :func:`add_runner_args` options: the HF runner on the model
+    of ``args.model``, or with ``--engine URL`` the remote backend on that server (only
+    the tokenizer of ``--model`` is loaded; the join and thread header come from its config)."""
+    kw = dict(max_new_tokens=args.max_new_tokens, max_thread_tokens=args.max_thread_tokens,
+              max_width=args.max_width, max_depth=args.max_depth, batch_size=args.batch_size, parallel=parallel)
+    if getattr(args, "engine", None):
+        from .runner.remote import RemoteRunner, join_of, thread_header_of
+
+        if args.constrained:
+            raise InputError("--engine: a remote server cannot mask tags at every step; add --no-constrained")
+        try:
+            return RemoteRunner(load_tokenizer(args.model), engine=args.engine, model=args.engine_model,
+                                join=args.join or join_of(args.model), thread_header=thread_header_of(args.model),
+                                api_key=os.environ.get("OPENAI_API_KEY"), **kw)
+        except ValueError as e:
+            raise InputError(f"--engine {args.engine}: {e}") from None
     tok, model = load_model(args.model, args.dtype, args.device, args.attn)
-    return Runner(model, tok, max_new_tokens=args.max_new_tokens, max_thread_tokens=args.max_thread_tokens,
-                  max_width=args.max_width, max_depth=args.max_depth, join=args.join,
-                  batch_size=args.batch_size, parallel=parallel, constrained=args.constrained)
+    return Runner(model, tok, join=args.join, constrained=args.constrained, **kw)
 
 
 @dataclass
@@ -281,6 +296,10 @@ def add_runner_args(p: argparse.ArgumentParser, *, split: str, temperature: floa
     p.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=True,
                    help="grammar-constrained decoding: never sample a tag that makes the text malformed "
                         "(default on; --no-constrained samples from the model as is)")
+    p.add_argument("--engine", default=None, metavar="URL",
+                   help="decode on an OpenAI-compatible server (vLLM, SGLang, parallel_reason.serve), e.g. "
+                        "http://localhost:8000/v1; --model then only gives the tokenizer (API key: $OPENAI_API_KEY)")
+    p.add_argument("--engine-model", default=None, help="model name on --engine (default: the server's first)")
     p.add_argument("--join", default=None, choices=JOIN_MODES,
                    help="join mode (default: the one the model was trained with, from its config; else concat)")
     p.add_argument("--prompt-field", default="prompt", help="record field holding a ready prompt ('' = always build)")

@@ -26,6 +26,12 @@ FINISH_REASONS: dict[str, str] = {
     "replay_end": "replay only: the forced tokens ran out before the rollout ended",
 }
 
+#: Reasons a caller (the server, a remote engine) may end a rollout with; not decoding guards.
+EXTERNAL_REASONS: dict[str, str] = {
+    "stop": "a stop string or stop token of the request was produced (serving)",
+    "cancelled": "the request was cancelled (its client disconnected)",
+}
+
 #: reasons of rollouts that hit a token budget before they ended
 TRUNCATED = ("max_new_tokens", "unclosed_thread", "max_thread_tokens", "replay_end")
 #: reasons of rollouts the runner stopped on a grammar or limit violation
@@ -35,4 +41,4 @@ REPLAY_ONLY = ("replay_end",)
 #: reasons a sampled rollout can end with
 SAMPLED = tuple(r for r in FINISH_REASONS if r not in REPLAY_ONLY)
 
-__all__ = ["EOS", "FINISH_REASONS", "MALFORMED", "REPLAY_ONLY", "SAMPLED", "TRUNCATED"]
+__all__ = ["EOS", "EXTERNAL_REASONS", "FINISH_REASONS", "MALFORMED", "REPLAY_ONLY", "SAMPLED", "TRUNCATED"]

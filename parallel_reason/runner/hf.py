@@ -609,17 +609,7 @@ class Runner:
         seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
-        rows = []
-        for i, p in enumerate(prompts):
-            ctx = Context(None, self._prompt_ids(p))
-            rs = []
-            for j in range(n):
-                g = None
-                if temperature > 0:
-                    g = torch.Generator(device=self.backend.device)
-                    g.manual_seed(rollout_seed(seeds[i], j))
-                rs.append(RolloutState(ctx, self.tags, self.limits, self.parallel, None, i, j, g, join=self.join))
-            rows.append(Row(ctx, rs))
+        rows = [self.new_row(p, n, temperature, seeds[i], i) for i, p in enumerate(prompts)]
 
         def choose(lanes: list[Lane], logits: torch.Tensor) -> None:
             lp_all = torch.log_softmax(logits, -1)  # recorded: the model's own log-probs (what the trainer computes)
@@ -690,7 +680,34 @@ class Runner:
 
         return self._run(rows, choose)
 
+    def new_row(self, prompt, n: int, temperature: float, seed: int, index: int = 0,
+                limits: RunLimits | None = None) -> Row:
+        """One prompt and its ``n`` rollouts (sampled ones get generators seeded with
+        ``rollout_seed(seed, j)``); ``limits`` defaults to the runner's."""
+        ctx = Context(None, self._prompt_ids(prompt))
+        rs = []
+        for j in range(n):
+            g = None
+            if temperature > 0:
+                g = torch.Generator(device=self.backend.device)
+                g.manual_seed(rollout_seed(seed, j))
+            rs.append(RolloutState(ctx, self.tags, limits or self.limits, self.parallel, None, index, j, g,
+                                   join=self.join))
+        return Row(ctx, rs)
+
     # ------------------------------------------------------------------ loop
+    def step(self, choose) -> list[Row]:
+        """One decode step of the running batch: feed every pending token, let ``choose``
+        advance the active lanes, drop the finished rows (returned) and reclaim memory.
+        Rows join with ``self.backend.add``: the step loop of :meth:`_run` and the server."""
+        be = self.backend
+        lanes, logits = be.step()
+        if lanes:
+            choose(lanes, logits)
+        gone = be.release()
+        be.reclaim()
+        return gone
+
     @staticmethod
     def _advance(lanes, toks, lps, slps) -> None:
         for k, lane in enumerate(lanes):
@@ -714,11 +731,7 @@ class Runner:
                     free = self.batch_size - len(be.rows)
                     if queue and free > 0 and (not be.rows or free >= refill or len(queue) <= free):
                         be.add([queue.popleft() for _ in range(min(free, len(queue)))])
-                    lanes, logits = be.step()
-                    if lanes:
-                        choose(lanes, logits)
-                    be.release()
-                    be.reclaim()
+                    self.step(choose)
         finally:
             if was_training:
                 self.model.train()

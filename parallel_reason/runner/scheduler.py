@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..finish import FINISH_REASONS
+from ..finish import EXTERNAL_REASONS, FINISH_REASONS
 from ..format import OUTLINE_CLOSE, OUTLINE_OPEN, OUTLINES_CLOSE, OUTLINES_OPEN, PARALLEL_OPEN, THREAD_CLOSE
 from ..layout import (
     PackedGraph,
@@ -214,6 +214,7 @@ class RolloutState:
         self.prompt_index = prompt_index
         self.sample_index = sample_index
         self.generator = generator
+        self.seed: int | None = None  # remote engines: the per-request sampling seed
         self.items: list[TItem] = []
         self.main = Lane(self, 0, prompt_ctx, False, self.items, script=script)
         self.lanes: list[Lane] = [self.main]
@@ -293,7 +294,7 @@ class RolloutState:
     def finish(self, reason: str, detail: str = "") -> None:
         if self.finished:
             return
-        if reason not in FINISH_REASONS:
+        if reason not in FINISH_REASONS and reason not in EXTERNAL_REASONS:
             raise ValueError(f"unknown finish reason {reason!r}")
         self.finish_reason = reason
         self.detail = detail
