@@ -456,13 +456,13 @@ def test_load_128_concurrent_three_rounds(server, tok, model):
 # ---------------------------------------------------------------------- --engine URL
 
 
-def test_benchmark_and_self_train_with_engine_url(tmp_path):
+def test_benchmark_and_self_train_with_engine_url(tmp_path, capsys):
     """``eval.benchmark`` and ``data_gen.self_train`` with ``--engine URL`` (our server
     on a saved tiny model) write the same rollouts as with the in-process runner."""
     from data_gen import countdown as dg
     from data_gen import self_train as st
     from eval import benchmark as bm
-    from parallel_reason.serve.cli import load
+    from parallel_reason.evaluate import load_model
     from parallel_reason.tiny import build_tiny
 
     recs = dg.generate(dg.GenConfig(n_numbers=3, split="test", seed=0), 4, progress=False)
@@ -470,10 +470,18 @@ def test_benchmark_and_self_train_with_engine_url(tmp_path):
     dg.write_jsonl(recs, str(data))
     build_tiny([r["prompt"] + r["completion"] for r in recs] * 2, tmp_path / "model", vocab_size=300,
                hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate_size=64)
-    tok, model = load(str(tmp_path / "model"), "auto", "cpu", "sdpa", False)
+    tok, model = load_model(str(tmp_path / "model"), "auto", "cpu", "sdpa")
     app, _ = build_server(model, tok, ServeConfig(model_name="m"), max_new_tokens=64)
-    common = ["--model", str(tmp_path / "model"), "--max-new-tokens", "16", "--batch-size", "2", "--no-progress"]
+    # a remote server cannot mask tags per step: both sides decode unconstrained
+    common = ["--model", str(tmp_path / "model"), "--max-new-tokens", "16", "--batch-size", "2", "--no-progress",
+              "--no-constrained"]
     with ServerThread(app) as s:
+        bad = ["--model", str(tmp_path / "model"), "--task", "countdown", "--data", str(data), "--engine", s.url]
+        # the default (constrained) and a tree join are refused before any work, in one line
+        assert bm.main(bad + ["--out", str(tmp_path / "bad")]) == 2
+        assert "--no-constrained" in capsys.readouterr().err
+        assert bm.main(bad + ["--out", str(tmp_path / "bad"), "--no-constrained", "--join", "tree"]) == 2
+        assert "linear prompt" in capsys.readouterr().err
         for engine in ([], ["--engine", s.url]):
             tag = "remote" if engine else "hf"
             assert bm.main(common + ["--task", "countdown", "--data", str(data), "--out", str(tmp_path / tag),
