@@ -75,22 +75,38 @@ def main(argv=None) -> dict:
         tok, model = load_model(args.model, "float32", "cpu", "sdpa")
     if args.data:
         rows = [json.loads(line) for line in Path(args.data).read_text(encoding="utf-8").splitlines() if line.strip()]
-        prompts = [r["prompt"] for r in rows[:args.n]]
+        prompts = [r["prompt"] for r in rows[: args.n]]
     else:
         prompts = [f"Numbers: {k % 17 + 1} {k % 5 + 2} {k % 11 + 3}\nTarget: {k % 50 + 10}\n" for k in range(args.n)]
     limits = Limits(max_width=args.max_width, max_depth=args.max_depth)
-    res: dict = {"model": args.model or "random tiny qwen2", "temperature": args.temperature, "prompts": len(prompts),
-                 "samples": args.samples, "runs": {}}
+    res: dict = {
+        "model": args.model or "random tiny qwen2",
+        "temperature": args.temperature,
+        "prompts": len(prompts),
+        "samples": args.samples,
+        "runs": {},
+    }
     for constrained in (False, True):
-        runner = Runner(model, tok, max_new_tokens=args.max_new_tokens, max_width=args.max_width,
-                        max_depth=args.max_depth, batch_size=args.batch_size, constrained=constrained)
+        runner = Runner(
+            model,
+            tok,
+            max_new_tokens=args.max_new_tokens,
+            max_width=args.max_width,
+            max_depth=args.max_depth,
+            batch_size=args.batch_size,
+            constrained=constrained,
+        )
         outs = runner.generate(prompts, n=args.samples, temperature=args.temperature, seed=args.seed)
         reasons = Counter(r.finish_reason for r in outs)
         fmt = [format_outcome(r.completion, r, limits) for r in outs]
         res["runs"]["constrained" if constrained else "free"] = {
-            "rollouts": len(outs), "format_valid": sum(f.valid for f in fmt) / len(outs),
-            "violations": sum(reasons[v] for v in VIOLATIONS), "truncated": sum(f.truncated for f in fmt),
-            "forks_per_rollout": sum(r.forks for r in outs) / len(outs), "finish_reasons": dict(reasons)}
+            "rollouts": len(outs),
+            "format_valid": sum(f.valid for f in fmt) / len(outs),
+            "violations": sum(reasons[v] for v in VIOLATIONS),
+            "truncated": sum(f.truncated for f in fmt),
+            "forks_per_rollout": sum(r.forks for r in outs) / len(outs),
+            "finish_reasons": dict(reasons),
+        }
     if args.json:
         print(json.dumps(res, indent=2))
         return res
@@ -99,8 +115,10 @@ def main(argv=None) -> dict:
     print("|---|---|---|---|---|---|---|")
     for name, r in res["runs"].items():
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(r["finish_reasons"].items()))
-        print(f"| {name} | {r['rollouts']} | {r['format_valid']:.3f} | {r['violations']} | {r['truncated']} "
-              f"| {r['forks_per_rollout']:.2f} | {reasons} |")
+        print(
+            f"| {name} | {r['rollouts']} | {r['format_valid']:.3f} | {r['violations']} | {r['truncated']} "
+            f"| {r['forks_per_rollout']:.2f} | {reasons} |"
+        )
     return res
 
 

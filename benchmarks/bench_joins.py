@@ -43,9 +43,29 @@ from parallel_reason.tokens import add_control_tokens  # noqa: E402
 def countdown_records(n: int, numbers: int, seed: int) -> Path:
     """``n`` fork/join Countdown traces of ``numbers`` numbers (data_gen.countdown)."""
     out = Path(tempfile.mkdtemp()) / f"countdown{numbers}.jsonl"
-    subprocess.run([sys.executable, "-m", "data_gen.countdown", "--n", str(n), "--numbers", str(numbers),
-                    "--seed", str(seed), "--split", "train", "--mode", "parallel", "--out", str(out),
-                    "--no-progress"], check=True, cwd=ROOT, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "data_gen.countdown",
+            "--n",
+            str(n),
+            "--numbers",
+            str(numbers),
+            "--seed",
+            str(seed),
+            "--split",
+            "train",
+            "--mode",
+            "parallel",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+    )
     return out
 
 
@@ -75,20 +95,38 @@ def main(argv=None) -> dict:
     examples = load_examples(countdown_records(args.n, args.numbers, args.seed))
     tok = build_tokenizer([e.prompt + e.completion for e in examples], vocab_size=512)
     add_control_tokens(tok)
-    model = build_model(len(tok), hidden_size=args.hidden, layers=args.layers, heads=4, kv_heads=2,
-                        intermediate_size=2 * args.hidden, max_positions=8192, seed=args.seed).train()
+    model = build_model(
+        len(tok),
+        hidden_size=args.hidden,
+        layers=args.layers,
+        heads=4,
+        kv_heads=2,
+        intermediate_size=2 * args.hidden,
+        max_positions=8192,
+        seed=args.seed,
+    ).train()
     graphs = {j: build_graphs(examples, tok, mode="parallel", join=j, max_length=8192)[0] for j in joins}
     if len({len(g) for g in graphs.values()}) != 1:
         raise SystemExit("a join mode dropped records: raise the max length")
     base = graphs[joins[0]]
     # every token once: the tree layout (prompt, trajectory, openers and join texts, nothing re-read)
     once = sum(len(g) for g in build_graphs(examples, tok, mode="parallel", join="tree", max_length=8192)[0])
-    res: dict = {"records": len(base), "numbers": args.numbers, "model": f"qwen2 h{args.hidden} L{args.layers}",
-                 "threads": args.threads, "joins": {}}
+    res: dict = {
+        "records": len(base),
+        "numbers": args.numbers,
+        "model": f"qwen2 h{args.hidden} L{args.layers}",
+        "threads": args.threads,
+        "joins": {},
+    }
     need = args.batch * args.batches
     pick = sorted(range(len(base)), key=lambda i: len(base[i]))[:need]  # the same records for every join
-    batches = {j: [collate([graphs[j][i] for i in pick[k * args.batch:(k + 1) * args.batch]], tok.pad_token_id)
-                   for k in range(args.batches)] for j in joins}
+    batches = {
+        j: [
+            collate([graphs[j][i] for i in pick[k * args.batch : (k + 1) * args.batch]], tok.pad_token_id)
+            for k in range(args.batches)
+        ]
+        for j in joins
+    }
     times: dict[str, list[float]] = {j: [] for j in joins}
 
     def step(j: str) -> float:
@@ -112,23 +150,34 @@ def main(argv=None) -> dict:
         trained = sum(int(b["loss_mask"].sum()) for b in batches[j])
         computed = sum(int((b["seg_id"] >= 0).sum()) for b in batches[j])
         res["joins"][j] = {
-            "graph_tokens": sizes[j], "trained_tokens": sum(int(g.loss_mask.sum()) for g in gs),
-            "reread_tokens": sizes[j] - once, "max_context": max(c[0] for c in ctx),
-            "mean_trained_context": statistics.mean(c[1] for c in ctx), "step_s": t,
-            "trained_tok_s": trained / t, "computed_tok_s": computed / t, "trained_over_computed": trained / computed,
+            "graph_tokens": sizes[j],
+            "trained_tokens": sum(int(g.loss_mask.sum()) for g in gs),
+            "reread_tokens": sizes[j] - once,
+            "max_context": max(c[0] for c in ctx),
+            "mean_trained_context": statistics.mean(c[1] for c in ctx),
+            "step_s": t,
+            "trained_tok_s": trained / t,
+            "computed_tok_s": computed / t,
+            "trained_over_computed": trained / computed,
         }
     if args.json:
         print(json.dumps(res, indent=2))
         return res
-    print(f"Join modes on {res['records']} Countdown-{args.numbers} traces; SFT step on {need} of them, "
-          f"{res['model']}, CPU, {args.threads} thread(s), median of {args.reps}\n")
-    print("| join | graph tokens | trained | re-read at joins | largest context | mean context (trained) "
-          "| trained tok/s | computed tok/s | trained / computed |")
+    print(
+        f"Join modes on {res['records']} Countdown-{args.numbers} traces; SFT step on {need} of them, "
+        f"{res['model']}, CPU, {args.threads} thread(s), median of {args.reps}\n"
+    )
+    print(
+        "| join | graph tokens | trained | re-read at joins | largest context | mean context (trained) "
+        "| trained tok/s | computed tok/s | trained / computed |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for j, r in res["joins"].items():
-        print(f"| {j} | {r['graph_tokens']} | {r['trained_tokens']} | {r['reread_tokens']} | {r['max_context']} "
-              f"| {r['mean_trained_context']:.0f} | {r['trained_tok_s']:.0f} | {r['computed_tok_s']:.0f} "
-              f"| {r['trained_over_computed']:.2f} |")
+        print(
+            f"| {j} | {r['graph_tokens']} | {r['trained_tokens']} | {r['reread_tokens']} | {r['max_context']} "
+            f"| {r['mean_trained_context']:.0f} | {r['trained_tok_s']:.0f} | {r['computed_tok_s']:.0f} "
+            f"| {r['trained_over_computed']:.2f} |"
+        )
     return res
 
 

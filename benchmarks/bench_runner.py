@@ -44,8 +44,7 @@ from parallel_reason.runner import Runner  # noqa: E402
 from parallel_reason.tiny import build_model, build_tokenizer  # noqa: E402
 from parallel_reason.tokens import add_control_tokens, tag_token_ids  # noqa: E402
 
-WORDS = ("alpha beta gamma delta check try plan found none left right sum take "
-         "Numbers Target Answer Search").split()
+WORDS = ("alpha beta gamma delta check try plan found none left right sum take Numbers Target Answer Search").split()
 
 
 def text(rng: random.Random, n: int) -> str:
@@ -95,17 +94,31 @@ def main(argv=None) -> dict:
     corpus = [trajectory(rng, 1, 3, 6, 4) for _ in range(100)] + [" ".join(WORDS)] * 5 + ["0 1 2 3 4 5 6 7 8 9 :"] * 5
     tok = build_tokenizer(corpus, vocab_size=320)
     add_control_tokens(tok)
-    model = build_model(len(tok), hidden_size=args.hidden, layers=args.layers, heads=4, kv_heads=2,
-                        intermediate_size=4 * args.hidden, seed=0).eval()
-    res: dict = {"device": "cpu", "threads": args.threads, "model": f"qwen2 h{args.hidden} L{args.layers}",
-                 "replay": [], "generate": []}
+    model = build_model(
+        len(tok),
+        hidden_size=args.hidden,
+        layers=args.layers,
+        heads=4,
+        kv_heads=2,
+        intermediate_size=4 * args.hidden,
+        seed=0,
+    ).eval()
+    res: dict = {
+        "device": "cpu",
+        "threads": args.threads,
+        "model": f"qwen2 h{args.hidden} L{args.layers}",
+        "replay": [],
+        "generate": [],
+    }
 
     # ------------------------------------------------------------ 1 + 2: replay
     cases = [(B, join) for B in [int(x) for x in args.batches.split(",")] for join in args.joins.split(",")]
     trajs_of: dict[int, list[str]] = {}
     for B, join in cases:
         if B not in trajs_of:  # the same trajectories for every join mode
-            trajs_of[B] = [trajectory(rng, args.blocks, args.width, args.thread_words, args.seq_words) for _ in range(B)]
+            trajs_of[B] = [
+                trajectory(rng, args.blocks, args.width, args.thread_words, args.seq_words) for _ in range(B)
+            ]
         trajs = trajs_of[B]
         prompts = [f"Numbers: {k} 3 7\nTarget: 21\n" for k in range(B)]
         trees = [tokenize_trajectory(t, tok) for t in trajs]
@@ -129,13 +142,26 @@ def main(argv=None) -> dict:
         reread = sum(len(o.graph) - o.graph.prompt_len - len(o.completion_ids) for o in outs)
         ideal = total / crit
         achieved = t_seq / t_par
-        res["replay"].append({
-            "batch": B, "join": join, "total_tokens": total, "critical_path": crit, "ideal_speedup": ideal,
-            "t_seq_s": t_seq, "t_par_s": t_par, "achieved_speedup": achieved, "achieved_over_ideal": achieved / ideal,
-            "tokens_fed": st.tokens_fed, "nodes_to_feed": need, "recomputed": st.tokens_fed - need,
-            "reread_at_joins": reread, "forward_calls_par": st.forward_calls, "forward_calls_seq": seq.stats.forward_calls,
-            "pad_fed": st.pad_fed,
-        })
+        res["replay"].append(
+            {
+                "batch": B,
+                "join": join,
+                "total_tokens": total,
+                "critical_path": crit,
+                "ideal_speedup": ideal,
+                "t_seq_s": t_seq,
+                "t_par_s": t_par,
+                "achieved_speedup": achieved,
+                "achieved_over_ideal": achieved / ideal,
+                "tokens_fed": st.tokens_fed,
+                "nodes_to_feed": need,
+                "recomputed": st.tokens_fed - need,
+                "reread_at_joins": reread,
+                "forward_calls_par": st.forward_calls,
+                "forward_calls_seq": seq.stats.forward_calls,
+                "pad_fed": st.pad_fed,
+            }
+        )
 
     # ------------------------------------------------------------ 3: generate
     bias = torch.zeros(model.lm_head.out_features)
@@ -163,9 +189,17 @@ def main(argv=None) -> dict:
             t_run, t_hf = statistics.median(tr), statistics.median(th)
             n = B * args.gen_tokens
             assert all(len(o.completion_ids) == args.gen_tokens for o in outs)
-            same = all(o.completion_ids == gen[k, enc["input_ids"].shape[1]:].tolist() for k, o in enumerate(outs))
-            res["generate"].append({"batch": B, "tokens": n, "runner_tok_s": n / t_run, "hf_generate_tok_s": n / t_hf,
-                                    "ratio": t_hf / t_run, "identical_tokens": same})
+            same = all(o.completion_ids == gen[k, enc["input_ids"].shape[1] :].tolist() for k, o in enumerate(outs))
+            res["generate"].append(
+                {
+                    "batch": B,
+                    "tokens": n,
+                    "runner_tok_s": n / t_run,
+                    "hf_generate_tok_s": n / t_hf,
+                    "ratio": t_hf / t_run,
+                    "identical_tokens": same,
+                }
+            )
     finally:
         hook.remove()
 
@@ -173,19 +207,25 @@ def main(argv=None) -> dict:
         print(json.dumps(res, indent=2))
     else:
         print(f"Runner benchmark: {res['model']}, CPU, {args.threads} thread(s), median of {args.repeats}\n")
-        print("| batch | join | threads/block | total | critical | ideal S | t_seq (s) | t_par (s) | achieved "
-              "| achieved/ideal | tokens fed | nodes to feed | recomputed | re-read at joins |")
+        print(
+            "| batch | join | threads/block | total | critical | ideal S | t_seq (s) | t_par (s) | achieved "
+            "| achieved/ideal | tokens fed | nodes to feed | recomputed | re-read at joins |"
+        )
         print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in res["replay"]:
-            print(f"| {r['batch']} | {r['join']} | {args.width} | {r['total_tokens']} | {r['critical_path']} | {r['ideal_speedup']:.2f} "
-                  f"| {r['t_seq_s']:.3f} | {r['t_par_s']:.3f} | {r['achieved_speedup']:.2f} | "
-                  f"{r['achieved_over_ideal']:.2f} | {r['tokens_fed']} | {r['nodes_to_feed']} | {r['recomputed']} "
-                  f"| {r['reread_at_joins']} |")
+            print(
+                f"| {r['batch']} | {r['join']} | {args.width} | {r['total_tokens']} | {r['critical_path']} | {r['ideal_speedup']:.2f} "
+                f"| {r['t_seq_s']:.3f} | {r['t_par_s']:.3f} | {r['achieved_speedup']:.2f} | "
+                f"{r['achieved_over_ideal']:.2f} | {r['tokens_fed']} | {r['nodes_to_feed']} | {r['recomputed']} "
+                f"| {r['reread_at_joins']} |"
+            )
         print("\n| batch | new tokens | runner tok/s | model.generate tok/s | runner / generate | same tokens |")
         print("|---|---|---|---|---|---|")
         for r in res["generate"]:
-            print(f"| {r['batch']} | {r['tokens']} | {r['runner_tok_s']:.0f} | {r['hf_generate_tok_s']:.0f} "
-                  f"| {r['ratio']:.2f} | {r['identical_tokens']} |")
+            print(
+                f"| {r['batch']} | {r['tokens']} | {r['runner_tok_s']:.0f} | {r['hf_generate_tok_s']:.0f} "
+                f"| {r['ratio']:.2f} | {r['identical_tokens']} |"
+            )
     return res
 
 

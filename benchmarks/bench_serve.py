@@ -36,8 +36,7 @@ sys.path.insert(0, ROOT)
 from parallel_reason.runner import Runner  # noqa: E402
 from parallel_reason.tiny import build_tiny  # noqa: E402
 
-WORDS = ("alpha beta gamma delta check try plan found none left right sum take "
-         "Numbers Target Answer Search").split()
+WORDS = ("alpha beta gamma delta check try plan found none left right sum take Numbers Target Answer Search").split()
 
 
 def text(rng: random.Random, n: int) -> str:
@@ -51,11 +50,30 @@ def free_port() -> int:
 
 
 def start_server(model_dir: str, port: int, threads: int, max_tokens: int, extra: tuple = ()):
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "parallel_reason.serve", "--model", model_dir, "--port", str(port),
-           "--served-model-name", "bench", "--batch-size", "32", "--max-tokens-limit", str(max_tokens),
-           "--device", "cpu", *extra]
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "parallel_reason.serve",
+        "--model",
+        model_dir,
+        "--port",
+        str(port),
+        "--served-model-name",
+        "bench",
+        "--batch-size",
+        "32",
+        "--max-tokens-limit",
+        str(max_tokens),
+        "--device",
+        "cpu",
+        *extra,
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     import httpx2 as httpx
 
@@ -86,8 +104,10 @@ def run_server(url: str, prompts: list[str], clients: int, max_tokens: int) -> t
     async def client(c, todo: list, tokens: list) -> None:
         while todo:
             i = todo.pop()
-            r = await c.post("/completions", json={"prompt": prompts[i], "max_tokens": max_tokens,
-                                                   "temperature": 0, "return_token_ids": True})
+            r = await c.post(
+                "/completions",
+                json={"prompt": prompts[i], "max_tokens": max_tokens, "temperature": 0, "return_token_ids": True},
+            )
             if r.status_code != 200:
                 raise RuntimeError(f"request failed: {r.text[:300]}")
             body = r.json()
@@ -134,8 +154,16 @@ def main() -> int:
     n_max = max(args.min_requests, args.per_client * max(args.clients))
     all_prompts = [f"Numbers:{text(rng, rng.randint(2, 12))}\n" for _ in range(n_max)]
     with tempfile.TemporaryDirectory() as d:
-        tok, model = build_tiny(corpus, d, vocab_size=512, hidden_size=args.hidden, layers=args.layers,
-                                heads=4, kv_heads=2, intermediate_size=4 * args.hidden)
+        tok, model = build_tiny(
+            corpus,
+            d,
+            vocab_size=512,
+            hidden_size=args.hidden,
+            layers=args.layers,
+            heads=4,
+            kv_heads=2,
+            intermediate_size=4 * args.hidden,
+        )
         model.eval()
         port = free_port()
         proc = start_server(d, port, args.threads, args.max_tokens)
@@ -144,7 +172,7 @@ def main() -> int:
         try:
             run_server(url, all_prompts[:4], 4, 4)  # warm-up
             for c in args.clients:
-                prompts = all_prompts[:max(args.min_requests, args.per_client * c)]
+                prompts = all_prompts[: max(args.min_requests, args.per_client * c)]
                 runner = Runner(model, tok, max_new_tokens=args.max_tokens, batch_size=c)
                 loc, srv = [], []
                 for _ in range(args.repeats):
@@ -154,28 +182,44 @@ def main() -> int:
                 tl, ts = statistics.median(x[0] for x in loc), statistics.median(x[0] for x in srv)
                 toks = loc[0][1]
                 step_share = statistics.median(x[3] / x[0] for x in srv)
-                rows.append({"clients": c, "requests": len(prompts), "tokens": toks, "same_tokens": same,
-                             "server_step_share": step_share,
-                             "local_req_s": len(prompts) / tl, "server_req_s": len(prompts) / ts,
-                             "local_tok_s": toks / tl, "server_tok_s": srv[0][1] / ts,
-                             "ratio_req_s": tl / ts, "ratio_tok_s": (srv[0][1] / ts) / (toks / tl)})
+                rows.append(
+                    {
+                        "clients": c,
+                        "requests": len(prompts),
+                        "tokens": toks,
+                        "same_tokens": same,
+                        "server_step_share": step_share,
+                        "local_req_s": len(prompts) / tl,
+                        "server_req_s": len(prompts) / ts,
+                        "local_tok_s": toks / tl,
+                        "server_tok_s": srv[0][1] / ts,
+                        "ratio_req_s": tl / ts,
+                        "ratio_tok_s": (srv[0][1] / ts) / (toks / tl),
+                    }
+                )
         finally:
             proc.terminate()
             proc.wait(timeout=30)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"model: hidden {args.hidden}, {args.layers} layers; {args.per_client} greedy requests per client "
-          f"(at least {args.min_requests}), "
-          f"max_tokens {args.max_tokens}; torch threads {args.threads}; medians of {args.repeats}\n")
-    print("| clients | requests | in-process req/s | server req/s | in-process tok/s | server tok/s | ratio req/s "
-          "| ratio tok/s | same tokens | server time in decode steps |")
+    print(
+        f"model: hidden {args.hidden}, {args.layers} layers; {args.per_client} greedy requests per client "
+        f"(at least {args.min_requests}), "
+        f"max_tokens {args.max_tokens}; torch threads {args.threads}; medians of {args.repeats}\n"
+    )
+    print(
+        "| clients | requests | in-process req/s | server req/s | in-process tok/s | server tok/s | ratio req/s "
+        "| ratio tok/s | same tokens | server time in decode steps |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['clients']} | {r['requests']} | {r['local_req_s']:.1f} | {r['server_req_s']:.1f} "
-              f"| {r['local_tok_s']:.0f} "
-              f"| {r['server_tok_s']:.0f} | {r['ratio_req_s']:.2f} | {r['ratio_tok_s']:.2f} | {r['same_tokens']} "
-              f"| {r['server_step_share']:.0%} |")
+        print(
+            f"| {r['clients']} | {r['requests']} | {r['local_req_s']:.1f} | {r['server_req_s']:.1f} "
+            f"| {r['local_tok_s']:.0f} "
+            f"| {r['server_tok_s']:.0f} | {r['ratio_req_s']:.2f} | {r['ratio_tok_s']:.2f} | {r['same_tokens']} "
+            f"| {r['server_step_share']:.0%} |"
+        )
     return 0
 
 

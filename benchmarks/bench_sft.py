@@ -60,16 +60,39 @@ def countdown_rows(n: int, seed: int, split: str = "train") -> tuple[list[dict],
     if data_gen:
         with tempfile.TemporaryDirectory() as d:
             out = Path(d) / "cd.jsonl"
-            subprocess.run([sys.executable, "-m", "data_gen.countdown", "--n", str(n), "--seed", str(seed),
-                            "--split", split, "--mode", "parallel", "--out", str(out), "--no-progress"],
-                           check=True, cwd=ROOT, capture_output=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "data_gen.countdown",
+                    "--n",
+                    str(n),
+                    "--seed",
+                    str(seed),
+                    "--split",
+                    split,
+                    "--mode",
+                    "parallel",
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                ],
+                check=True,
+                cwd=ROOT,
+                capture_output=True,
+            )
             return [json.loads(line) for line in out.read_text().splitlines()], "Countdown (data_gen.countdown)"
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import random_trajectory
 
     rng = random.Random(seed)
-    return ([{"prompt": f"Numbers: {k}\nTarget: 5\n", "completion": random_trajectory(rng, depth=2, p_block=0.9)}
-             for k in range(n)], "random nested trajectories")
+    return (
+        [
+            {"prompt": f"Numbers: {k}\nTarget: 5\n", "completion": random_trajectory(rng, depth=2, p_block=0.9)}
+            for k in range(n)
+        ],
+        "random nested trajectories",
+    )
 
 
 def fmt_bytes(b: float) -> str:
@@ -106,9 +129,17 @@ def main(argv=None) -> int:
     corpus = [r["prompt"] + r["completion"] for r in rows]
     tok = build_tokenizer(corpus, vocab_size=args.vocab)
     add_control_tokens(tok)
-    model = build_model(len(tok), hidden_size=args.hidden, layers=args.layers, heads=args.heads,
-                        kv_heads=args.kv_heads, intermediate_size=args.intermediate,
-                        max_positions=max(args.max_length, 4096), seed=args.seed, attn_implementation="sdpa")
+    model = build_model(
+        len(tok),
+        hidden_size=args.hidden,
+        layers=args.layers,
+        heads=args.heads,
+        kv_heads=args.kv_heads,
+        intermediate_size=args.intermediate,
+        max_positions=max(args.max_length, 4096),
+        seed=args.seed,
+        attn_implementation="sdpa",
+    )
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     with tempfile.TemporaryDirectory() as d:
@@ -129,9 +160,11 @@ def main(argv=None) -> int:
     if len(order) < need:
         raise SystemExit(f"need {need} graphs, have {len(order)}; raise --n")
     mid = max(0, len(order) // 2 - need // 2)
-    chosen = order[mid:mid + need]
-    batches = [collate([graphs[i] for i in chosen[k * args.batch:(k + 1) * args.batch]], tok.pad_token_id)
-               for k in range(args.batches)]
+    chosen = order[mid : mid + need]
+    batches = [
+        collate([graphs[i] for i in chosen[k * args.batch : (k + 1) * args.batch]], tok.pad_token_id)
+        for k in range(args.batches)
+    ]
     trained_per_rep = sum(int(b["loss_mask"].sum()) for b in batches)
     buffer_per_rep = sum(b["input_ids"].numel() for b in batches)
 
@@ -205,44 +238,64 @@ def main(argv=None) -> int:
     S_target = long_g.num_segments
     dense_bytes = L_target * L_target  # bool L x L, never allocated
     bm = flex_block_mask(long_g.seg_id[None], long_g.seg_vis[None], block_size=128)
-    bm_bytes = sum(t.numel() * t.element_size() for t in (bm.kv_num_blocks, bm.kv_indices,
-                                                          bm.full_kv_num_blocks, bm.full_kv_indices))
+    bm_bytes = sum(
+        t.numel() * t.element_size()
+        for t in (bm.kv_num_blocks, bm.kv_indices, bm.full_kv_num_blocks, bm.full_kv_indices)
+    )
 
     res = {
-        "data": source, "graphs": len(graphs), "dropped_over_max_length": st.dropped_too_long,
+        "data": source,
+        "graphs": len(graphs),
+        "dropped_over_max_length": st.dropped_too_long,
         "model": f"Qwen2 hidden {args.hidden}, {args.layers} layers, {args.heads} heads, vocab {len(tok)}, "
-                 f"{n_params / 1e6:.1f}M params",
+        f"{n_params / 1e6:.1f}M params",
         "threads": torch.get_num_threads(),
-        "packed_tokens": packed_tokens, "naive_request_tokens": naive_tokens, "requests": n_requests,
-        "trained_tokens": trained_tokens, "naive_over_packed": naive_tokens / packed_tokens,
+        "packed_tokens": packed_tokens,
+        "naive_request_tokens": naive_tokens,
+        "requests": n_requests,
+        "trained_tokens": trained_tokens,
+        "naive_over_packed": naive_tokens / packed_tokens,
         "batch": f"{args.batches} batches x {args.batch} graphs, {buffer_per_rep} buffer tokens, "
-                 f"{trained_per_rep} trained tokens per repetition, {args.reps} repetitions",
-        "median_s": med, "trained_tokens_per_s": tps,
+        f"{trained_per_rep} trained tokens per repetition, {args.reps} repetitions",
+        "median_s": med,
+        "trained_tokens_per_s": tps,
         "ratio_vs": {k: tps[packed_name] / v for k, v in tps.items() if k not in (packed_name, prebuilt_name)},
-        "long_L_built": L_long, "long_segments_built": long_g.num_segments,
-        "L": L_target, "segments_at_L": S_target, "segment_mask_bytes_at_L": seg_bytes_target,
-        "dense_mask_bytes_at_L": dense_bytes, "blockmask_index_bytes_built": bm_bytes,
+        "long_L_built": L_long,
+        "long_segments_built": long_g.num_segments,
+        "L": L_target,
+        "segments_at_L": S_target,
+        "segment_mask_bytes_at_L": seg_bytes_target,
+        "dense_mask_bytes_at_L": dense_bytes,
+        "blockmask_index_bytes_built": bm_bytes,
     }
 
-    lines = [f"Data: {source}, {len(graphs)} packed graphs ({st.dropped_too_long} over max_length dropped); "
-             f"model: {res['model']}; CPU, {res['threads']} threads.", "",
-             "| measure | value |", "|---|---|",
-             f"| (a) packed-graph tokens | {packed_tokens:,} |",
-             f"| (a) naive per-request tokens (sum of context + completion over {n_requests:,} requests) | "
-             f"{naive_tokens:,} |",
-             f"| (a) naive / packed | **{naive_tokens / packed_tokens:.2f}x** |"]
+    lines = [
+        f"Data: {source}, {len(graphs)} packed graphs ({st.dropped_too_long} over max_length dropped); "
+        f"model: {res['model']}; CPU, {res['threads']} threads.",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| (a) packed-graph tokens | {packed_tokens:,} |",
+        f"| (a) naive per-request tokens (sum of context + completion over {n_requests:,} requests) | "
+        f"{naive_tokens:,} |",
+        f"| (a) naive / packed | **{naive_tokens / packed_tokens:.2f}x** |",
+    ]
     for k in variants:
         lines.append(f"| (b) {k}: trained tokens/s (median of {args.reps}) | {tps[k]:,.0f} |")
     for k, v in res["ratio_vs"].items():
         lines.append(f"| (b) packed / {k} | **{v:.2f}** |")
-    lines += [f"| (c) segment-level mask at L = {L_target:,} (seg ids + {S_target:,}^2 visibility, batch form) | "
-              f"**{fmt_bytes(seg_bytes_target)}** |",
-              f"| (c) flex BlockMask indices (128-blocks) for the built graph (L = {L_long:,}) | {fmt_bytes(bm_bytes)} |",
-              f"| (c) dense bool L x L mask at L = {L_target:,} | {fmt_bytes(dense_bytes)} |",
-              f"| (c) dense / segment-level | {dense_bytes / seg_bytes_target:,.0f}x |"]
+    lines += [
+        f"| (c) segment-level mask at L = {L_target:,} (seg ids + {S_target:,}^2 visibility, batch form) | "
+        f"**{fmt_bytes(seg_bytes_target)}** |",
+        f"| (c) flex BlockMask indices (128-blocks) for the built graph (L = {L_long:,}) | {fmt_bytes(bm_bytes)} |",
+        f"| (c) dense bool L x L mask at L = {L_target:,} | {fmt_bytes(dense_bytes)} |",
+        f"| (c) dense / segment-level | {dense_bytes / seg_bytes_target:,.0f}x |",
+    ]
     print("\n".join(lines))
-    print(f"\n{res['batch']}. Long trajectory: {used} completions concatenated, "
-          f"{L_long:,} real tokens + padding to L = {L_target:,}, {S_target:,} segments.")
+    print(
+        f"\n{res['batch']}. Long trajectory: {used} completions concatenated, "
+        f"{L_long:,} real tokens + padding to L = {L_target:,}, {S_target:,} segments."
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
     return 0

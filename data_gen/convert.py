@@ -72,8 +72,14 @@ def _load(line) -> tuple[dict | None, str | None]:
     return rec, None
 
 
-def convert_records(lines: Iterable, dialect: str, field: str, out_field: str = "completion",
-                    keep_source: bool = False, limits: Limits | None = None) -> tuple[list[dict], list[dict]]:
+def convert_records(
+    lines: Iterable,
+    dialect: str,
+    field: str,
+    out_field: str = "completion",
+    keep_source: bool = False,
+    limits: Limits | None = None,
+) -> tuple[list[dict], list[dict]]:
     """(converted records, rejected records) for the JSONL ``lines`` (text or bytes;
     or ``(number, line or record)`` pairs as :func:`read_input` gives them)."""
     good, bad = [], []
@@ -94,8 +100,17 @@ def convert_records(lines: Iterable, dialect: str, field: str, out_field: str = 
             text = convert(rec[field], dialect, limits)
             st = stats(text).as_dict()
         except DialectError as e:
-            bad.append({"line": ln, "id": rid, "reason": str(e), "dialect": e.dialect, "offset": e.offset,
-                        "where": e.where, "problem": e.problem})
+            bad.append(
+                {
+                    "line": ln,
+                    "id": rid,
+                    "reason": str(e),
+                    "dialect": e.dialect,
+                    "offset": e.offset,
+                    "where": e.where,
+                    "problem": e.problem,
+                }
+            )
             continue
         except Exception as e:  # noqa: BLE001 - one odd record must not lose the others
             log.warning("line %s (id %r): %s: %s", ln, rid, type(e).__name__, e)
@@ -112,13 +127,17 @@ def convert_records(lines: Iterable, dialect: str, field: str, out_field: str = 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m data_gen.convert", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--from", dest="dialect", required=True,
-                    help=f"source dialect: {', '.join(sorted(CONVERTERS))}")
+    ap = argparse.ArgumentParser(
+        prog="python -m data_gen.convert",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--from", dest="dialect", required=True, help=f"source dialect: {', '.join(sorted(CONVERTERS))}")
     ap.add_argument("--input", required=True, help="input JSONL")
     ap.add_argument("--out", required=True, help="output JSONL (rejects: <out>.rejected.jsonl)")
-    ap.add_argument("--field", default=None, help="field holding the dialect text (default completion; apr: trace_dict)")
+    ap.add_argument(
+        "--field", default=None, help="field holding the dialect text (default completion; apr: trace_dict)"
+    )
     ap.add_argument("--out-field", default="completion", help="field for the converted text")
     ap.add_argument("--keep-source", action="store_true", help="keep the source field next to the output")
     ap.add_argument("--max-depth", type=int, default=None, help="reject conversions nested deeper")
@@ -141,12 +160,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_jsonl(rej, bad)
     if not good:
         first = f"; first reason (line {bad[0]['line']}): {bad[0]['reason']}" if bad else ""
-        print(f"error: no record of {args.input} converted from {dialect} ({len(bad)} rejected, see {rej}"
-              f"{first}); {out} not written", file=sys.stderr)
+        print(
+            f"error: no record of {args.input} converted from {dialect} ({len(bad)} rejected, see {rej}"
+            f"{first}); {out} not written",
+            file=sys.stderr,
+        )
         return 1
     write_jsonl(out, good)
-    print(f"converted {len(good)} record(s) from {dialect} to {out}; rejected {len(bad)} "
-          f"(see {rej})", file=sys.stderr)
+    print(f"converted {len(good)} record(s) from {dialect} to {out}; rejected {len(bad)} (see {rej})", file=sys.stderr)
     return 0
 
 

@@ -77,8 +77,10 @@ class Node:
 def _combine(a: Item, b: Item):
     """Legal (value, op, text, item) combinations of two items (generation rules)."""
     hi, lo = (a, b) if a.value >= b.value else (b, a)
-    return [(value, op, f"{hi.value}{op}{lo.value}={value}", _apply(hi, op, lo, value))
-            for value, op, _h, _l in task.combine(hi.value, lo.value)]
+    return [
+        (value, op, f"{hi.value}{op}{lo.value}={value}", _apply(hi, op, lo, value))
+        for value, op, _h, _l in task.combine(hi.value, lo.value)
+    ]
 
 
 def _apply(hi: Item, op: str, lo: Item, value: int) -> Item:
@@ -153,8 +155,14 @@ def _moves_per_pair(items: tuple, target: int, rng: random.Random, width: int) -
 MOVE_RULES = ("best", "per-pair")
 
 
-def search(nums: Sequence[int], target: int, rng: random.Random,
-           widths: Sequence[int] = DEFAULT_WIDTHS, max_depth: int = 2, moves: str = "best") -> Node:
+def search(
+    nums: Sequence[int],
+    target: int,
+    rng: random.Random,
+    widths: Sequence[int] = DEFAULT_WIDTHS,
+    max_depth: int = 2,
+    moves: str = "best",
+) -> Node:
     """The explored search tree of a problem (see the module docstring). ``moves``:
     ``best`` keeps the ``width`` best moves of a state overall; ``per-pair`` the
     ``width`` best operations of each pair of numbers, pairs in order."""
@@ -233,11 +241,13 @@ def _render_parts(node: Node, target: int, parallel: bool, indent: str, lead: st
     if node.is_leaf:
         return [_leaf(node, target, style)]
     if parallel and node.fanout:
+
         def thread(c: Node) -> list:
             parts = _render_parts(c, target, True, " ", " ", style)
             if style.leaf_answers and isinstance(parts[-1], str) and "Answer: " in parts[-1].rsplit("\n", 1)[-1]:
                 parts = parts + ["\n"]  # the answer line ends before </Thread>
             return [" " + c.outline(goal), *parts] if style.restate else parts
+
         block = make_block((c.outline(goal), _merge_text(thread(c))) for c in node.children)
         parts: list = [lead] if lead else []
         return parts + [block] + _conclusion(node, target, indent, style)
@@ -298,11 +308,10 @@ def problem_key(nums: Sequence[int], target: int) -> str:
     return " ".join(str(int(v)) for v in sorted(nums)) + f" -> {int(target)}"
 
 
-def split_of(nums: Sequence[int], target: int,
-             fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS) -> str:
+def split_of(nums: Sequence[int], target: int, fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS) -> str:
     """The split a problem belongs to: a stable hash of its key (never Python's hash)."""
     digest = hashlib.sha256(f"{TASK}|{problem_key(nums, target)}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2.0 ** 64
+    u = int.from_bytes(digest[:8], "big") / 2.0**64
     acc = 0.0
     for name, frac in zip(SPLITS, fractions):
         acc += frac
@@ -339,8 +348,11 @@ class GenConfig:
             raise ValueError(f"max_depth must be >= 0, got {self.max_depth}")
         if not self.widths or any(int(w) < 1 for w in self.widths):
             raise ValueError(f"widths must be positive integers, got {self.widths}")
-        if len(self.split_fractions) != 3 or min(self.split_fractions) < 0 or \
-                abs(sum(self.split_fractions) - 1.0) > 1e-9:
+        if (
+            len(self.split_fractions) != 3
+            or min(self.split_fractions) < 0
+            or abs(sum(self.split_fractions) - 1.0) > 1e-9
+        ):
             raise ValueError(f"split_fractions must be three shares summing to 1, got {self.split_fractions}")
         if not 0.0 <= self.parallel_fraction <= 1.0:
             raise ValueError(f"parallel_fraction must be in [0, 1], got {self.parallel_fraction}")
@@ -352,8 +364,11 @@ class GenConfig:
 
 def candidate_rng(cfg: GenConfig, k: int) -> random.Random:
     # str seeds are hashed with sha512 by random.seed: stable across runs and processes
-    ranges = "" if (cfg.num_range, cfg.target_range) == (task.NUM_RANGE, task.TARGET_RANGE) else \
-        f"|range={cfg.num_range[0]}-{cfg.num_range[1]}|target={cfg.target_range[0]}-{cfg.target_range[1]}"
+    ranges = (
+        ""
+        if (cfg.num_range, cfg.target_range) == (task.NUM_RANGE, task.TARGET_RANGE)
+        else f"|range={cfg.num_range[0]}-{cfg.num_range[1]}|target={cfg.target_range[0]}-{cfg.target_range[1]}"
+    )
     return random.Random(f"{TASK}|seed={cfg.seed}|split={cfg.split}|numbers={cfg.n_numbers}{ranges}|k={k}")
 
 
@@ -400,8 +415,14 @@ def _chunk(args: tuple) -> list:
     return [make_candidate(cfg, k) for k in range(start, stop)]
 
 
-def generate(cfg: GenConfig, n: int, workers: int = 1, chunk_size: int = 64,
-             progress: bool | None = None, info: dict | None = None) -> list[dict]:
+def generate(
+    cfg: GenConfig,
+    n: int,
+    workers: int = 1,
+    chunk_size: int = 64,
+    progress: bool | None = None,
+    info: dict | None = None,
+) -> list[dict]:
     """The first ``n`` distinct problems of the split with a solved search, as
     records (internal ``_`` fields included), in candidate order. Output depends
     only on ``cfg`` and ``n``, never on ``workers`` or ``chunk_size``. ``info``, when
@@ -414,17 +435,22 @@ def generate(cfg: GenConfig, n: int, workers: int = 1, chunk_size: int = 64,
     counts = {"candidates": 0, "other_split": 0, "unsolved": 0, "duplicates": 0}
     try:
         from tqdm import tqdm
-        bar = tqdm(total=n, desc=f"countdown {cfg.split}/{cfg.mode}", unit="problem",
-                   disable=(None if progress is None else not progress), file=sys.stderr)
+
+        bar = tqdm(
+            total=n,
+            desc=f"countdown {cfg.split}/{cfg.mode}",
+            unit="problem",
+            disable=(None if progress is None else not progress),
+            file=sys.stderr,
+        )
     except ImportError:  # pragma: no cover - tqdm is a dependency
         bar = None
-    jobs = ((cfg, start, min(start + chunk_size, max_candidates))
-            for start in range(0, max_candidates, chunk_size))
+    jobs = ((cfg, start, min(start + chunk_size, max_candidates)) for start in range(0, max_candidates, chunk_size))
     pool = mp.get_context().Pool(workers) if workers > 1 else None
     try:
         # imap yields chunks in index order while the workers run ahead; the pool is
         # terminated as soon as n records are kept
-        for chunk in (pool.imap(_chunk, jobs) if pool else map(_chunk, jobs)):
+        for chunk in pool.imap(_chunk, jobs) if pool else map(_chunk, jobs):
             for rec in chunk:
                 counts["candidates"] += 1
                 if rec is None:
@@ -443,8 +469,10 @@ def generate(cfg: GenConfig, n: int, workers: int = 1, chunk_size: int = 64,
             if len(records) == n:
                 break
         else:
-            raise RuntimeError(f"only {len(records)} of {n} problems after {max_candidates} candidates; "
-                               f"widen the search (--widths) or lower --n")
+            raise RuntimeError(
+                f"only {len(records)} of {n} problems after {max_candidates} candidates; "
+                f"widen the search (--widths) or lower --n"
+            )
     finally:
         if pool is not None:
             pool.terminate()
@@ -543,40 +571,82 @@ def _bounded(lo: int, hi: int | None = None):
         if v < lo or (hi is not None and v > hi):
             raise argparse.ArgumentTypeError(f"must be in {lo}..{hi if hi is not None else 'inf'}, got {v}")
         return v
+
     return conv
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m data_gen.countdown",
-                                description="Generate Countdown search traces (parallel or sequential) as JSONL.")
+    p = argparse.ArgumentParser(
+        prog="python -m data_gen.countdown",
+        description="Generate Countdown search traces (parallel or sequential) as JSONL.",
+    )
     p.add_argument("--n", type=_bounded(1), default=1000, help="number of records to write (default 1000)")
-    p.add_argument("--numbers", type=_bounded(2, 6), default=task.N_NUMBERS, help="input numbers per problem (default 4)")
+    p.add_argument(
+        "--numbers", type=_bounded(2, 6), default=task.N_NUMBERS, help="input numbers per problem (default 4)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", choices=SPLITS, default="train")
     p.add_argument("--mode", choices=MODES, default="parallel")
-    p.add_argument("--max-depth", type=_bounded(0), default=2, help="maximum nesting depth of parallel blocks (default 2)")
-    p.add_argument("--widths", type=_widths, default=DEFAULT_WIDTHS,
-                   help="moves kept per search level, comma-separated, the last repeats (default 3,2)")
-    p.add_argument("--num-range", type=parse_range, default=task.NUM_RANGE,
-                   help="input numbers are drawn uniformly from LO..HI (default %(default)s: 1,99)")
-    p.add_argument("--target-range", type=parse_range, default=task.TARGET_RANGE,
-                   help="targets are drawn among the reachable values in LO..HI (default 10,100)")
-    p.add_argument("--split-fractions", type=_fractions, default=DEFAULT_SPLIT_FRACTIONS,
-                   help="train,val,test shares of the problem space (default 0.9,0.05,0.05); every split of "
-                        "one dataset must be generated with the same shares")
-    p.add_argument("--parallel-fraction", type=float, default=0.5,
-                   help="--mode mixed: share of records written as fork/join traces, the rest as dfs (default 0.5)")
-    p.add_argument("--moves", choices=MOVE_RULES, default="best",
-                   help="best: the --widths best moves of a state by the heuristic (default); per-pair: for each "
-                        "pair of numbers in order, its --widths best operations")
-    p.add_argument("--leaf-answers", action="store_true",
-                   help="the move that reaches the target writes '=> Answer: EXPR'; nothing is restated after it")
-    p.add_argument("--show-target", action="store_true",
-                   help="every search state ends with the target ([3 21|24]): the check against it is local")
-    p.add_argument("--restate", action="store_true",
-                   help="parallel mode: each thread starts by restating its outline (its move and numbers)")
+    p.add_argument(
+        "--max-depth", type=_bounded(0), default=2, help="maximum nesting depth of parallel blocks (default 2)"
+    )
+    p.add_argument(
+        "--widths",
+        type=_widths,
+        default=DEFAULT_WIDTHS,
+        help="moves kept per search level, comma-separated, the last repeats (default 3,2)",
+    )
+    p.add_argument(
+        "--num-range",
+        type=parse_range,
+        default=task.NUM_RANGE,
+        help="input numbers are drawn uniformly from LO..HI (default %(default)s: 1,99)",
+    )
+    p.add_argument(
+        "--target-range",
+        type=parse_range,
+        default=task.TARGET_RANGE,
+        help="targets are drawn among the reachable values in LO..HI (default 10,100)",
+    )
+    p.add_argument(
+        "--split-fractions",
+        type=_fractions,
+        default=DEFAULT_SPLIT_FRACTIONS,
+        help="train,val,test shares of the problem space (default 0.9,0.05,0.05); every split of "
+        "one dataset must be generated with the same shares",
+    )
+    p.add_argument(
+        "--parallel-fraction",
+        type=float,
+        default=0.5,
+        help="--mode mixed: share of records written as fork/join traces, the rest as dfs (default 0.5)",
+    )
+    p.add_argument(
+        "--moves",
+        choices=MOVE_RULES,
+        default="best",
+        help="best: the --widths best moves of a state by the heuristic (default); per-pair: for each "
+        "pair of numbers in order, its --widths best operations",
+    )
+    p.add_argument(
+        "--leaf-answers",
+        action="store_true",
+        help="the move that reaches the target writes '=> Answer: EXPR'; nothing is restated after it",
+    )
+    p.add_argument(
+        "--show-target",
+        action="store_true",
+        help="every search state ends with the target ([3 21|24]): the check against it is local",
+    )
+    p.add_argument(
+        "--restate",
+        action="store_true",
+        help="parallel mode: each thread starts by restating its outline (its move and numbers)",
+    )
     p.add_argument("--workers", type=_bounded(1), default=1)
-    p.add_argument("--chunk-size", type=_bounded(1), default=64, help="candidates per worker task (does not change the output)")
+    p.add_argument(
+        "--chunk-size", type=_bounded(1), default=64, help="candidates per worker task (does not change the output)"
+    )
     p.add_argument("--out", required=True, help="output JSONL path")
     p.add_argument("--stats", action="store_true", help="print statistics of the written records")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -585,15 +655,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cfg = GenConfig(n_numbers=args.numbers, seed=args.seed, split=args.split, mode=args.mode,
-                    max_depth=args.max_depth, widths=args.widths, num_range=args.num_range,
-                    target_range=args.target_range, restate=args.restate, show_target=args.show_target,
-                    moves=args.moves, leaf_answers=args.leaf_answers, split_fractions=args.split_fractions,
-                    parallel_fraction=args.parallel_fraction)
+    cfg = GenConfig(
+        n_numbers=args.numbers,
+        seed=args.seed,
+        split=args.split,
+        mode=args.mode,
+        max_depth=args.max_depth,
+        widths=args.widths,
+        num_range=args.num_range,
+        target_range=args.target_range,
+        restate=args.restate,
+        show_target=args.show_target,
+        moves=args.moves,
+        leaf_answers=args.leaf_answers,
+        split_fractions=args.split_fractions,
+        parallel_fraction=args.parallel_fraction,
+    )
     t0 = time.perf_counter()
     info: dict = {}
-    records = generate(cfg, args.n, workers=args.workers, chunk_size=args.chunk_size,
-                       progress=False if args.no_progress else None, info=info)
+    records = generate(
+        cfg,
+        args.n,
+        workers=args.workers,
+        chunk_size=args.chunk_size,
+        progress=False if args.no_progress else None,
+        info=info,
+    )
     write_jsonl(records, args.out)
     dt = time.perf_counter() - t0
     print(f"wrote {len(records)} records to {args.out} in {dt:.1f}s", file=sys.stderr)
@@ -603,11 +690,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         tried = info["candidates"] - info["other_split"]
         extra = {
             "search success rate (own split)": f"{(tried - info['unsolved']) / max(tried, 1):.3f}",
-            "candidates (other split / unsolved / duplicate)":
-                f"{info['candidates']} ({info['other_split']} / {info['unsolved']} / {info['duplicates']})",
+            "candidates (other split / unsolved / duplicate)": f"{info['candidates']} ({info['other_split']} / {info['unsolved']} / {info['duplicates']})",
         }
-        print(f"countdown {cfg.split} mode={cfg.mode} numbers={cfg.n_numbers} max_depth={cfg.max_depth} "
-              f"widths={','.join(map(str, cfg.widths))} seed={cfg.seed}")
+        print(
+            f"countdown {cfg.split} mode={cfg.mode} numbers={cfg.n_numbers} max_depth={cfg.max_depth} "
+            f"widths={','.join(map(str, cfg.widths))} seed={cfg.seed}"
+        )
         print(format_table(summary, extra))
     return 0
 

@@ -46,8 +46,10 @@ ANSWER_FIELDS = ("answer", "final_answer", "gold", "target_answer")
 # ---------------------------------------------------------------------------
 # Prompts (placeholders {{name}} are filled with str.replace, so braces are safe)
 
-SYSTEM = ("You restructure step-by-step solutions into parallel (fork/join) reasoning. "
-          "Follow the instructions exactly and answer with one JSON object and nothing else.")
+SYSTEM = (
+    "You restructure step-by-step solutions into parallel (fork/join) reasoning. "
+    "Follow the instructions exactly and answer with one JSON object and nothing else."
+)
 
 PROMPT_SPLIT = """Split the solution below into numbered steps. A step is a short run of consecutive sentences that does one thing (one computation, one case, one check). Copy the text exactly: do not reword, drop, merge or add anything; every part of the solution belongs to exactly one step, in the original order. Keep the final answer (for example \\boxed{...}) in the last step.
 
@@ -115,8 +117,10 @@ Question:
 
 Answer with JSON of the form {"outlines": ["plan of thread 1", "plan of thread 2"]} with exactly {{n}} strings."""
 
-JSON_RETRY_NOTE = ("\n\nYour previous answer could not be used ({{error}}). Answer again with the JSON "
-                   "object only, exactly in the requested form.")
+JSON_RETRY_NOTE = (
+    "\n\nYour previous answer could not be used ({{error}}). Answer again with the JSON "
+    "object only, exactly in the requested form."
+)
 
 
 def fill(template: str, **values) -> str:
@@ -219,8 +223,14 @@ def _ask(llm: LLM, prompt: str, rec: Record, step: str, cfg: RewriteConfig, pars
     different cache entry) up to ``cfg.json_retries`` times when it is unusable."""
     note = ""
     for attempt in range(cfg.json_retries + 1):
-        comp = llm(prompt + note, record_id=rec.id, step=step if attempt == 0 else f"{step}-retry{attempt}",
-                   system=SYSTEM, max_tokens=cfg.max_tokens, temperature=cfg.temperature)
+        comp = llm(
+            prompt + note,
+            record_id=rec.id,
+            step=step if attempt == 0 else f"{step}-retry{attempt}",
+            system=SYSTEM,
+            max_tokens=cfg.max_tokens,
+            temperature=cfg.temperature,
+        )
         try:
             return parse_fn(parse_json_answer(comp.text))
         except (JSONAnswerError, ValueError) as e:  # no JSON / JSON of the wrong shape or content
@@ -364,8 +374,14 @@ def check_plan(plan: list, deps: dict[int, set[int]], n: int) -> None:
                     for d in sorted(deps.get(s, ())):
                         if d not in local:
                             if d in owner and owner[d] != k:
-                                raise Reject("plan", f"step {s} (thread {k}) depends on step {d}, which runs in sibling thread {owner[d]}", "group")
-                            raise Reject("plan", f"step {s} depends on step {d}, which comes later in the plan", "group")
+                                raise Reject(
+                                    "plan",
+                                    f"step {s} (thread {k}) depends on step {d}, which runs in sibling thread {owner[d]}",
+                                    "group",
+                                )
+                            raise Reject(
+                                "plan", f"step {s} depends on step {d}, which comes later in the plan", "group"
+                            )
                     local.add(s)
             visible |= set(owner)
         else:
@@ -399,7 +415,8 @@ _LEADING_NUM_RE = re.compile(r"^\s*(?:thread\s*)?\d+\s*[:.)]\s*", re.I)
 
 _QTY_RE = re.compile(r"(?<![\w.])(\d+(?:,\d{3})*(?:\.\d+)?|[A-Za-z]_\{?\w+\}?|[A-Za-z]+\d+)(?![\w])")
 _RESULT_BEFORE_RE = re.compile(
-    r"(?:=|≈|\\approx|\\equiv|\bis|\bare|\bequals|\bgives|\bget|\bgot|\bmakes|\bleaves|\bto)\s*[$\\(\-−]*\s*$", re.I)
+    r"(?:=|≈|\\approx|\\equiv|\bis|\bare|\bequals|\bgives|\bget|\bgot|\bmakes|\bleaves|\bto)\s*[$\\(\-−]*\s*$", re.I
+)
 _DEFINE_BEFORE_RE = re.compile(r"\b(?:let|define|set|denote|call)\s*[$\\(]*\s*$", re.I)
 _DEFINE_AFTER_RE = re.compile(r"\s*[$)]*\s*(?::=|=(?!=)|\\coloneqq)")
 LEAK_PHRASES = (
@@ -430,10 +447,12 @@ def quantities(text: str, min_digits: int = 2) -> dict[str, bool]:
         key = _norm_qty(tok)
         if key not in out:
             if tok[0].isdigit():
-                out[key] = bool(_RESULT_BEFORE_RE.search(text[max(0, m.start() - 16):m.start()]))
+                out[key] = bool(_RESULT_BEFORE_RE.search(text[max(0, m.start() - 16) : m.start()]))
             else:  # an identifier is introduced by "let x_1", "x_1 = ..."
-                out[key] = bool(_DEFINE_BEFORE_RE.search(text[max(0, m.start() - 16):m.start()])
-                                or _DEFINE_AFTER_RE.match(text, m.end()))
+                out[key] = bool(
+                    _DEFINE_BEFORE_RE.search(text[max(0, m.start() - 16) : m.start()])
+                    or _DEFINE_AFTER_RE.match(text, m.end())
+                )
     return out
 
 
@@ -462,8 +481,10 @@ def find_leaks(traj: Trajectory, question: str, min_digits: int = 2) -> list[str
                         continue
                     src = [j + 1 for j in range(len(texts)) if j != i and tok in intro[j] and q[j][tok]]
                     if src:
-                        problems.append(f"{name} uses {tok!r}, first introduced in sibling thread {src[0]} "
-                                        "and not in the shared prefix")
+                        problems.append(
+                            f"{name} uses {tok!r}, first introduced in sibling thread {src[0]} "
+                            "and not in the shared prefix"
+                        )
                 walk(b.threads[i].parts, shared_here, f"{name} > ")
             shared = shared_here + "\n" + "\n".join(texts)
 
@@ -471,7 +492,9 @@ def find_leaks(traj: Trajectory, question: str, min_digits: int = 2) -> list[str
     return problems
 
 
-def validate_trajectory(completion: str, rec: Record, cfg: RewriteConfig, checker: TaskChecker) -> list[tuple[str, str]]:
+def validate_trajectory(
+    completion: str, rec: Record, cfg: RewriteConfig, checker: TaskChecker
+) -> list[tuple[str, str]]:
     """All reasons to reject ``completion`` (empty = keep)."""
     reasons: list[tuple[str, str]] = []
     try:
@@ -489,8 +512,13 @@ def validate_trajectory(completion: str, rec: Record, cfg: RewriteConfig, checke
     for k, (b, _) in enumerate(traj.blocks(), 1):
         sizes = [max(1, approx_count(render(t.parts))) for t in b.threads]
         if len(sizes) >= 2 and max(sizes) / min(sizes) > cfg.max_imbalance:
-            reasons.append(("imbalance", f"block {k}: longest/shortest thread = {max(sizes)}/{min(sizes)} "
-                                         f"= {max(sizes) / min(sizes):.1f} > {cfg.max_imbalance}"))
+            reasons.append(
+                (
+                    "imbalance",
+                    f"block {k}: longest/shortest thread = {max(sizes)}/{min(sizes)} "
+                    f"= {max(sizes) / min(sizes):.1f} > {cfg.max_imbalance}",
+                )
+            )
     return reasons
 
 
@@ -549,20 +577,38 @@ def rewrite_record(rec: Record, llm: LLM, cfg: RewriteConfig, checker: TaskCheck
     if not ok:
         raise Reject("source_answer", f"the original reasoning does not verify: {why}", "input")
     # (a) split
-    steps = _ask(llm, fill(PROMPT_SPLIT, question=rec.question, reasoning=rec.reasoning), rec, "split", cfg, parse_steps)
+    steps = _ask(
+        llm, fill(PROMPT_SPLIT, question=rec.question, reasoning=rec.reasoning), rec, "split", cfg, parse_steps
+    )
     cov, growth = _coverage(rec.reasoning, steps)
     if cov < cfg.min_split_coverage or growth > cfg.max_split_growth:
-        raise Reject("split", f"the steps cover {cov:.0%} of the reasoning's words with {growth:.0%} of its length "
-                              f"(need >= {cfg.min_split_coverage:.0%} and <= {cfg.max_split_growth:.0%})", "split")
+        raise Reject(
+            "split",
+            f"the steps cover {cov:.0%} of the reasoning's words with {growth:.0%} of its length "
+            f"(need >= {cfg.min_split_coverage:.0%} and <= {cfg.max_split_growth:.0%})",
+            "split",
+        )
     n = len(steps)
     if n < 3:
         raise Reject("no_parallel", f"only {n} step(s): nothing to parallelise", "split")
     # (b) dependencies
-    deps = _ask(llm, fill(PROMPT_DEPS, question=rec.question, steps=_numbered(steps, range(1, n + 1))),
-                rec, "dependencies", cfg, lambda o: parse_deps(o, n))
+    deps = _ask(
+        llm,
+        fill(PROMPT_DEPS, question=rec.question, steps=_numbered(steps, range(1, n + 1))),
+        rec,
+        "dependencies",
+        cfg,
+        lambda o: parse_deps(o, n),
+    )
     # (c) group
-    plan = _ask(llm, fill(PROMPT_GROUP, question=rec.question, steps=_numbered(steps, range(1, n + 1), deps)), rec, "group", cfg,
-                lambda o: parse_plan(o, n))
+    plan = _ask(
+        llm,
+        fill(PROMPT_GROUP, question=rec.question, steps=_numbered(steps, range(1, n + 1), deps)),
+        rec,
+        "group",
+        cfg,
+        lambda o: parse_plan(o, n),
+    )
     check_plan(plan, deps, n)
     # (d) rewrite and (e) outline, block by block
     blocks: list[tuple[list[str], list[str]]] = []
@@ -573,13 +619,26 @@ def rewrite_record(rec: Record, llm: LLM, cfg: RewriteConfig, checker: TaskCheck
             continue
         w = len(it.threads)
         shared = _numbered(steps, shared_ids) or "(nothing yet)"
-        shown = "\n\n".join(f"Thread {k}:\n<<<\n{chr(10).join(steps[s - 1] for s in th)}\n>>>"
-                            for k, th in enumerate(it.threads, 1))
-        texts = _ask(llm, fill(PROMPT_REWRITE, question=rec.question, shared=shared, threads=shown, n=w),
-                     rec, f"rewrite-{bi}", cfg, lambda o, w=w: _strings(o, "threads", w))
+        shown = "\n\n".join(
+            f"Thread {k}:\n<<<\n{chr(10).join(steps[s - 1] for s in th)}\n>>>" for k, th in enumerate(it.threads, 1)
+        )
+        texts = _ask(
+            llm,
+            fill(PROMPT_REWRITE, question=rec.question, shared=shared, threads=shown, n=w),
+            rec,
+            f"rewrite-{bi}",
+            cfg,
+            lambda o, w=w: _strings(o, "threads", w),
+        )
         shown2 = "\n\n".join(f"Thread {k}:\n<<<\n{t}\n>>>" for k, t in enumerate(texts, 1))
-        outlines = _ask(llm, fill(PROMPT_OUTLINE, question=rec.question, threads=shown2, n=w),
-                        rec, f"outline-{bi}", cfg, lambda o, w=w: _strings(o, "outlines", w))
+        outlines = _ask(
+            llm,
+            fill(PROMPT_OUTLINE, question=rec.question, threads=shown2, n=w),
+            rec,
+            f"outline-{bi}",
+            cfg,
+            lambda o, w=w: _strings(o, "outlines", w),
+        )
         outlines = [_LEADING_NUM_RE.sub("", " ".join(o.split())) or o for o in outlines]
         blocks.append((outlines, texts))
         shared_ids.extend(s for th in it.threads for s in th)
@@ -587,10 +646,20 @@ def rewrite_record(rec: Record, llm: LLM, cfg: RewriteConfig, checker: TaskCheck
     completion = assemble(plan, steps, blocks)
     reasons = validate_trajectory(completion, rec, cfg, checker)
     if reasons:
-        raise Reject(reasons[0][0], "; ".join(f"{c}: {m}" for c, m in reasons), "validate",
-                     {"reasons": [{"code": c, "message": m} for c, m in reasons], "completion": completion})
-    out = {"id": rec.id, "task": cfg.task, "prompt": rec.question, "completion": completion,
-           "answer": checker.reference(rec), "stats": stats(completion).as_dict()}
+        raise Reject(
+            reasons[0][0],
+            "; ".join(f"{c}: {m}" for c, m in reasons),
+            "validate",
+            {"reasons": [{"code": c, "message": m} for c, m in reasons], "completion": completion},
+        )
+    out = {
+        "id": rec.id,
+        "task": cfg.task,
+        "prompt": rec.question,
+        "completion": completion,
+        "answer": checker.reference(rec),
+        "stats": stats(completion).as_dict(),
+    }
     for k in cfg.keep:
         if k in rec.extra:
             out[k] = rec.extra[k]
@@ -629,8 +698,13 @@ def to_record(row: dict, args_fields: dict) -> Record:
     rid = row.get(args_fields.get("id") or "id")
     if rid in (None, ""):
         rid = "rec-" + hashlib.sha256(f"{q}\0{r}".encode()).hexdigest()[:16]
-    rec = Record(id=str(rid), question=q if isinstance(q, str) else "", reasoning=r if isinstance(r, str) else "",
-                 answer=None if a is None else str(a), extra=dict(row))
+    rec = Record(
+        id=str(rid),
+        question=q if isinstance(q, str) else "",
+        reasoning=r if isinstance(r, str) else "",
+        answer=None if a is None else str(a),
+        extra=dict(row),
+    )
     if not rec.question.strip():
         raise Reject("missing_field", "no question field found", "input")
     if not rec.reasoning.strip():
@@ -642,8 +716,16 @@ def rejected_path(out: str | os.PathLike) -> Path:
     return Path(str(out) + ".rejected.jsonl")
 
 
-def run(rows: Sequence[dict], llm: LLM, cfg: RewriteConfig, out: str | os.PathLike, *,
-        concurrency: int = 4, fields: dict | None = None, progress: bool = True) -> dict:
+def run(
+    rows: Sequence[dict],
+    llm: LLM,
+    cfg: RewriteConfig,
+    out: str | os.PathLike,
+    *,
+    concurrency: int = 4,
+    fields: dict | None = None,
+    progress: bool = True,
+) -> dict:
     """Rewrite every row; write kept records to ``out`` and rejects to
     ``<out>.rejected.jsonl`` (both atomically, in input order); return a summary."""
     checker = TaskChecker(cfg.task, cfg.answer_pattern)
@@ -660,15 +742,27 @@ def run(rows: Sequence[dict], llm: LLM, cfg: RewriteConfig, out: str | os.PathLi
             rid = rec.id
             return rewrite_record(rec, llm, cfg, checker)
         except Reject as r:
-            return {"id": rid, "index": i, "reason": r.code, "message": r.message,
-                    "step": r.step, **r.extra, "_rejected": True}
+            return {
+                "id": rid,
+                "index": i,
+                "reason": r.code,
+                "message": r.message,
+                "step": r.step,
+                **r.extra,
+                "_rejected": True,
+            }
         except LLMError as e:
-            return {"id": rid, "index": i, "reason": "llm_error", "message": str(e),
-                    "step": None, "_rejected": True}
+            return {"id": rid, "index": i, "reason": "llm_error", "message": str(e), "step": None, "_rejected": True}
         except Exception as e:  # a bug or an unforeseen input: keep the run going, keep the trace in the log
             log.exception("record %s failed", rid or i)
-            return {"id": rid, "index": i, "reason": "error",
-                    "message": f"{type(e).__name__}: {e}", "step": None, "_rejected": True}
+            return {
+                "id": rid,
+                "index": i,
+                "reason": "error",
+                "message": f"{type(e).__name__}: {e}",
+                "step": None,
+                "_rejected": True,
+            }
 
     try:
         from tqdm import tqdm
@@ -705,19 +799,25 @@ def run(rows: Sequence[dict], llm: LLM, cfg: RewriteConfig, out: str | os.PathLi
     write_jsonl(out, good)
     write_jsonl(rejected_path(out), bad)
     summary = {
-        "records": len(rows), "kept": len(good), "rejected": len(bad),
+        "records": len(rows),
+        "kept": len(good),
+        "rejected": len(bad),
         "reasons": dict(Counter(r["reason"] for r in bad).most_common()),
         "first_rejection": bad[0]["message"] if bad else None,
         "usage": llm.usage.as_dict(),
         "metrics": aggregate([r["stats"] for r in good]),
-        "out": str(out), "rejected_file": str(rejected_path(out)),
+        "out": str(out),
+        "rejected_file": str(rejected_path(out)),
     }
     return summary
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m data_gen.rewrite", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m data_gen.rewrite",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     io = ap.add_argument_group("input/output")
     io.add_argument("--input", required=True, help="JSONL/JSON file, or a datasets hub name")
     io.add_argument("--split", default="train", help="dataset split (hub input)")
@@ -728,12 +828,22 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--reasoning-field", default=None, help=f"default: first of {', '.join(REASONING_FIELDS)}")
     io.add_argument("--answer-field", default=None, help=f"default: first of {', '.join(ANSWER_FIELDS)}")
     io.add_argument("--id-field", default=None, help="default: id (else a hash of question and reasoning)")
-    io.add_argument("--keep", action="append", default=None, help="input field copied to the output (repeatable; default nums, target)")
+    io.add_argument(
+        "--keep",
+        action="append",
+        default=None,
+        help="input field copied to the output (repeatable; default nums, target)",
+    )
     io.add_argument("--task", default="math", choices=("math", "countdown"), help="answer verifier")
-    io.add_argument("--answer-pattern", default=None,
-                    help="math: read final answers with this regex or alias (gsm8k: '#### 42') instead of \\boxed{}")
+    io.add_argument(
+        "--answer-pattern",
+        default=None,
+        help="math: read final answers with this regex or alias (gsm8k: '#### 42') instead of \\boxed{}",
+    )
     m = ap.add_argument_group("model")
-    m.add_argument("--llm", required=True, help="http(s) base URL of an OpenAI-compatible API, or a local transformers model")
+    m.add_argument(
+        "--llm", required=True, help="http(s) base URL of an OpenAI-compatible API, or a local transformers model"
+    )
     m.add_argument("--model", default=None, help="model name sent to the API")
     m.add_argument("--endpoint", default="chat", choices=("chat", "completions"))
     m.add_argument("--api-key-env", default=DEFAULT_API_KEY_ENV, help="environment variable holding the API key")
@@ -756,7 +866,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--min-split-coverage", type=float, default=0.85)
     v.add_argument("--max-depth", type=int, default=1)
     v.add_argument("--max-width", type=int, default=8)
-    v.add_argument("--leak-min-digits", type=int, default=2, help="numbers with fewer digits are ignored by the leak check")
+    v.add_argument(
+        "--leak-min-digits", type=int, default=2, help="numbers with fewer digits are ignored by the leak check"
+    )
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--log-level", default="WARNING")
     return ap
@@ -774,24 +886,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = rows[: args.limit]
     if not rows:
         raise InputError(f"--input {args.input}: no records")
-    client = make_client(args.llm, args.model, endpoint=args.endpoint, api_key_env=args.api_key_env,
-                         timeout=args.timeout, max_retries=args.max_retries, backoff=args.backoff,
-                         backoff_max=args.backoff_max, device=args.device)
+    client = make_client(
+        args.llm,
+        args.model,
+        endpoint=args.endpoint,
+        api_key_env=args.api_key_env,
+        timeout=args.timeout,
+        max_retries=args.max_retries,
+        backoff=args.backoff,
+        backoff_max=args.backoff_max,
+        device=args.device,
+    )
     cache = None if args.no_cache else (args.cache or str(args.out) + ".cache")
     llm = LLM(client, cache, price_prompt_per_1k=args.price_prompt, price_completion_per_1k=args.price_completion)
-    cfg = RewriteConfig(task=args.task, answer_pattern=args.answer_pattern, max_tokens=args.max_tokens, temperature=args.temperature,
-                        json_retries=args.json_retries, min_split_coverage=args.min_split_coverage,
-                        min_parallel_ratio=args.min_parallel_ratio, max_imbalance=args.max_imbalance,
-                        max_depth=args.max_depth, max_width=args.max_width, leak_min_digits=args.leak_min_digits,
-                        keep=tuple(args.keep) if args.keep else RewriteConfig.keep)
-    fields = {"question": args.question_field, "reasoning": args.reasoning_field,
-              "answer": args.answer_field, "id": args.id_field}
-    summary = run(rows, llm, cfg, args.out, concurrency=args.concurrency, fields=fields,
-                  progress=not args.no_progress)
+    cfg = RewriteConfig(
+        task=args.task,
+        answer_pattern=args.answer_pattern,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        json_retries=args.json_retries,
+        min_split_coverage=args.min_split_coverage,
+        min_parallel_ratio=args.min_parallel_ratio,
+        max_imbalance=args.max_imbalance,
+        max_depth=args.max_depth,
+        max_width=args.max_width,
+        leak_min_digits=args.leak_min_digits,
+        keep=tuple(args.keep) if args.keep else RewriteConfig.keep,
+    )
+    fields = {
+        "question": args.question_field,
+        "reasoning": args.reasoning_field,
+        "answer": args.answer_field,
+        "id": args.id_field,
+    }
+    summary = run(rows, llm, cfg, args.out, concurrency=args.concurrency, fields=fields, progress=not args.no_progress)
     print(json.dumps(summary, indent=1), file=sys.stderr)
     if summary["reasons"].get("llm_error") == summary["records"]:
-        print(f"error: every record failed on the LLM ({summary['records']} records; first: "
-              f"{summary['first_rejection']}); see {summary['rejected_file']}", file=sys.stderr)
+        print(
+            f"error: every record failed on the LLM ({summary['records']} records; first: "
+            f"{summary['first_rejection']}); see {summary['rejected_file']}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

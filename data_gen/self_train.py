@@ -43,16 +43,46 @@ SOURCE = "self_train"
 
 #: rejection reasons (in the order they are checked); ``finish:<reason>`` for every
 #: runner finish reason other than ``eos``
-REASONS = (tuple(f"finish:{r}" for r in FINISH_REASONS if r != EOS)
-           + ("malformed", "no_answer", "incorrect", "no_block", "below_speedup", "retokenize_mismatch", "duplicate",
-              "not_best"))
+REASONS = tuple(f"finish:{r}" for r in FINISH_REASONS if r != EOS) + (
+    "malformed",
+    "no_answer",
+    "incorrect",
+    "no_block",
+    "below_speedup",
+    "retokenize_mismatch",
+    "duplicate",
+    "not_best",
+)
 KEPT = "kept"
 
 #: settings that decide the output: a resumed run must match them
-CONFIG_KEYS = ("task", "model", "input", "split", "config", "prompt_field", "question_field", "answer_field",
-               "answer_pattern", "prompt_template", "chat_template", "k", "temperature", "top_p", "top_k", "seed",
-               "max_new_tokens", "max_thread_tokens", "max_width", "max_depth", "join", "constrained", "min_speedup", "keep",
-               "require_same_tokens")
+CONFIG_KEYS = (
+    "task",
+    "model",
+    "input",
+    "split",
+    "config",
+    "prompt_field",
+    "question_field",
+    "answer_field",
+    "answer_pattern",
+    "prompt_template",
+    "chat_template",
+    "k",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "max_new_tokens",
+    "max_thread_tokens",
+    "max_width",
+    "max_depth",
+    "join",
+    "constrained",
+    "min_speedup",
+    "keep",
+    "require_same_tokens",
+)
 
 
 def side_paths(out: str | Path) -> tuple[Path, Path]:
@@ -65,8 +95,9 @@ def side_paths(out: str | Path) -> tuple[Path, Path]:
 # Filtering
 
 
-def same_tokens(rollout, prompt_text: str, completion: str, tokenizer, join: str = "concat",
-                thread_header: str = "index") -> bool:
+def same_tokens(
+    rollout, prompt_text: str, completion: str, tokenizer, join: str = "concat", thread_header: str = "index"
+) -> bool:
     """Does SFT's packed graph of ``prompt_text`` + ``completion`` (+ EOS), re-tokenized
     from text by :func:`parallel_reason.layout.graph_from_text` with the model's thread
     header mode, equal the graph the runner sampled (ids, predecessors, positions, loss mask)?"""
@@ -75,8 +106,10 @@ def same_tokens(rollout, prompt_text: str, completion: str, tokenizer, join: str
     except ValueError:  # FormatError included: the text does not parse strictly
         return False
     r = rollout.graph
-    return all(getattr(g, f).shape == getattr(r, f).shape and bool((getattr(g, f) == getattr(r, f)).all())
-               for f in ("input_ids", "pred", "position_ids", "loss_mask"))
+    return all(
+        getattr(g, f).shape == getattr(r, f).shape and bool((getattr(g, f) == getattr(r, f)).all())
+        for f in ("input_ids", "pred", "position_ids", "loss_mask")
+    )
 
 
 def judge(score: dict, min_speedup: float) -> str | None:
@@ -98,8 +131,9 @@ def judge(score: dict, min_speedup: float) -> str | None:
     return None
 
 
-def select(scores: Sequence[dict], min_speedup: float, keep: str = "best",
-           require_same_tokens: bool = False) -> list[str]:
+def select(
+    scores: Sequence[dict], min_speedup: float, keep: str = "best", require_same_tokens: bool = False
+) -> list[str]:
     """Verdict of every sample of one problem: ``"kept"`` or its rejection reason.
     ``scores`` are :func:`parallel_reason.evaluate.score_sample` dicts with ``retokenize_match``
     added (None where not checked)."""
@@ -148,29 +182,43 @@ def make_record(task: str, problem: dict, score: dict, seed: int | None, model: 
     rec.update(problem["args"])  # countdown: nums, target; math: answer (the reference)
     if task == "countdown":
         rec["answer"] = score["answer"]
-    rec.update({
-        "model_answer": score["answer"],
-        "mode": "parallel",
-        "source": SOURCE,
-        "model": model,
-        "sample_index": score["sample_index"],
-        "seed": seed,
-        "total_tokens": score["total_tokens"],
-        "critical_path": score["critical_path"],
-        "speedup": score["speedup"],
-        "blocks": score["blocks"],
-        "threads": score["threads"],
-        "retokenize_match": score["retokenize_match"],
-    })
+    rec.update(
+        {
+            "model_answer": score["answer"],
+            "mode": "parallel",
+            "source": SOURCE,
+            "model": model,
+            "sample_index": score["sample_index"],
+            "seed": seed,
+            "total_tokens": score["total_tokens"],
+            "critical_path": score["critical_path"],
+            "speedup": score["speedup"],
+            "blocks": score["blocks"],
+            "threads": score["threads"],
+            "retokenize_match": score["retokenize_match"],
+        }
+    )
     return rec
 
 
-_MARK_FIELDS = ("sample_index", "finish_reason", "correct", "format_valid", "blocks", "threads", "total_tokens",
-                "critical_path", "speedup", "retokenize_match", "replacement_char")
+_MARK_FIELDS = (
+    "sample_index",
+    "finish_reason",
+    "correct",
+    "format_valid",
+    "blocks",
+    "threads",
+    "total_tokens",
+    "critical_path",
+    "speedup",
+    "retokenize_match",
+    "replacement_char",
+)
 
 
-def make_marker(problem: dict, scores: Sequence[dict], verdicts: Sequence[str], seed: int | None,
-                amortized_s: float) -> dict:
+def make_marker(
+    problem: dict, scores: Sequence[dict], verdicts: Sequence[str], seed: int | None, amortized_s: float
+) -> dict:
     """The progress line of a finished problem."""
     samples = []
     for s, v in zip(scores, verdicts):
@@ -181,8 +229,13 @@ def make_marker(problem: dict, scores: Sequence[dict], verdicts: Sequence[str], 
         elif v in ("incorrect", "no_answer"):
             d["reason"] = s["verdict"]
         samples.append(d)
-    return {"id": problem["id"], "seed": seed, "kept": sum(v == KEPT for v in verdicts),
-            "wall_clock_amortized_s": amortized_s, "samples": samples}
+    return {
+        "id": problem["id"],
+        "seed": seed,
+        "kept": sum(v == KEPT for v in verdicts),
+        "wall_clock_amortized_s": amortized_s,
+        "samples": samples,
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -248,12 +301,15 @@ def prepare_files(out: Path, cfg: dict, overwrite: bool) -> dict[str, dict]:
     if not marks:
         old_cfg = None  # a start that finished no problem (it failed): nothing to keep, nothing binds
     if old_cfg is not None:
-        diff = {k: (old_cfg.get(k), cfg.get(k)) for k in sorted(set(cfg) | set(old_cfg))
-                if old_cfg.get(k) != cfg.get(k)}
+        diff = {
+            k: (old_cfg.get(k), cfg.get(k)) for k in sorted(set(cfg) | set(old_cfg)) if old_cfg.get(k) != cfg.get(k)
+        }
         if diff:
             lines = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-            raise SystemExit(f"{out} holds self-training data of a different configuration ({lines}); "
-                             f"use another --out or --overwrite")
+            raise SystemExit(
+                f"{out} holds self-training data of a different configuration ({lines}); "
+                f"use another --out or --overwrite"
+            )
     elif out.exists() and out.stat().st_size > 0 and not ours:
         raise SystemExit(f"{out} exists but {progress.name} does not describe it; use another --out or --overwrite")
     raw, bad = _read_lines(out)
@@ -262,13 +318,18 @@ def prepare_files(out: Path, cfg: dict, overwrite: bool) -> dict[str, dict]:
     have = Counter(str(r["problem_id"]) for r in records)
     done = {pid: m for pid, m in marks.items() if have.get(pid, 0) == int(m.get("kept", -1))}
     if len(done) != len(marks):
-        log.warning("%s: %d finished problem(s) lack some of their records; they are sampled again",
-                    out, len(marks) - len(done))
+        log.warning(
+            "%s: %d finished problem(s) lack some of their records; they are sampled again", out, len(marks) - len(done)
+        )
     keep = [r for r in records if str(r["problem_id"]) in done]
     if not _clean(out, bad) or len(keep) != len(records):
         if bad or len(keep) != len(records):
-            log.warning("%s: dropped %d unreadable line(s) and %d record(s) of unfinished problems",
-                        out, bad, len(records) - len(keep))
+            log.warning(
+                "%s: dropped %d unreadable line(s) and %d record(s) of unfinished problems",
+                out,
+                bad,
+                len(records) - len(keep),
+            )
         atomic_write(out, _dump(keep))
     if old_cfg is None or len(done) != len(marks) or not _clean(progress, _read_lines(progress)[1]):
         atomic_write(progress, _dump([{"config": cfg}] + list(done.values())))
@@ -321,8 +382,9 @@ def summarize(markers: Sequence[dict], records: Sequence[dict], meta: dict | Non
         "mismatches": sum(1 for s in checked if not s["retokenize_match"]),
         "mismatches_kept": sum(1 for r in records if not r["retokenize_match"]),
         # mismatches whose text holds U+FFFD: the model sampled byte tokens that are not valid UTF-8
-        "mismatches_replacement_char": sum(1 for s in checked if not s["retokenize_match"]
-                                           and s.get("replacement_char")),
+        "mismatches_replacement_char": sum(
+            1 for s in checked if not s["retokenize_match"] and s.get("replacement_char")
+        ),
     }
     out["decode_wall_clock_s"] = sum(float(m.get("wall_clock_amortized_s", 0.0)) for m in markers)
     if meta:
@@ -351,9 +413,14 @@ def format_table(stats: dict) -> str:
     rows = [(label, fmt.format(stats[key])) for key, label, fmt in _TABLE if key in stats]
     rows.append(("reasons", ", ".join(f"{k} {v}" for k, v in stats.get("reasons", {}).items()) or "-"))
     rt = stats.get("retokenize", {})
-    rows.append(("re-tokenization mismatches", f"{rt.get('mismatches', 0)} of {rt.get('checked', 0)} checked "
-                                               f"({rt.get('mismatches_replacement_char', 0)} with U+FFFD, "
-                                               f"{rt.get('mismatches_kept', 0)} kept)"))
+    rows.append(
+        (
+            "re-tokenization mismatches",
+            f"{rt.get('mismatches', 0)} of {rt.get('checked', 0)} checked "
+            f"({rt.get('mismatches_replacement_char', 0)} with U+FFFD, "
+            f"{rt.get('mismatches_kept', 0)} kept)",
+        )
+    )
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
 
@@ -373,20 +440,31 @@ def load(args) -> list[dict]:
     """The problems of ``--input`` (:func:`parallel_reason.evaluate.load_problems`); a record the
     task cannot use raises :class:`parallel_reason.data.DataError` naming it."""
     try:
-        return load_problems(args.input, args.task, args.split, args.config, args.n, args.prompt_field or None,
-                             args.question_field, args.answer_field, args.prompt_template)
+        return load_problems(
+            args.input,
+            args.task,
+            args.split,
+            args.config,
+            args.n,
+            args.prompt_field or None,
+            args.question_field,
+            args.answer_field,
+            args.prompt_template,
+        )
     except DataError:
         raise
     except (ValueError, TypeError) as e:
         # a field of the wrong type (load_problems converts without naming the record): find it
         if args.task == "countdown":
             rows = read_records(args.input, args.split, args.config)
-            for origin, rec in rows[:args.n] if args.n is not None and args.n >= 0 else rows:
+            for origin, rec in rows[: args.n] if args.n is not None and args.n >= 0 else rows:
                 try:
                     [int(x) for x in rec["nums"]], int(rec["target"])
                 except (ValueError, TypeError) as e2:
-                    raise DataError(f"{origin}: 'nums' must be a list of integers and 'target' an integer "
-                                    f"(nums={rec.get('nums')!r}, target={rec.get('target')!r}): {e2}") from None
+                    raise DataError(
+                        f"{origin}: 'nums' must be a list of integers and 'target' an integer "
+                        f"(nums={rec.get('nums')!r}, target={rec.get('target')!r}): {e2}"
+                    ) from None
         raise DataError(f"{args.input}: {type(e).__name__}: {e}") from e
 
 
@@ -406,22 +484,31 @@ def run(args, argv: Sequence[str] | None = None) -> dict:
     if todo:
         runner = load_runner(args, parallel=True)
         tok = runner.tokenizer
-        with open(out, "a", encoding="utf-8", newline="\n") as fo, \
-                open(progress_path, "a", encoding="utf-8", newline="\n") as fp:
-            for chunk, elapsed in decode_and_score(runner, todo, args, args.k, total=len(problems),
-                                                   desc=f"self-train {args.task}"):
+        with (
+            open(out, "a", encoding="utf-8", newline="\n") as fo,
+            open(progress_path, "a", encoding="utf-8", newline="\n") as fp,
+        ):
+            for chunk, elapsed in decode_and_score(
+                runner, todo, args, args.k, total=len(problems), desc=f"self-train {args.task}"
+            ):
                 recs, marks = [], []
                 for d in chunk:
                     p, scores = d.problem, d.scores
                     for ro, s in zip(d.rollouts, scores):
                         ok = s["finish_reason"] == EOS and s["format_valid"]
-                        s["retokenize_match"] = (same_tokens(ro, p["text"], s["completion"], tok, runner.join,
-                                                             runner.thread_header) if ok else None)
+                        s["retokenize_match"] = (
+                            same_tokens(ro, p["text"], s["completion"], tok, runner.join, runner.thread_header)
+                            if ok
+                            else None
+                        )
                         # invalid UTF-8 byte tokens decode to U+FFFD: the text lost what was sampled
                         s["replacement_char"] = "\ufffd" in s["completion"]
                     verdicts = select(scores, args.min_speedup, args.keep, args.require_same_tokens)
-                    recs += [make_record(args.task, p, s, d.seed, cfg["model"], args.chat_template)
-                             for s, v in zip(scores, verdicts) if v == KEPT]
+                    recs += [
+                        make_record(args.task, p, s, d.seed, cfg["model"], args.chat_template)
+                        for s, v in zip(scores, verdicts)
+                        if v == KEPT
+                    ]
                     marks.append(make_marker(p, scores, verdicts, d.seed, elapsed / len(chunk)))
                 # records first, then the markers that declare their problems finished
                 fo.write(_dump(recs))
@@ -440,8 +527,8 @@ def run(args, argv: Sequence[str] | None = None) -> dict:
     records = [r for r in all_records if r.get("problem_id") in wanted]
     argv = list(sys.argv[1:] if argv is None else argv)
     meta = {
-        "settings": cfg | {"n": args.n, "batch_size": args.batch_size, "chunk_size": args.chunk_size,
-                           "dtype": args.dtype},
+        "settings": cfg
+        | {"n": args.n, "batch_size": args.batch_size, "chunk_size": args.chunk_size, "dtype": args.dtype},
         "command": "python -m data_gen.self_train " + shlex.join(argv),
         "decoded_this_run": decoded,
         "wall_clock_this_run_s": time.perf_counter() - t_start,
@@ -459,26 +546,46 @@ def run(args, argv: Sequence[str] | None = None) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m data_gen.self_train",
-                                description="Sample K fork/join trajectories per problem, keep the correct, "
-                                            "well-formed, parallel ones as SFT data (resumable).")
+    p = argparse.ArgumentParser(
+        prog="python -m data_gen.self_train",
+        description="Sample K fork/join trajectories per problem, keep the correct, "
+        "well-formed, parallel ones as SFT data (resumable).",
+    )
     p.add_argument("--model", required=True, help="model directory (or hub id already in the local cache)")
-    p.add_argument("--input", "--data", dest="input", required=True,
-                   help="problems: JSONL/JSON/parquet/CSV file, save_to_disk folder or datasets source")
+    p.add_argument(
+        "--input",
+        "--data",
+        dest="input",
+        required=True,
+        help="problems: JSONL/JSON/parquet/CSV file, save_to_disk folder or datasets source",
+    )
     p.add_argument("--task", choices=TASK_NAMES, default="countdown")
     p.add_argument("--out", required=True, help="output JSONL (side files OUT.progress.jsonl, OUT.stats.json)")
     p.add_argument("--k", type=int, default=8, help="samples per problem (default 8)")
     p.add_argument("--n", type=int, default=None, help="the first N problems (default all)")
-    p.add_argument("--min-speedup", type=float, default=1.2,
-                   help="keep samples with total/critical-path >= this (default 1.2; <= 1 also keeps "
-                        "trajectories without a <Parallel> block)")
-    p.add_argument("--keep", choices=KEEP, default="best",
-                   help="best: the eligible sample with the highest speedup per problem (default); "
-                        "all: every eligible distinct sample")
-    p.add_argument("--require-same-tokens", action="store_true",
-                   help="reject samples whose re-tokenized text differs from the sampled tokens")
+    p.add_argument(
+        "--min-speedup",
+        type=float,
+        default=1.2,
+        help="keep samples with total/critical-path >= this (default 1.2; <= 1 also keeps "
+        "trajectories without a <Parallel> block)",
+    )
+    p.add_argument(
+        "--keep",
+        choices=KEEP,
+        default="best",
+        help="best: the eligible sample with the highest speedup per problem (default); "
+        "all: every eligible distinct sample",
+    )
+    p.add_argument(
+        "--require-same-tokens",
+        action="store_true",
+        help="reject samples whose re-tokenized text differs from the sampled tokens",
+    )
     p.add_argument("--overwrite", action="store_true", help="discard OUT and its side files first")
-    add_runner_args(p, split="train", temperature=1.0, temperature_help="sampling temperature (default 1.0; 0 = greedy)")
+    add_runner_args(
+        p, split="train", temperature=1.0, temperature_help="sampling temperature (default 1.0; 0 = greedy)"
+    )
     return p
 
 
@@ -491,8 +598,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["CONFIG_KEYS", "REASONS", "format_table", "judge", "make_marker", "make_record", "main",
-           "prepare_files", "read_progress", "run", "same_tokens", "select", "side_paths", "summarize"]
+__all__ = [
+    "CONFIG_KEYS",
+    "REASONS",
+    "format_table",
+    "judge",
+    "make_marker",
+    "make_record",
+    "main",
+    "prepare_files",
+    "read_progress",
+    "run",
+    "same_tokens",
+    "select",
+    "side_paths",
+    "summarize",
+]
 
 if __name__ == "__main__":
     sys.exit(main())

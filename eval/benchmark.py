@@ -61,10 +61,31 @@ ROW_FIELDS = {
 }
 
 #: settings that decide the results: a resumed run must match them
-CONFIG_KEYS = ("task", "mode", "model", "data", "split", "config", "prompt_field", "question_field",
-               "answer_field", "answer_pattern", "prompt_template", "chat_template", "samples",
-               "temperature", "top_p", "top_k", "seed", "max_new_tokens", "max_thread_tokens",
-               "max_width", "max_depth", "join", "constrained")
+CONFIG_KEYS = (
+    "task",
+    "mode",
+    "model",
+    "data",
+    "split",
+    "config",
+    "prompt_field",
+    "question_field",
+    "answer_field",
+    "answer_pattern",
+    "prompt_template",
+    "chat_template",
+    "samples",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "max_new_tokens",
+    "max_thread_tokens",
+    "max_width",
+    "max_depth",
+    "join",
+    "constrained",
+)
 
 
 # ---------------------------------------------------------------------------
@@ -112,8 +133,7 @@ def repair_results(path: Path) -> list[dict]:
     return rows
 
 
-def make_row(task: str, mode: str, problem: dict, samples: list[dict], seed: int | None,
-             amortized_s: float) -> dict:
+def make_row(task: str, mode: str, problem: dict, samples: list[dict], seed: int | None, amortized_s: float) -> dict:
     k = len(samples)
     c = sum(1 for s in samples if s["correct"])
     prompt = problem["prompt"]
@@ -160,8 +180,11 @@ def summarize(rows: Sequence[dict], meta: dict | None = None) -> dict:
     out["accuracy"] = sum(1 for s in samples if s["correct"]) / len(samples)
     ks = [int(k) for k in (rows[0].get("pass_at_k") or {})]
     if ks and all(r.get("pass_at_k") for r in rows):
-        out["pass_at_k"] = {str(k): sum(r["pass_at_k"][str(k)] for r in rows) / n
-                            for k in ks if all(str(k) in r["pass_at_k"] for r in rows)}
+        out["pass_at_k"] = {
+            str(k): sum(r["pass_at_k"][str(k)] for r in rows) / n
+            for k in ks
+            if all(str(k) in r["pass_at_k"] for r in rows)
+        }
     out["answer_rate"] = sum(1 for s in samples if s.get("answer") is not None) / len(samples)
     agg = aggregate(samples)
     agg.pop("n", None)
@@ -199,20 +222,32 @@ def check_config(out: Path, cfg: dict, overwrite: bool) -> None:
         except (UnicodeDecodeError, json.JSONDecodeError):
             old = None
         if not isinstance(old, dict):
-            raise SystemExit(f"{path} is unreadable, so the results in {out} cannot be matched to a "
-                             "configuration; use another --out or --overwrite")
+            raise SystemExit(
+                f"{path} is unreadable, so the results in {out} cannot be matched to a "
+                "configuration; use another --out or --overwrite"
+            )
         diff = {k: (old.get(k), cfg[k]) for k in cfg if old.get(k) != cfg[k]}
         if diff:
             lines = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-            raise SystemExit(f"{out} holds results of a different configuration ({lines}); "
-                             f"use another --out or --overwrite")
+            raise SystemExit(
+                f"{out} holds results of a different configuration ({lines}); use another --out or --overwrite"
+            )
     atomic_write(path, json.dumps(cfg, indent=2) + "\n")
 
 
 def run(args, argv: Sequence[str] | None = None) -> dict:
     """Run (or resume) a benchmark; returns the summary (also written to disk)."""
-    problems = load_problems(args.data, args.task, args.split, args.config, args.n, args.prompt_field or None,
-                             args.question_field, args.answer_field, args.prompt_template)
+    problems = load_problems(
+        args.data,
+        args.task,
+        args.split,
+        args.config,
+        args.n,
+        args.prompt_field or None,
+        args.question_field,
+        args.answer_field,
+        args.prompt_template,
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = config_of(args)
@@ -227,8 +262,9 @@ def run(args, argv: Sequence[str] | None = None) -> dict:
     if todo:
         runner = load_runner(args, parallel=(args.mode == "parallel"))
         with open(res_path, "a", encoding="utf-8", newline="\n") as f:
-            for chunk, elapsed in decode_and_score(runner, todo, args, args.samples, total=len(problems),
-                                                   desc=f"{args.task}/{args.mode}"):
+            for chunk, elapsed in decode_and_score(
+                runner, todo, args, args.samples, total=len(problems), desc=f"{args.task}/{args.mode}"
+            ):
                 for d in chunk:
                     row = make_row(args.task, args.mode, d.problem, d.scores, d.seed, elapsed / len(chunk))
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -246,10 +282,23 @@ def run(args, argv: Sequence[str] | None = None) -> dict:
         "model": cfg["model"],
         "data": cfg["data"],
         "split": args.split,
-        "decoding": {k: cfg[k] for k in ("samples", "temperature", "top_p", "top_k", "seed", "max_new_tokens",
-                                         "max_thread_tokens", "max_width", "max_depth", "join", "constrained")}
-        | {"batch_size": args.batch_size, "parallel": args.mode == "parallel",
-           "chat_template": args.chat_template},
+        "decoding": {
+            k: cfg[k]
+            for k in (
+                "samples",
+                "temperature",
+                "top_p",
+                "top_k",
+                "seed",
+                "max_new_tokens",
+                "max_thread_tokens",
+                "max_width",
+                "max_depth",
+                "join",
+                "constrained",
+            )
+        }
+        | {"batch_size": args.batch_size, "parallel": args.mode == "parallel", "chat_template": args.chat_template},
         "sequential_mode": "Runner(parallel=False): control tags are ordinary tokens, no forks",
         "engine": getattr(args, "engine", None) or "hf",
         "command": "python -m eval.benchmark " + shlex.join(argv),
@@ -268,8 +317,9 @@ def run(args, argv: Sequence[str] | None = None) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eval.benchmark",
-                                description="Benchmark a model with the fork/join runner (resumable).")
+    p = argparse.ArgumentParser(
+        prog="python -m eval.benchmark", description="Benchmark a model with the fork/join runner (resumable)."
+    )
     p.add_argument("--model", required=True, help="model directory (or hub id already in the local cache)")
     p.add_argument("--task", required=True, choices=TASK_NAMES)
     p.add_argument("--data", required=True, help="JSONL/JSON/parquet/CSV file, save_to_disk folder or datasets source")
@@ -286,9 +336,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_runner_args(build_parser(), argv, "--samples")
     summary = run(args, argv)
-    keys = ("n_problems", "accuracy", "pass_at_k", "total_tokens_mean", "critical_path_mean",
-            "speedup_mean_of_ratios", "speedup_ratio_of_means", "wall_clock_per_problem_s",
-            "format_valid_rate", "finish_reasons")
+    keys = (
+        "n_problems",
+        "accuracy",
+        "pass_at_k",
+        "total_tokens_mean",
+        "critical_path_mean",
+        "speedup_mean_of_ratios",
+        "speedup_ratio_of_means",
+        "wall_clock_per_problem_s",
+        "format_valid_rate",
+        "finish_reasons",
+    )
     print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2))
     print(f"wrote {Path(args.out) / RESULTS} and {Path(args.out) / SUMMARY}", file=sys.stderr)
     return 0

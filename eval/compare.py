@@ -83,15 +83,18 @@ def markdown(records: Sequence[dict], baseline: Run | None) -> str:
         "and ratio of the means). Accuracy = mean correctness over every sample (= pass@1).",
     ]
     if baseline is not None:
-        notes.append(f"vs seq = sequential baseline `{baseline.name}`: baseline mean total tokens on the problem "
-                     "/ critical path, over the problems both runs hold.")
+        notes.append(
+            f"vs seq = sequential baseline `{baseline.name}`: baseline mean total tokens on the problem "
+            "/ critical path, over the problems both runs hold."
+        )
     else:
         notes.append("vs seq: n/a (no sequential run among the runs).")
     return "\n".join(lines + notes) + "\n"
 
 
-def compare(paths: Sequence[str], out: str | Path = "compare", names: Sequence[str] | None = None,
-            baseline: str | None = None) -> dict:
+def compare(
+    paths: Sequence[str], out: str | Path = "compare", names: Sequence[str] | None = None, baseline: str | None = None
+) -> dict:
     """Build the table and plots; returns ``{"markdown", "records", "files"}``."""
     from eval.plots import accuracy_vs_budget, speedup_histogram
 
@@ -107,8 +110,11 @@ def compare(paths: Sequence[str], out: str | Path = "compare", names: Sequence[s
             seen[r.name] = 0
     base = None
     if baseline is not None:
-        matches = [r for r in runs if r.name == baseline or str(r.path) == baseline
-                   or r.path.resolve() == Path(baseline).resolve()]
+        matches = [
+            r
+            for r in runs
+            if r.name == baseline or str(r.path) == baseline or r.path.resolve() == Path(baseline).resolve()
+        ]
         if not matches:
             raise InputError(f"--baseline {baseline!r} is not one of the runs")
         base = matches[0]

@@ -46,14 +46,20 @@ class Job:
         return self.done is not None and self.done.exists()
 
     def shell(self) -> str:
-        return " ".join(shlex.quote(a) for a in ["python", *self.argv[1:]]) if self.argv[0] == sys.executable \
+        return (
+            " ".join(shlex.quote(a) for a in ["python", *self.argv[1:]])
+            if self.argv[0] == sys.executable
             else " ".join(shlex.quote(a) for a in self.argv)
+        )
 
 
 def _tail(path: Path, n: int = 1) -> str:
     try:
-        lines = [line for line in path.read_text(encoding="utf-8", errors="replace").replace("\r", "\n").splitlines()
-                 if line.strip()]
+        lines = [
+            line
+            for line in path.read_text(encoding="utf-8", errors="replace").replace("\r", "\n").splitlines()
+            if line.strip()
+        ]
     except FileNotFoundError:
         return ""
     return "\n".join(lines[-n:])
@@ -68,9 +74,15 @@ class Pipeline:
 
     def env(self, threads: int) -> dict:
         env = dict(os.environ)
-        env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-                    "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": env.get("WANDB_MODE", "offline"),
-                    "PYTHONPATH": os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)})
+        env.update(
+            {
+                "OMP_NUM_THREADS": str(threads),
+                "MKL_NUM_THREADS": str(threads),
+                "TOKENIZERS_PARALLELISM": "false",
+                "WANDB_MODE": env.get("WANDB_MODE", "offline"),
+                "PYTHONPATH": os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+            }
+        )
         return env
 
     def stage(self, title: str, jobs: list[Job]) -> None:
@@ -98,8 +110,9 @@ class Pipeline:
                 fh: IO[str] = open(log, "a", encoding="utf-8")
                 fh.write(f"$ {j.shell()}\n")
                 fh.flush()
-                p = subprocess.Popen(j.argv, cwd=ROOT, env={**self.env(threads), **j.env}, stdout=fh,
-                                     stderr=subprocess.STDOUT)
+                p = subprocess.Popen(
+                    j.argv, cwd=ROOT, env={**self.env(threads), **j.env}, stdout=fh, stderr=subprocess.STDOUT
+                )
                 running.append((j, p, log, fh))
             time.sleep(0.5)
             for item in list(running):
@@ -121,8 +134,7 @@ class Pipeline:
         if failed is not None:
             j, log = failed
             self.times.append((title, dt, "failed"))
-            print(f"\nstage '{title}' failed: {j.name} (log {log}); its last lines:\n{_tail(log, 30)}",
-                  file=sys.stderr)
+            print(f"\nstage '{title}' failed: {j.name} (log {log}); its last lines:\n{_tail(log, 30)}", file=sys.stderr)
             raise SystemExit(1)
         self.times.append((title, dt, "ok"))
         print(f"   done in {dt:.0f}s", flush=True)
@@ -134,16 +146,42 @@ def build(args) -> tuple[Pipeline, list[tuple[str, list[Job]]]]:
     py = sys.executable
     d, m, ev = out / "data", out / "models", out / "eval"
     pipe = Pipeline(out, args.jobs, args.heartbeat, args.dry_run)
-    fmt = ["--moves", args.moves] + (["--show-target"] if args.show_target else []) + \
-        (["--leaf-answers"] if args.leaf_answers else [])
+    fmt = (
+        ["--moves", args.moves]
+        + (["--show-target"] if args.show_target else [])
+        + (["--leaf-answers"] if args.leaf_answers else [])
+    )
     reduced = tuple(args.num_range) != FULL_NUM_RANGE or tuple(args.target_range) != FULL_TARGET_RANGE
 
     def gen(split: str, mode: str, n: int, seed: int, path: Path, ranges: tuple | None = None) -> Job:
         num_range, target_range = ranges or (args.num_range, args.target_range)
-        argv = [py, "-m", "data_gen.countdown", "--n", str(n), "--numbers", str(args.numbers), "--seed", str(seed),
-                "--split", split, "--split-fractions", args.split_fractions, "--mode", mode,
-                "--num-range", _pair(num_range), "--target-range",
-                _pair(target_range), "--widths", args.widths, "--out", str(path), "--no-progress", *fmt]
+        argv = [
+            py,
+            "-m",
+            "data_gen.countdown",
+            "--n",
+            str(n),
+            "--numbers",
+            str(args.numbers),
+            "--seed",
+            str(seed),
+            "--split",
+            split,
+            "--split-fractions",
+            args.split_fractions,
+            "--mode",
+            mode,
+            "--num-range",
+            _pair(num_range),
+            "--target-range",
+            _pair(target_range),
+            "--widths",
+            args.widths,
+            "--out",
+            str(path),
+            "--no-progress",
+            *fmt,
+        ]
         if mode in ("parallel", "mixed") and args.thread_header == "outline":
             argv.append("--restate")
         if mode == "mixed":
@@ -151,108 +189,261 @@ def build(args) -> tuple[Pipeline, list[tuple[str, list[Job]]]]:
         return Job(f"data_{path.stem}", argv, done=path)
 
     par_mode = "mixed" if args.parallel_fraction < 1 else "parallel"
-    data = [gen("train", par_mode, args.train_n, 0, d / "train.parallel.jsonl"),
-            gen("train", "dfs", args.train_n, 0, d / "train.dfs.jsonl"),
-            gen("val", par_mode, args.val_n, 0, d / "val.parallel.jsonl"),
-            gen("val", "dfs", args.val_n, 0, d / "val.dfs.jsonl"),
-            gen("test", "parallel", args.test_n, 0, d / "test.jsonl"),
-            gen("train", "parallel", args.grpo_n, 1, d / "grpo.train.jsonl")]
+    data = [
+        gen("train", par_mode, args.train_n, 0, d / "train.parallel.jsonl"),
+        gen("train", "dfs", args.train_n, 0, d / "train.dfs.jsonl"),
+        gen("val", par_mode, args.val_n, 0, d / "val.parallel.jsonl"),
+        gen("val", "dfs", args.val_n, 0, d / "val.dfs.jsonl"),
+        gen("test", "parallel", args.test_n, 0, d / "test.jsonl"),
+        gen("train", "parallel", args.grpo_n, 1, d / "grpo.train.jsonl"),
+    ]
     if reduced and args.full_test_n > 0:
-        data.append(gen("test", "parallel", args.full_test_n, 0, d / "test_full.jsonl",
-                        (FULL_NUM_RANGE, FULL_TARGET_RANGE)))
+        data.append(
+            gen("test", "parallel", args.full_test_n, 0, d / "test_full.jsonl", (FULL_NUM_RANGE, FULL_TARGET_RANGE))
+        )
     base = m / "base"
-    base_job = Job("base", [py, "recipes/init_tiny_model.py", "--data", str(d / "train.parallel.jsonl"),
-                            str(d / "train.dfs.jsonl"), "--out", str(base), "--hidden-size", str(args.hidden),
-                            "--layers", str(args.layers), "--intermediate-size", str(2 * args.hidden),
-                            "--vocab-size", str(args.vocab_size), "--seed", str(args.seed)]
-                   + (["--whole-numbers"] if args.whole_numbers else []),
-                   done=base / "tokenizer_config.json")  # written last
+    base_job = Job(
+        "base",
+        [
+            py,
+            "recipes/init_tiny_model.py",
+            "--data",
+            str(d / "train.parallel.jsonl"),
+            str(d / "train.dfs.jsonl"),
+            "--out",
+            str(base),
+            "--hidden-size",
+            str(args.hidden),
+            "--layers",
+            str(args.layers),
+            "--intermediate-size",
+            str(2 * args.hidden),
+            "--vocab-size",
+            str(args.vocab_size),
+            "--seed",
+            str(args.seed),
+        ]
+        + (["--whole-numbers"] if args.whole_numbers else []),
+        done=base / "tokenizer_config.json",
+    )  # written last
 
     def sft(name: str, mode: str, data_name: str, batch: int) -> Job:
         o = m / f"sft_{name}"
-        argv = [py, "recipes/sft.py", "--config", "configs/sft/countdown_tiny.yaml",
-                "--model_name_or_path", str(base), "--mode", mode, "--generate_data", "none",
-                "--train_data", str(d / f"train.{data_name}.jsonl"), "--eval_data", str(d / f"val.{data_name}.jsonl"),
-                "--output_dir", str(o), "--learning_rate", str(args.sft_lr),
-                "--per_device_train_batch_size", str(batch), "--eval_steps", str(args.sft_eval_steps),
-                "--save_steps", "200", "--logging_steps", "25", "--seed", str(args.seed), "--disable_tqdm", "true",
-                "--warmup_ratio", "0.03"]
-        argv += (["--max_train_tokens", str(args.sft_tokens)] if args.sft_tokens > 0
-                 else ["--num_train_epochs", str(args.sft_epochs)])
+        argv = [
+            py,
+            "recipes/sft.py",
+            "--config",
+            "configs/sft/countdown_tiny.yaml",
+            "--model_name_or_path",
+            str(base),
+            "--mode",
+            mode,
+            "--generate_data",
+            "none",
+            "--train_data",
+            str(d / f"train.{data_name}.jsonl"),
+            "--eval_data",
+            str(d / f"val.{data_name}.jsonl"),
+            "--output_dir",
+            str(o),
+            "--learning_rate",
+            str(args.sft_lr),
+            "--per_device_train_batch_size",
+            str(batch),
+            "--eval_steps",
+            str(args.sft_eval_steps),
+            "--save_steps",
+            "200",
+            "--logging_steps",
+            "25",
+            "--seed",
+            str(args.seed),
+            "--disable_tqdm",
+            "true",
+            "--warmup_ratio",
+            "0.03",
+        ]
+        argv += (
+            ["--max_train_tokens", str(args.sft_tokens)]
+            if args.sft_tokens > 0
+            else ["--num_train_epochs", str(args.sft_epochs)]
+        )
         if mode == "parallel":
             argv += ["--thread_header", args.thread_header, "--join", args.join]
         return Job(f"sft_{name}", argv, done=o / "final" / "README.md")  # the model card is written last
 
     def bench(model: Path, mode: str, name: str, data: Path, n: int) -> Job:
         o = ev / name
-        return Job(f"eval_{name}", [py, "-m", "eval.benchmark", "--model", str(model), "--task", "countdown",
-                                    "--data", str(data), "--mode", mode, "--n", str(n), "--out", str(o),
-                                    "--batch-size", "32", "--max-new-tokens", str(args.max_new_tokens),
-                                    "--no-progress"], done=o / "summary.json")
+        return Job(
+            f"eval_{name}",
+            [
+                py,
+                "-m",
+                "eval.benchmark",
+                "--model",
+                str(model),
+                "--task",
+                "countdown",
+                "--data",
+                str(data),
+                "--mode",
+                mode,
+                "--n",
+                str(n),
+                "--out",
+                str(o),
+                "--batch-size",
+                "32",
+                "--max-new-tokens",
+                str(args.max_new_tokens),
+                "--no-progress",
+            ],
+            done=o / "summary.json",
+        )
 
     # rollouts per forward: whole groups, at most 16 rollouts, dividing the step's rollouts
-    k = max(d for d in range(1, args.grpo_prompts + 1)
-            if args.grpo_prompts % d == 0 and (d == 1 or d * args.grpo_g <= 16))
+    k = max(
+        d for d in range(1, args.grpo_prompts + 1) if args.grpo_prompts % d == 0 and (d == 1 or d * args.grpo_g <= 16)
+    )
 
     def grpo(name: str, parallel: bool) -> Job:
         o = m / f"grpo_{name}"
-        return Job(f"grpo_{name}", [py, "recipes/grpo.py", "--config", "configs/grpo/countdown_tiny.yaml",
-                                    "--model_name_or_path", str(m / f"sft_{name}" / "final"),
-                                    "--parallel", "true" if parallel else "false",
-                                    "--train_data", str(d / "grpo.train.jsonl"), "--eval_data", "none",
-                                    "--generate_data", "none", "--output_dir", str(o),
-                                    "--max_steps", str(args.grpo_steps), "--num_generations", str(args.grpo_g),
-                                    "--prompts_per_step", str(args.grpo_prompts), "--generation_batch_size",
-                                    str(args.grpo_prompts), "--max_new_tokens", str(args.max_new_tokens),
-                                    "--micro_batch_size", str(k * args.grpo_g), "--temperature",
-                                    str(args.grpo_temperature), "--learning_rate", str(args.grpo_lr),
-                                    "--acceleration_factor", str(args.acceleration_factor),
-                                    "--save_steps", "10", "--num_samples_to_log", "1", "--seed", str(args.seed)],
-                   done=o / "final" / "README.md")  # the model card is written last
+        return Job(
+            f"grpo_{name}",
+            [
+                py,
+                "recipes/grpo.py",
+                "--config",
+                "configs/grpo/countdown_tiny.yaml",
+                "--model_name_or_path",
+                str(m / f"sft_{name}" / "final"),
+                "--parallel",
+                "true" if parallel else "false",
+                "--train_data",
+                str(d / "grpo.train.jsonl"),
+                "--eval_data",
+                "none",
+                "--generate_data",
+                "none",
+                "--output_dir",
+                str(o),
+                "--max_steps",
+                str(args.grpo_steps),
+                "--num_generations",
+                str(args.grpo_g),
+                "--prompts_per_step",
+                str(args.grpo_prompts),
+                "--generation_batch_size",
+                str(args.grpo_prompts),
+                "--max_new_tokens",
+                str(args.max_new_tokens),
+                "--micro_batch_size",
+                str(k * args.grpo_g),
+                "--temperature",
+                str(args.grpo_temperature),
+                "--learning_rate",
+                str(args.grpo_lr),
+                "--acceleration_factor",
+                str(args.acceleration_factor),
+                "--save_steps",
+                "10",
+                "--num_samples_to_log",
+                "1",
+                "--seed",
+                str(args.seed),
+            ],
+            done=o / "final" / "README.md",
+        )  # the model card is written last
 
     kept = out / "self_train" / "kept.jsonl"
-    self_train = Job("self_train", [py, "-m", "data_gen.self_train", "--model", str(m / "sft_parallel" / "final"),
-                                    "--input", str(d / "grpo.train.jsonl"), "--n", str(args.self_train_n),
-                                    "--k", str(args.self_train_k), "--temperature", str(args.self_train_temperature),
-                                    "--keep", "all", "--max-new-tokens", str(args.max_new_tokens),
-                                    "--batch-size", "32", "--out", str(kept), "--no-progress"],
-                     done=kept.with_name(kept.name + ".stats.json"))
+    self_train = Job(
+        "self_train",
+        [
+            py,
+            "-m",
+            "data_gen.self_train",
+            "--model",
+            str(m / "sft_parallel" / "final"),
+            "--input",
+            str(d / "grpo.train.jsonl"),
+            "--n",
+            str(args.self_train_n),
+            "--k",
+            str(args.self_train_k),
+            "--temperature",
+            str(args.self_train_temperature),
+            "--keep",
+            "all",
+            "--max-new-tokens",
+            str(args.max_new_tokens),
+            "--batch-size",
+            "32",
+            "--out",
+            str(kept),
+            "--no-progress",
+        ],
+        done=kept.with_name(kept.name + ".stats.json"),
+    )
 
     runs = ["sft_dfs", "sft_parallel"] + (["grpo_parallel"] if args.grpo_steps > 0 else [])
-    evals = [bench(m / "sft_parallel" / "final", "parallel", "sft_parallel", d / "test.jsonl", args.test_n),
-             bench(m / "sft_dfs" / "final", "sequential", "sft_dfs", d / "test.jsonl", args.test_n)]
+    evals = [
+        bench(m / "sft_parallel" / "final", "parallel", "sft_parallel", d / "test.jsonl", args.test_n),
+        bench(m / "sft_dfs" / "final", "sequential", "sft_dfs", d / "test.jsonl", args.test_n),
+    ]
     full = reduced and args.full_test_n > 0
     if full:
-        evals += [bench(m / "sft_parallel" / "final", "parallel", "full_sft_parallel", d / "test_full.jsonl",
-                        args.full_test_n),
-                  bench(m / "sft_dfs" / "final", "sequential", "full_sft_dfs", d / "test_full.jsonl",
-                        args.full_test_n)]
+        evals += [
+            bench(
+                m / "sft_parallel" / "final", "parallel", "full_sft_parallel", d / "test_full.jsonl", args.full_test_n
+            ),
+            bench(m / "sft_dfs" / "final", "sequential", "full_sft_dfs", d / "test_full.jsonl", args.full_test_n),
+        ]
     stages = [
         ("1. data: Countdown search traces (fork/join and depth-first renderings of the same search)", data),
         ("2. base: one tokenizer + random tiny Qwen2 for both runs", [base_job]),
-        ("3. sft: packed-graph SFT (parallel) and plain causal SFT (dfs baseline), same compute",
-         [sft("parallel", "parallel", "parallel", args.sft_batch_parallel),
-          sft("dfs", "sequential", "dfs", args.sft_batch_dfs)]),
+        (
+            "3. sft: packed-graph SFT (parallel) and plain causal SFT (dfs baseline), same compute",
+            [
+                sft("parallel", "parallel", "parallel", args.sft_batch_parallel),
+                sft("dfs", "sequential", "dfs", args.sft_batch_dfs),
+            ],
+        ),
         ("4. eval_sft: greedy decoding of the test problems with the runner", evals),
     ]
     if args.grpo_steps > 0:
         rl = [grpo("parallel", True)]
         if args.self_train_n > 0:
             rl.append(self_train)
-        stages.append(("5. grpo: P-GRPO from the parallel SFT model (correctness + acceleration); "
-                       "self-training samples from the SFT model", rl))
+        stages.append(
+            (
+                "5. grpo: P-GRPO from the parallel SFT model (correctness + acceleration); "
+                "self-training samples from the SFT model",
+                rl,
+            )
+        )
         post = [bench(m / "grpo_parallel" / "final", "parallel", "grpo_parallel", d / "test.jsonl", args.test_n)]
         if full:
-            post.append(bench(m / "grpo_parallel" / "final", "parallel", "full_grpo_parallel",
-                              d / "test_full.jsonl", args.full_test_n))
+            post.append(
+                bench(
+                    m / "grpo_parallel" / "final",
+                    "parallel",
+                    "full_grpo_parallel",
+                    d / "test_full.jsonl",
+                    args.full_test_n,
+                )
+            )
         stages.append(("6. eval_grpo: the same benchmark on the GRPO model", post))
     elif args.self_train_n > 0:
         stages.append(("5. self_train: samples from the parallel SFT model", [self_train]))
     report = out / "report"
     cmp_jobs = [Job("compare", [py, "-m", "eval.compare", *[str(ev / r) for r in runs], "--out", str(report)])]
     if full:
-        cmp_jobs.append(Job("compare_full", [py, "-m", "eval.compare", *[str(ev / f"full_{r}") for r in runs],
-                                             "--out", str(report / "full_range")]))
+        cmp_jobs.append(
+            Job(
+                "compare_full",
+                [py, "-m", "eval.compare", *[str(ev / f"full_{r}") for r in runs], "--out", str(report / "full_range")],
+            )
+        )
     stages.append(("7. report: tables and plots", cmp_jobs))
     return pipe, stages
 
@@ -310,22 +501,37 @@ def targets(out: Path, args) -> list[tuple[str, str, str]]:
         rows.append(("parallel SFT format-valid >= 0.99", f"{fv:.3f}", verdict(fv >= 0.99)))
     if par and dfs:
         gap = float(dfs["accuracy"]) - float(par["accuracy"])
-        rows.append(("parallel accuracy >= dfs baseline - 0.03", f"{float(par['accuracy']):.3f} vs "
-                     f"{float(dfs['accuracy']):.3f} (gap {gap:+.3f})", verdict(gap <= 0.03)))
+        rows.append(
+            (
+                "parallel accuracy >= dfs baseline - 0.03",
+                f"{float(par['accuracy']):.3f} vs {float(dfs['accuracy']):.3f} (gap {gap:+.3f})",
+                verdict(gap <= 0.03),
+            )
+        )
         ratio = float(par["critical_path_mean"]) / max(float(dfs["total_tokens_mean"]), 1e-9)
         rows.append(("parallel mean critical path <= 0.75 x dfs mean tokens", f"{ratio:.3f}", verdict(ratio <= 0.75)))
     if par and rl:
         da = float(rl["accuracy"]) - float(par["accuracy"])
         ds = float(rl["speedup_mean_of_ratios"]) - float(par["speedup_mean_of_ratios"])
         ok = da >= 0.05 or (ds >= 0.15 and da >= -0.02)
-        rows.append(("P-GRPO: accuracy +0.05, or speedup +0.15 with accuracy within 0.02",
-                     f"accuracy {da:+.3f}, speedup {ds:+.3f}", verdict(ok)))
+        rows.append(
+            (
+                "P-GRPO: accuracy +0.05, or speedup +0.15 with accuracy within 0.02",
+                f"accuracy {da:+.3f}, speedup {ds:+.3f}",
+                verdict(ok),
+            )
+        )
     st = _read_json(out / "self_train" / "kept.jsonl.stats.json")
     if st:
         rate = float(st.get("kept_rate", 0.0))
-        rows.append(("self-training keeps >= 20% of samples",
-                     f"{rate:.3f} (kept {st.get('kept')} of {st.get('samples')}; kept mean speedup "
-                     f"{_fmt(st.get('speedup_kept_mean'))})", verdict(rate >= 0.20)))
+        rows.append(
+            (
+                "self-training keeps >= 20% of samples",
+                f"{rate:.3f} (kept {st.get('kept')} of {st.get('samples')}; kept mean speedup "
+                f"{_fmt(st.get('speedup_kept_mean'))})",
+                verdict(rate >= 0.20),
+            )
+        )
     return rows
 
 
@@ -345,12 +551,25 @@ def plots(out: Path) -> list[str]:
         if st:
             sft[name] = st.get("log_history", [])
     if sft:
-        files.append(curves(sft, ["loss", "eval_loss"], report / "sft_curves.png",
-                            "SFT (same tokens: the dfs traces are shorter, so more steps)", logy=True).name)
+        files.append(
+            curves(
+                sft,
+                ["loss", "eval_loss"],
+                report / "sft_curves.png",
+                "SFT (same tokens: the dfs traces are shorter, so more steps)",
+                logy=True,
+            ).name
+        )
     rl = _read_jsonl(m / "grpo_parallel" / "metrics.jsonl")
     if rl:
-        files.append(curves({"grpo_parallel": rl}, ["reward", "accuracy", "speedup", "fork_rate"],
-                            report / "grpo_curves.png", "P-GRPO, per step (training rollouts)").name)
+        files.append(
+            curves(
+                {"grpo_parallel": rl},
+                ["reward", "accuracy", "speedup", "fork_rate"],
+                report / "grpo_curves.png",
+                "P-GRPO, per step (training rollouts)",
+            ).name
+        )
     return files
 
 
@@ -360,23 +579,39 @@ def write_report(pipe: Pipeline, args, wall: float) -> Path:
     table = (report / "compare.md").read_text(encoding="utf-8") if (report / "compare.md").exists() else ""
     full = report / "full_range" / "compare.md"
     figs = plots(pipe.out)
-    variant = (f"Countdown with {args.numbers} numbers in {_pair(args.num_range)}, targets in "
-               f"{_pair(args.target_range)}")
-    lines = ["# parallel_reason demo report", "",
-             f"{variant}; {args.train_n} training problems; {args.test_n} held-out test problems, greedy decoding. "
-             f"Tiny Qwen2 ({args.layers} layers, hidden {args.hidden}) built from the data. Parallel model: "
-             f"{'a mix of fork/join (' + format(args.parallel_fraction, '.0%') + ') and depth-first' if args.parallel_fraction < 1 else 'fork/join'} "
-             f"traces, thread header `{args.thread_header}`, join `{args.join}`; baseline: depth-first traces that stop at the first "
-             f"solution; both SFT runs process the same number of tokens.", "",
-             f"Total wall time of this invocation: {wall / 60:.1f} min ({os.cpu_count()} CPU cores).", "",
-             "## Targets", "", "| target | measured | |", "|---|---|---|"]
+    variant = f"Countdown with {args.numbers} numbers in {_pair(args.num_range)}, targets in {_pair(args.target_range)}"
+    lines = [
+        "# parallel_reason demo report",
+        "",
+        f"{variant}; {args.train_n} training problems; {args.test_n} held-out test problems, greedy decoding. "
+        f"Tiny Qwen2 ({args.layers} layers, hidden {args.hidden}) built from the data. Parallel model: "
+        f"{'a mix of fork/join (' + format(args.parallel_fraction, '.0%') + ') and depth-first' if args.parallel_fraction < 1 else 'fork/join'} "
+        f"traces, thread header `{args.thread_header}`, join `{args.join}`; baseline: depth-first traces that stop at the first "
+        f"solution; both SFT runs process the same number of tokens.",
+        "",
+        f"Total wall time of this invocation: {wall / 60:.1f} min ({os.cpu_count()} CPU cores).",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | |",
+        "|---|---|---|",
+    ]
     lines += [f"| {t} | {v} | {ok} |" for t, v, ok in targets(pipe.out, args)]
     lines += ["", "## Results", "", table.strip(), ""]
     if full.exists():
-        lines += [f"## The same models on the full range (numbers {_pair(FULL_NUM_RANGE)}, targets "
-                  f"{_pair(FULL_TARGET_RANGE)})", "", full.read_text(encoding="utf-8").strip(), ""]
-    lines += ["![accuracy vs critical-path budget](accuracy_vs_budget.png)", "",
-              "![speedup histogram](speedup_hist.png)", ""]
+        lines += [
+            f"## The same models on the full range (numbers {_pair(FULL_NUM_RANGE)}, targets "
+            f"{_pair(FULL_TARGET_RANGE)})",
+            "",
+            full.read_text(encoding="utf-8").strip(),
+            "",
+        ]
+    lines += [
+        "![accuracy vs critical-path budget](accuracy_vs_budget.png)",
+        "",
+        "![speedup histogram](speedup_hist.png)",
+        "",
+    ]
     lines += [f"![{f}]({f})" for f in figs] + [""]
     lines += ["## Stages", "", "| stage | seconds | status |", "|---|---|---|"]
     lines += [f"| {t} | {s:.0f} | {st} |" for t, s, st in pipe.times]
@@ -385,9 +620,10 @@ def write_report(pipe: Pipeline, args, wall: float) -> Path:
     lines += ["```", ""]
     path = report / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
-    (report / "stages.json").write_text(json.dumps({"wall_s": wall, "stages": pipe.times,
-                                                    "targets": targets(pipe.out, args)}, indent=2),
-                                        encoding="utf-8")
+    (report / "stages.json").write_text(
+        json.dumps({"wall_s": wall, "stages": pipe.times, "targets": targets(pipe.out, args)}, indent=2),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -398,45 +634,92 @@ def build_arg_parser() -> argparse.ArgumentParser:
     g.add_argument("--numbers", type=int, default=3, help="Countdown input numbers (default 3)")
     g.add_argument("--num-range", type=parse_range, default=(1, 20), help="input numbers LO,HI (default 1,20: reduced)")
     g.add_argument("--target-range", type=parse_range, default=FULL_TARGET_RANGE, help="targets LO,HI (default 10,100)")
-    g.add_argument("--moves", choices=("best", "per-pair"), default="per-pair",
-                   help="moves a search state tries (data_gen.countdown --moves; default per-pair)")
+    g.add_argument(
+        "--moves",
+        choices=("best", "per-pair"),
+        default="per-pair",
+        help="moves a search state tries (data_gen.countdown --moves; default per-pair)",
+    )
     g.add_argument("--widths", default="1", help="moves kept per level (data_gen.countdown --widths; default 1)")
-    g.add_argument("--no-leaf-answers", dest="leaf_answers", action="store_false",
-                   help="restate the solution after each join and end with an Answer line (default: the "
-                        "solving move writes the answer)")
-    g.add_argument("--parallel-fraction", type=float, default=0.5,
-                   help="share of fork/join traces in the parallel model's data, the rest depth-first (default 0.5: "
-                        "the model can answer either way, so RL has room to move it towards forking)")
-    g.add_argument("--thread-header", choices=("index", "outline"), default="outline",
-                   help="what the runner writes after <Thread>: its index, or its outline (default)")
-    g.add_argument("--join", choices=JOIN_MODES, default="concat",
-                   help="join mode of the parallel model (SFT writes it into the model; evaluation, P-GRPO and "
-                        "self-training follow it): concat re-reads threads 2..n, tree reads nothing twice")
-    g.add_argument("--no-show-target", dest="show_target", action="store_false",
-                   help="states without the target ([3 21] instead of [3 21|24])")
-    g.add_argument("--split-fractions", default="0.85,0.05,0.1",
-                   help="train,val,test shares of the problem space (default 0.85,0.05,0.1: numbers 1..20 hold "
-                        "about 9,500 problems this search solves, and the test split needs 500)")
+    g.add_argument(
+        "--no-leaf-answers",
+        dest="leaf_answers",
+        action="store_false",
+        help="restate the solution after each join and end with an Answer line (default: the "
+        "solving move writes the answer)",
+    )
+    g.add_argument(
+        "--parallel-fraction",
+        type=float,
+        default=0.5,
+        help="share of fork/join traces in the parallel model's data, the rest depth-first (default 0.5: "
+        "the model can answer either way, so RL has room to move it towards forking)",
+    )
+    g.add_argument(
+        "--thread-header",
+        choices=("index", "outline"),
+        default="outline",
+        help="what the runner writes after <Thread>: its index, or its outline (default)",
+    )
+    g.add_argument(
+        "--join",
+        choices=JOIN_MODES,
+        default="concat",
+        help="join mode of the parallel model (SFT writes it into the model; evaluation, P-GRPO and "
+        "self-training follow it): concat re-reads threads 2..n, tree reads nothing twice",
+    )
+    g.add_argument(
+        "--no-show-target",
+        dest="show_target",
+        action="store_false",
+        help="states without the target ([3 21] instead of [3 21|24])",
+    )
+    g.add_argument(
+        "--split-fractions",
+        default="0.85,0.05,0.1",
+        help="train,val,test shares of the problem space (default 0.85,0.05,0.1: numbers 1..20 hold "
+        "about 9,500 problems this search solves, and the test split needs 500)",
+    )
     g.add_argument("--train-n", type=int, default=8000, help="SFT training problems (each rendering)")
     g.add_argument("--val-n", type=int, default=200, help="held-out traces for the SFT eval loss")
     g.add_argument("--test-n", type=int, default=500, help="test problems benchmarked")
-    g.add_argument("--full-test-n", type=int, default=500,
-                   help="test problems of the full range (1..99, 10..100), when the demo's range is reduced")
+    g.add_argument(
+        "--full-test-n",
+        type=int,
+        default=500,
+        help="test problems of the full range (1..99, 10..100), when the demo's range is reduced",
+    )
     g.add_argument("--grpo-n", type=int, default=1000, help="GRPO training prompts")
     g = ap.add_argument_group("model and SFT")
     g.add_argument("--hidden", type=int, default=128, help="tiny model hidden size (MLP: 2x)")
     g.add_argument("--layers", type=int, default=4, help="tiny model layers")
     g.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary")
-    g.add_argument("--digits", dest="whole_numbers", action="store_false",
-                   help="one token per digit (default: frequent numbers are single tokens)")
-    g.add_argument("--sft-tokens", type=int, default=2_600_000,
-                   help="SFT compute budget per model, in buffer tokens (0: use --sft-epochs)")
+    g.add_argument(
+        "--digits",
+        dest="whole_numbers",
+        action="store_false",
+        help="one token per digit (default: frequent numbers are single tokens)",
+    )
+    g.add_argument(
+        "--sft-tokens",
+        type=int,
+        default=2_600_000,
+        help="SFT compute budget per model, in buffer tokens (0: use --sft-epochs)",
+    )
     g.add_argument("--sft-epochs", type=float, default=1.0)
     g.add_argument("--sft-lr", type=float, default=1.5e-3)
-    g.add_argument("--sft-batch-parallel", type=int, default=4,
-                   help="fork/join traces per optimizer step (default 4: about 1,000 buffer tokens)")
-    g.add_argument("--sft-batch-dfs", type=int, default=16,
-                   help="depth-first traces per optimizer step (default 16: about 1,200 buffer tokens)")
+    g.add_argument(
+        "--sft-batch-parallel",
+        type=int,
+        default=4,
+        help="fork/join traces per optimizer step (default 4: about 1,000 buffer tokens)",
+    )
+    g.add_argument(
+        "--sft-batch-dfs",
+        type=int,
+        default=16,
+        help="depth-first traces per optimizer step (default 16: about 1,200 buffer tokens)",
+    )
     g.add_argument("--sft-eval-steps", type=int, default=100)
     g = ap.add_argument_group("P-GRPO and self-training")
     g.add_argument("--grpo-steps", type=int, default=20, help="0 skips GRPO")

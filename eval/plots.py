@@ -65,11 +65,11 @@ def accuracy_vs_budget(runs: Mapping[str, Sequence[dict]], path: str | Path, tit
     return path
 
 
-def speedup_histogram(runs: Mapping[str, Sequence[dict]], path: str | Path, bins: int = 20,
-                      title: str | None = None) -> Path:
+def speedup_histogram(
+    runs: Mapping[str, Sequence[dict]], path: str | Path, bins: int = 20, title: str | None = None
+) -> Path:
     """Write the histogram of per-sample speedups (total / critical path); returns its path."""
-    data = {name: [s["total_tokens"] / max(s["critical_path"], 1) for s in samples]
-            for name, samples in runs.items()}
+    data = {name: [s["total_tokens"] / max(s["critical_path"], 1) for s in samples] for name, samples in runs.items()}
     flat = [v for vs in data.values() for v in vs]
     lo, hi = (min(flat), max(flat)) if flat else (1.0, 2.0)
     if hi - lo < 1e-9:
@@ -90,18 +90,26 @@ def speedup_histogram(runs: Mapping[str, Sequence[dict]], path: str | Path, bins
     return path
 
 
-def curves(runs: Mapping[str, Sequence[dict]], keys: Sequence[str], path: str | Path,
-           title: str | None = None, xkey: str = "step", logy: bool = False) -> Path:
+def curves(
+    runs: Mapping[str, Sequence[dict]],
+    keys: Sequence[str],
+    path: str | Path,
+    title: str | None = None,
+    xkey: str = "step",
+    logy: bool = False,
+) -> Path:
     """One panel per metric in ``keys``: each run's value against ``xkey`` (entries
     lacking a metric are skipped), e.g. SFT losses or per-step GRPO rollout metrics."""
     fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.4), dpi=110, squeeze=False)
     for ax, key in zip(axes[0], keys):
         for name, entries in runs.items():
-            pts = [(e[xkey], e[key]) for e in entries if isinstance(e.get(key), (int, float))
-                   and isinstance(e.get(xkey), (int, float))]
+            pts = [
+                (e[xkey], e[key])
+                for e in entries
+                if isinstance(e.get(key), (int, float)) and isinstance(e.get(xkey), (int, float))
+            ]
             if pts:
-                ax.plot([x for x, _ in pts], [y for _, y in pts], marker="." if len(pts) < 60 else None,
-                        label=name)
+                ax.plot([x for x, _ in pts], [y for _, y in pts], marker="." if len(pts) < 60 else None, label=name)
         ax.set_xlabel(xkey)
         if logy:
             ax.set_yscale("log")

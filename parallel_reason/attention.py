@@ -81,7 +81,8 @@ def attention_mask(batch: dict, attn_implementation: str, dtype: torch.dtype = t
         return float_mask(m, dtype)
     raise ValueError(
         f"attention implementation {attn_implementation!r} cannot take a packed-graph mask; "
-        "use 'sdpa' or 'eager' (any device) or 'flex_attention' (GPU). flash-attention takes no custom masks.")
+        "use 'sdpa' or 'eager' (any device) or 'flex_attention' (GPU). flash-attention takes no custom masks."
+    )
 
 
 def segment_block_counts(seg_id: torch.Tensor, seg_vis: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -94,8 +95,11 @@ def segment_block_counts(seg_id: torch.Tensor, seg_vis: torch.Tensor, block_size
     counts = torch.zeros(B, nb, S + 1, dtype=torch.float64, device=dev)  # last column: padding
     blk = (torch.arange(L, device=dev) // block_size)[None].expand(B, L)
     col = torch.where(seg_id >= 0, seg_id, torch.full_like(seg_id, S))
-    counts.index_put_((torch.arange(B, device=dev)[:, None].expand(B, L), blk, col),
-                      torch.ones(B, L, dtype=torch.float64, device=dev), accumulate=True)
+    counts.index_put_(
+        (torch.arange(B, device=dev)[:, None].expand(B, L), blk, col),
+        torch.ones(B, L, dtype=torch.float64, device=dev),
+        accumulate=True,
+    )
     C = counts[..., :S]
     cross = (seg_vis & ~torch.eye(S, dtype=torch.bool, device=dev)).to(torch.float64)
     pairs = C @ cross @ C.transpose(1, 2)  # cross-segment visible pairs per tile
@@ -140,8 +144,9 @@ def flex_block_mask(seg_id: torch.Tensor, seg_vis: torch.Tensor, block_size: int
         pad_self = (sq < 0) & (q_idx == kv_idx)
         return same | cross | pad_self
 
-    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block_size,
-                                    mask_mod=mask_mod, seq_lengths=(L, L))
+    return BlockMask.from_kv_blocks(
+        kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block_size, mask_mod=mask_mod, seq_lengths=(L, L)
+    )
 
 
 def mask_bytes(graph_or_batch) -> int:

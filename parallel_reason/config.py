@@ -26,6 +26,7 @@ from transformers import HfArgumentParser
 def config_field(default, help: str, **kw):
     """A dataclass field with a default (lists and dicts copied per instance) and a help string."""
     if isinstance(default, (list, dict)):
+
         def fresh() -> Any:
             return type(default)(default)
 
@@ -172,10 +173,15 @@ def _build_parser(cls, usage: str, defaults: dict | None = None) -> HfArgumentPa
     fields = dataclasses.fields(cls)
     saved = {f.name: f.type for f in fields}
     try:  # HfArgumentParser rewrites ``Field.type`` in place (e.g. ``bool | str`` -> ``bool``): undo that
-        parser = _Parser(cls, usage=usage, allow_abbrev=False, formatter_class=argparse.HelpFormatter,
-                         description="Every field can be set in the YAML file given with --config and "
-                                     "overridden here. Lists: --field a b, --field a,b or --field '[a, b]'; "
-                                     "none/null sets an optional field to None.")
+        parser = _Parser(
+            cls,
+            usage=usage,
+            allow_abbrev=False,
+            formatter_class=argparse.HelpFormatter,
+            description="Every field can be set in the YAML file given with --config and "
+            "overridden here. Lists: --field a b, --field a,b or --field '[a, b]'; "
+            "none/null sets an optional field to None.",
+        )
     finally:
         for f in fields:
             f.type = saved[f.name]
@@ -204,8 +210,12 @@ def _build_parser(cls, usage: str, defaults: dict | None = None) -> HfArgumentPa
         else:
             text = f"{action.help or ''} ({_type_name(hints[name])}; default: {defaults[name]!r})"
         action.help = text.replace("%", "%%")
-    parser.add_argument("--config", metavar="FILE.yaml", default=argparse.SUPPRESS,
-                        help="YAML file of field values (flags given on the command line override it)")
+    parser.add_argument(
+        "--config",
+        metavar="FILE.yaml",
+        default=argparse.SUPPRESS,
+        help="YAML file of field values (flags given on the command line override it)",
+    )
     return parser
 
 

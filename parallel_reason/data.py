@@ -143,16 +143,21 @@ def read_records(source, split: str | None, config: str | None) -> list[tuple[st
     if path.suffix and not path.exists() and suffix in _LOCAL_FORMATS:
         raise DataError(f"{src}: no such file")
     try:
-        if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
-                              or (path / "state.json").exists()):
+        if path.is_dir() and (
+            (path / "dataset_info.json").exists()
+            or (path / "dataset_dict.json").exists()
+            or (path / "state.json").exists()
+        ):
             ds = datasets.load_from_disk(src)
         elif path.is_file() and suffix in _LOCAL_FORMATS:
             ds = datasets.load_dataset(_LOCAL_FORMATS[suffix], data_files=src, split="train")
         else:
             ds = datasets.load_dataset(src, config, split=split)
     except Exception as e:  # datasets raises many types; name the source in every case
-        raise DataError(f"{src}: could not load as a `datasets` source (split={split!r}, "
-                        f"config={config!r}): {type(e).__name__}: {e}") from e
+        raise DataError(
+            f"{src}: could not load as a `datasets` source (split={split!r}, "
+            f"config={config!r}): {type(e).__name__}: {e}"
+        ) from e
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
             raise DataError(f"{src}: no split {split!r}; available: {sorted(ds)}")
@@ -161,10 +166,12 @@ def read_records(source, split: str | None, config: str | None) -> list[tuple[st
 
 
 def _message_list(value, origin: str, field_name: str) -> list:
-    if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-               for m in value):
-        raise DataError(f"{origin}: field {field_name!r} is a list but not a list of "
-                        "{'role': str, 'content': str} chat messages")
+    if not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+    ):
+        raise DataError(
+            f"{origin}: field {field_name!r} is a list but not a list of {{'role': str, 'content': str}} chat messages"
+        )
     return list(value)
 
 
@@ -173,13 +180,13 @@ def check_prompt(value, origin: str, field_name: str = "prompt") -> str | list:
     if isinstance(value, list):
         return _message_list(value, origin, field_name)
     if not isinstance(value, str):
-        raise DataError(f"{origin}: field {field_name!r} must be a string or a list of chat "
-                        f"messages, got {type(value).__name__}")
+        raise DataError(
+            f"{origin}: field {field_name!r} must be a string or a list of chat messages, got {type(value).__name__}"
+        )
     return value
 
 
-def to_example(origin: str, rec: dict, prompt_field: str = "prompt",
-               completion_field: str = "completion") -> Example:
+def to_example(origin: str, rec: dict, prompt_field: str = "prompt", completion_field: str = "completion") -> Example:
     """Validate one record and turn it into an :class:`Example`."""
     if prompt_field not in rec and completion_field not in rec and "messages" in rec:
         msgs = rec["messages"]
@@ -187,22 +194,26 @@ def to_example(origin: str, rec: dict, prompt_field: str = "prompt",
             raise DataError(f"{origin}: field 'messages' must be a non-empty list of chat messages")
         msgs = _message_list(msgs, origin, "messages")
         if msgs[-1]["role"] != "assistant":
-            raise DataError(f"{origin}: the last message must be the assistant's (the completion), "
-                            f"got role {msgs[-1]['role']!r}")
+            raise DataError(
+                f"{origin}: the last message must be the assistant's (the completion), got role {msgs[-1]['role']!r}"
+            )
         prompt: str | list
         prompt, completion = msgs[:-1], msgs[-1]["content"]
     else:
         missing = [f for f in (prompt_field, completion_field) if f not in rec]
         if missing:
-            raise DataError(f"{origin}: missing field(s) {missing}; the record has {sorted(rec)} "
-                            "(set prompt_field / completion_field if your data names them differently)")
+            raise DataError(
+                f"{origin}: missing field(s) {missing}; the record has {sorted(rec)} "
+                "(set prompt_field / completion_field if your data names them differently)"
+            )
         prompt = check_prompt(rec[prompt_field], origin, prompt_field)
         completion = rec[completion_field]
         if isinstance(completion, list):
             msgs = _message_list(completion, origin, completion_field)
             if len(msgs) != 1 or msgs[0]["role"] != "assistant":
-                raise DataError(f"{origin}: conversational field {completion_field!r} must hold exactly one "
-                                "assistant message")
+                raise DataError(
+                    f"{origin}: conversational field {completion_field!r} must hold exactly one assistant message"
+                )
             completion = msgs[0]["content"]
     if not isinstance(completion, str):
         raise DataError(f"{origin}: the completion must be a string, got {type(completion).__name__}")
@@ -212,9 +223,14 @@ def to_example(origin: str, rec: dict, prompt_field: str = "prompt",
     return Example(prompt=prompt, completion=completion, origin=origin, meta=meta)
 
 
-def load_examples(source, split: str | None = "train", config: str | None = None,
-                  prompt_field: str = "prompt", completion_field: str = "completion",
-                  max_samples: int | None = None) -> list[Example]:
+def load_examples(
+    source,
+    split: str | None = "train",
+    config: str | None = None,
+    prompt_field: str = "prompt",
+    completion_field: str = "completion",
+    max_samples: int | None = None,
+) -> list[Example]:
     """Examples of one source (see the module docstring for what a source can be)."""
     rows = read_records(source, split, config)
     if not rows:
@@ -251,20 +267,36 @@ def render_prompt(prompt: str | list, tokenizer, apply_chat_template: bool = Fal
         return prompt
     msgs = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
     if getattr(tokenizer, "chat_template", None) is None:
-        raise DataError(f"{origin}: a conversational prompt needs a tokenizer with a chat template "
-                        "(this tokenizer has none); give string prompts or set apply_chat_template: false")
+        raise DataError(
+            f"{origin}: a conversational prompt needs a tokenizer with a chat template "
+            "(this tokenizer has none); give string prompts or set apply_chat_template: false"
+        )
     return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
 
 
-def example_graph(ex: Example, tokenizer, mode: str = "parallel", join: str = "concat", eos: bool = True,
-                  apply_chat_template: bool = False, thread_header: str = "index") -> PackedGraph:
+def example_graph(
+    ex: Example,
+    tokenizer,
+    mode: str = "parallel",
+    join: str = "concat",
+    eos: bool = True,
+    apply_chat_template: bool = False,
+    thread_header: str = "index",
+) -> PackedGraph:
     """Packed graph of one example; :class:`DataError` names the example on failure."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     prompt = render_prompt(ex.prompt, tokenizer, apply_chat_template, ex.origin)
     try:
-        return graph_from_text(prompt, ex.completion, tokenizer, join=join, eos=eos,
-                               sequential=(mode == "sequential"), thread_header=thread_header)
+        return graph_from_text(
+            prompt,
+            ex.completion,
+            tokenizer,
+            join=join,
+            eos=eos,
+            sequential=(mode == "sequential"),
+            thread_header=thread_header,
+        )
     except FormatError as e:
         raise _not_a_trajectory(ex, e) from None
     except ValueError as e:
@@ -272,9 +304,11 @@ def example_graph(ex: Example, tokenizer, mode: str = "parallel", join: str = "c
 
 
 def _not_a_trajectory(ex: Example, e: FormatError) -> DataError:
-    head = ex.completion[max(0, e.offset - 30): e.offset + 30]
-    return DataError(f"{ex.origin}: completion is not a well-formed parallel trajectory: {e} "
-                     f"(near {head!r}); use mode: sequential for plain text")
+    head = ex.completion[max(0, e.offset - 30) : e.offset + 30]
+    return DataError(
+        f"{ex.origin}: completion is not a well-formed parallel trajectory: {e} "
+        f"(near {head!r}); use mode: sequential for plain text"
+    )
 
 
 def check_trajectories(examples: Iterable[Example]) -> None:
@@ -288,9 +322,17 @@ def check_trajectories(examples: Iterable[Example]) -> None:
             raise _not_a_trajectory(ex, e) from None
 
 
-def build_graphs(examples: Sequence[Example], tokenizer, mode: str = "parallel", join: str = "concat",
-                 max_length: int | None = None, eos: bool = True, apply_chat_template: bool = False,
-                 name: str = "data", thread_header: str = "index") -> tuple[list[PackedGraph], GraphStats]:
+def build_graphs(
+    examples: Sequence[Example],
+    tokenizer,
+    mode: str = "parallel",
+    join: str = "concat",
+    max_length: int | None = None,
+    eos: bool = True,
+    apply_chat_template: bool = False,
+    name: str = "data",
+    thread_header: str = "index",
+) -> tuple[list[PackedGraph], GraphStats]:
     """Packed graphs of ``examples``; graphs longer than ``max_length`` (prompt
     included) are dropped and counted, and the count is logged."""
     graphs: list[PackedGraph] = []
@@ -309,8 +351,14 @@ def build_graphs(examples: Sequence[Example], tokenizer, mode: str = "parallel",
         st.trained_tokens += int(g.loss_mask.sum())
         st.longest = max(st.longest, len(g))
     if st.dropped_too_long:
-        log.warning("%s: dropped %d of %d examples longer than max_length=%d tokens (longest %d)",
-                    name, st.dropped_too_long, st.examples, max_length, st.longest_dropped)
+        log.warning(
+            "%s: dropped %d of %d examples longer than max_length=%d tokens (longest %d)",
+            name,
+            st.dropped_too_long,
+            st.examples,
+            max_length,
+            st.longest_dropped,
+        )
     if not graphs:
         raise DataError(f"{name}: no example left (all {st.examples} are longer than max_length={max_length})")
     return graphs, st
@@ -320,8 +368,9 @@ def build_graphs(examples: Sequence[Example], tokenizer, mode: str = "parallel",
 # Batching (deterministic, resumable)
 
 
-def steps_per_epoch(n: int, per_device_batch_size: int, num_processes: int = 1,
-                    gradient_accumulation_steps: int = 1) -> int:
+def steps_per_epoch(
+    n: int, per_device_batch_size: int, num_processes: int = 1, gradient_accumulation_steps: int = 1
+) -> int:
     """Optimizer steps in one pass over ``n`` examples."""
     return max(1, math.ceil(n / (per_device_batch_size * num_processes * gradient_accumulation_steps)))
 
@@ -332,8 +381,14 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
-def epoch_windows(n: int, per_device_batch_size: int, num_processes: int = 1, gradient_accumulation_steps: int = 1,
-                  seed: int = 0, epoch: int = 0) -> list[list[list[list[int]]]]:
+def epoch_windows(
+    n: int,
+    per_device_batch_size: int,
+    num_processes: int = 1,
+    gradient_accumulation_steps: int = 1,
+    seed: int = 0,
+    epoch: int = 0,
+) -> list[list[list[list[int]]]]:
     """Example indices of every optimizer step of an epoch:
     ``windows[step][micro][process] -> [indices]`` (each ``per_device_batch_size`` long).
 
@@ -357,14 +412,15 @@ def epoch_windows(n: int, per_device_batch_size: int, num_processes: int = 1, gr
         micro = []
         for m in range(G):
             start = (s * G + m) * B * W
-            glob = perm[start:start + B * W]
-            micro.append([glob[k * B:(k + 1) * B] for k in range(W)])
+            glob = perm[start : start + B * W]
+            micro.append([glob[k * B : (k + 1) * B] for k in range(W)])
         windows.append(micro)
     return windows
 
 
-def eval_shards(n: int, per_device_batch_size: int, process_index: int = 0,
-                num_processes: int = 1) -> list[tuple[list[int], list[float]]]:
+def eval_shards(
+    n: int, per_device_batch_size: int, process_index: int = 0, num_processes: int = 1
+) -> list[tuple[list[int], list[float]]]:
     """Evaluation batches of one process: ``(indices, weights)``; every process gets
     the same number of batches (sharded/gathered models need every rank in every
     forward), padded with weight-0 repeats of example 0."""
@@ -374,7 +430,7 @@ def eval_shards(n: int, per_device_batch_size: int, process_index: int = 0,
     mine = list(range(process_index, n, W))
     out = []
     for b in range(nb):
-        idx = mine[b * B:(b + 1) * B]
+        idx = mine[b * B : (b + 1) * B]
         w = [1.0] * len(idx)
         if not idx:  # this process ran out of examples: a dummy batch keeps ranks in step
             idx, w = [0], [0.0]

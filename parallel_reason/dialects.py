@@ -67,10 +67,12 @@ def _lex_tree(text: str, dialect: str, names: tuple[str, ...]) -> _El:
     own = {f"<{n}>" for n in names} | {f"</{n}>" for n in names}
     for m in _CANON_TAG_RE.finditer(text):
         if m.group(0) not in own:
-            raise DialectError(dialect, m.start(), f"{m.group(0)} is a canonical tag, not part of the {dialect} dialect")
+            raise DialectError(
+                dialect, m.start(), f"{m.group(0)} is a canonical tag, not part of the {dialect} dialect"
+            )
     for m in tag_re.finditer(text):
         if m.start() > pos:
-            stack[-1].children.append(_Text(text[pos:m.start()], pos))
+            stack[-1].children.append(_Text(text[pos : m.start()], pos))
         closing, name = m.group(1) == "/", m.group(2)
         if not closing:
             if len(stack) > _MAX_ELEMENT_DEPTH:  # the converters recurse over the tree
@@ -193,7 +195,7 @@ def _strip_number(parts: list, i: int, dialect: str, what: str, offset: int) -> 
         return parts
     if int(m.group(1)) != i:
         raise DialectError(dialect, offset, f"{what} {i} is numbered {m.group(1)}")
-    return [parts[0][m.end():], *parts[1:]]
+    return [parts[0][m.end() :], *parts[1:]]
 
 
 def _finish(parts: list, dialect: str, limits: Limits | None) -> str:
@@ -201,7 +203,9 @@ def _finish(parts: list, dialect: str, limits: Limits | None) -> str:
     try:
         parse(out, limits)
     except FormatError as e:  # a depth/width limit, or a converter bug
-        raise DialectError(dialect, e.offset, f"converted text breaks the canonical grammar (offset in the output): {e}") from None
+        raise DialectError(
+            dialect, e.offset, f"converted text breaks the canonical grammar (offset in the output): {e}"
+        ) from None
     return out
 
 
@@ -245,7 +249,11 @@ def _multiverse_block(children: list, i: int, parts: list, depth: int) -> int:
     for c in par.children:
         if isinstance(c, _Text):
             if not _blank(c):
-                raise DialectError(D, c.offset, f"text {c.text.strip()[:30]!r} directly inside <Parallel> (only <Goal>, <Path> and <Conclusion> may stand there)")
+                raise DialectError(
+                    D,
+                    c.offset,
+                    f"text {c.text.strip()[:30]!r} directly inside <Parallel> (only <Goal>, <Path> and <Conclusion> may stand there)",
+                )
         elif c.name == "Goal":
             if goal is not None or paths or conclusion is not None:
                 raise DialectError(D, c.offset, "<Goal> must come once, first in the block")
@@ -336,7 +344,11 @@ def _parallel_r1_block(children: list, i: int, parts: list, depth: int) -> int:
     for c in par.children:
         if isinstance(c, _Text):
             if not _blank(c):
-                raise DialectError(D, c.offset, f"text {c.text.strip()[:30]!r} directly inside <Parallel> (only <Path> and <Summary> may stand there)")
+                raise DialectError(
+                    D,
+                    c.offset,
+                    f"text {c.text.strip()[:30]!r} directly inside <Parallel> (only <Path> and <Summary> may stand there)",
+                )
         elif c.name == "Path":
             if summary is not None:
                 raise DialectError(D, c.offset, "<Path> after <Summary>")
@@ -377,7 +389,11 @@ def _threadweaver_block(children: list, i: int, parts: list, depth: int) -> int:
     for c in par.children:
         if isinstance(c, _Text):
             if not _blank(c):
-                raise DialectError(D, c.offset, f"text {c.text.strip()[:30]!r} directly inside <Parallel> (only <Outlines> and <Thread> may stand there)")
+                raise DialectError(
+                    D,
+                    c.offset,
+                    f"text {c.text.strip()[:30]!r} directly inside <Parallel> (only <Outlines> and <Thread> may stand there)",
+                )
         elif c.name == "Outlines":
             if outlines_el is not None or threads_el:
                 raise DialectError(D, c.offset, "<Outlines> must come once, first in the block")
@@ -508,7 +524,9 @@ def _apr_load(x, where: str):
         else:
             return {"main_calls": [x], "sub_calls": []}
     if not isinstance(x, dict):
-        raise DialectError("apr", 0, f"expected a trace_dict (an object with main_calls and sub_calls), got {type(x).__name__}", where)
+        raise DialectError(
+            "apr", 0, f"expected a trace_dict (an object with main_calls and sub_calls), got {type(x).__name__}", where
+        )
     main = x.get("main_calls")
     subs = x.get("sub_calls", [])
     if not isinstance(main, list) or not main or not all(isinstance(m, str) for m in main):
@@ -525,10 +543,14 @@ def _apr_parts(x, where: str, depth: int) -> list:
     final = main[-1]
     fwhere = f"{where}main_calls[{k}]"
     if len(subs) != k:
-        raise DialectError("apr", 0, f"{len(main)} main calls need {k} groups of sub calls, found {len(subs)}", f"{where}sub_calls")
+        raise DialectError(
+            "apr", 0, f"{len(main)} main calls need {k} groups of sub calls, found {len(subs)}", f"{where}sub_calls"
+        )
     if APR_SPAWN_OPEN in final:
         at = final.index(APR_SPAWN_OPEN)
-        raise DialectError("apr", at, "the last main call holds a spawn section without children (a truncated trace?)", fwhere)
+        raise DialectError(
+            "apr", at, "the last main call holds a spawn section without children (a truncated trace?)", fwhere
+        )
     parts: list = []
     pos = 0
     for i in range(k):
@@ -549,25 +571,36 @@ def _apr_parts(x, where: str, depth: int) -> list:
             if line.strip():
                 m = _APR_START_RE.match(line.strip())
                 if not m:
-                    raise DialectError("apr", line_off, f"unexpected line in the spawn section: {line.strip()[:40]!r}", mwhere)
+                    raise DialectError(
+                        "apr", line_off, f"unexpected line in the spawn section: {line.strip()[:40]!r}", mwhere
+                    )
                 if int(m.group(1)) != len(outlines):
-                    raise DialectError("apr", line_off, f"sub search numbered {m.group(1)}, expected {len(outlines)}", mwhere)
+                    raise DialectError(
+                        "apr", line_off, f"sub search numbered {m.group(1)}, expected {len(outlines)}", mwhere
+                    )
                 outlines.append(m.group(3).strip() or f"Sub Search {m.group(1)} at level {m.group(2)}")
             line_off += len(line) + 1
         if not outlines:
             raise DialectError("apr", at, "spawn section without <Start Sub Search ..> lines", mwhere)
         children = subs[i]
         if len(children) != len(outlines):
-            raise DialectError("apr", at, f"spawn section names {len(outlines)} sub searches but sub_calls[{i}] has {len(children)}", mwhere)
+            raise DialectError(
+                "apr",
+                at,
+                f"spawn section names {len(outlines)} sub searches but sub_calls[{i}] has {len(children)}",
+                mwhere,
+            )
         if not final.startswith(prefix):
             diff = next((j for j, (a, b) in enumerate(zip(final, prefix)) if a != b), min(len(final), len(prefix)))
-            raise DialectError("apr", diff, f"the last main call does not continue main call {i} (they differ here)", fwhere)
+            raise DialectError(
+                "apr", diff, f"the last main call does not continue main call {i} (they differ here)", fwhere
+            )
         if len(prefix) < pos:
             raise DialectError("apr", len(prefix), f"spawn section {i} comes before spawn section {i - 1}", fwhere)
-        if not final[len(prefix):].lstrip("\n").startswith(APR_JOIN_OPEN):
+        if not final[len(prefix) :].lstrip("\n").startswith(APR_JOIN_OPEN):
             raise DialectError("apr", len(prefix), f"expected the join message {APR_JOIN_OPEN} after spawn {i}", fwhere)
         threads = [_apr_parts(c, f"{where}sub_calls[{i}][{j}].", depth + 1) for j, c in enumerate(children)]
-        _extend(parts, [final[pos:len(prefix)], _make_block(outlines, threads)])
+        _extend(parts, [final[pos : len(prefix)], _make_block(outlines, threads)])
         pos = len(prefix)
     _extend(parts, [final[pos:]])
     return parts
@@ -589,9 +622,15 @@ CONVERTERS: dict[str, Callable] = {
     "canonical": convert_canonical,
 }
 
-_ALIASES = {"parallel-r1": "parallel_r1", "parallelr1": "parallel_r1", "pr1": "parallel_r1",
-            "thread_weaver": "threadweaver", "thread-weaver": "threadweaver", "tw": "threadweaver",
-            "ours": "canonical"}
+_ALIASES = {
+    "parallel-r1": "parallel_r1",
+    "parallelr1": "parallel_r1",
+    "pr1": "parallel_r1",
+    "thread_weaver": "threadweaver",
+    "thread-weaver": "threadweaver",
+    "tw": "threadweaver",
+    "ours": "canonical",
+}
 
 #: tags each dialect uses (for display and tests; APR's are line markers)
 DIALECT_TAGS: dict[str, tuple[str, ...]] = {
@@ -618,6 +657,17 @@ def convert(text, dialect: str, limits: Limits | None = None) -> str:
     return CONVERTERS[dialect_name(dialect)](text, limits)
 
 
-__all__ = ["CONVERTERS", "DIALECT_TAGS", "DialectError", "OUTLINE_MAX_CHARS", "convert",
-           "convert_apr", "convert_canonical", "convert_multiverse", "convert_parallel_r1",
-           "convert_threadweaver", "dialect_name", "first_sentence"]
+__all__ = [
+    "CONVERTERS",
+    "DIALECT_TAGS",
+    "DialectError",
+    "OUTLINE_MAX_CHARS",
+    "convert",
+    "convert_apr",
+    "convert_canonical",
+    "convert_multiverse",
+    "convert_parallel_r1",
+    "convert_threadweaver",
+    "dialect_name",
+    "first_sentence",
+]

@@ -72,20 +72,23 @@ class Run:
         try:
             self.summary = json.loads(sp.read_bytes().decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-            raise InputError(f"{sp}: not valid JSON ({e}); rerun eval.benchmark with --out {self.path} "
-                             "to rewrite it") from None
+            raise InputError(
+                f"{sp}: not valid JSON ({e}); rerun eval.benchmark with --out {self.path} to rewrite it"
+            ) from None
         if not isinstance(self.summary, dict):
             raise InputError(f"{sp}: expected a JSON object, got {type(self.summary).__name__}")
         rp = self.path / RESULTS
         rows, bad = scan_rows(rp)
         for lineno in bad:
-            print(f"warning: {rp}:{lineno}: unreadable line skipped (truncated or not a result row)",
-                  file=sys.stderr)
+            print(f"warning: {rp}:{lineno}: unreadable line skipped (truncated or not a result row)", file=sys.stderr)
         self.rows = [r for r in rows if _usable(r)]
         for r in rows:
             if not _usable(r):
-                print(f"warning: {rp}: row id {r['id']!r} lacks result fields (correct, total_tokens, "
-                      "critical_path); skipped", file=sys.stderr)
+                print(
+                    f"warning: {rp}: row id {r['id']!r} lacks result fields (correct, total_tokens, "
+                    "critical_path); skipped",
+                    file=sys.stderr,
+                )
         self.name = name or self.path.name
         self.mode = self.summary.get("mode", "?")
 
@@ -98,7 +101,8 @@ def _usable(row: dict) -> bool:
     samples = row.get("samples") or [row]
     return isinstance(samples, list) and all(
         isinstance(s, dict) and "correct" in s and all(_count(s.get(k)) for k in ("total_tokens", "critical_path"))
-        for s in samples)
+        for s in samples
+    )
 
 
 def _count(v) -> bool:

@@ -64,9 +64,17 @@ def _first_present(rec: dict, names: Sequence[str]) -> str | None:
     return None
 
 
-def load_problems(data, task: str, split: str = "test", config: str | None = None, n: int | None = None,
-                  prompt_field: str | None = "prompt", question_field: str | None = None,
-                  answer_field: str | None = None, prompt_template: str | None = None) -> list[dict]:
+def load_problems(
+    data,
+    task: str,
+    split: str = "test",
+    config: str | None = None,
+    n: int | None = None,
+    prompt_field: str | None = "prompt",
+    question_field: str | None = None,
+    answer_field: str | None = None,
+    prompt_template: str | None = None,
+) -> list[dict]:
     """Problems of a data source: dicts with ``id``, ``prompt`` (text or messages),
     ``reference`` and the verifier's arguments (``nums``/``target`` or ``answer``)."""
     mod = get_task(task)
@@ -101,7 +109,9 @@ def load_problems(data, task: str, split: str = "test", config: str | None = Non
             if p is None:
                 qf = question_field or _first_present(rec, ("question", "problem", "query"))
                 if qf is None or rec.get(qf) is None:
-                    raise DataError(f"{origin}: no question field (tried {question_field or 'question, problem, query'})")
+                    raise DataError(
+                        f"{origin}: no question field (tried {question_field or 'question, problem, query'})"
+                    )
                 p = mod.prompt(str(rec[qf]), prompt_template)
             prompt = p
             reference = mod.reference_answer(rec[af])
@@ -129,8 +139,9 @@ def completion_text(rollout: Rollout, tokenizer=None) -> str:
     return rollout.completion
 
 
-def score_sample(task_mod, problem: dict, rollout: Rollout, limits: Limits, answer_pattern: str | None = None,
-                 tokenizer=None) -> dict:
+def score_sample(
+    task_mod, problem: dict, rollout: Rollout, limits: Limits, answer_pattern: str | None = None, tokenizer=None
+) -> dict:
     """The fields of one sample (see :data:`SAMPLE_FIELDS`)."""
     text = completion_text(rollout, tokenizer)
     if answer_pattern is not None:
@@ -174,8 +185,9 @@ def score_sample(task_mod, problem: dict, rollout: Rollout, limits: Limits, answ
 # Decoding
 
 
-def load_model(path: str, dtype: str = "auto", device: str = "auto", attn: str = "sdpa",
-               trust_remote_code: bool = False):
+def load_model(
+    path: str, dtype: str = "auto", device: str = "auto", attn: str = "sdpa", trust_remote_code: bool = False
+):
     """``(tokenizer, model)`` of a model directory (or cached hub id), on ``device``
     in eval mode; :class:`~parallel_reason.inputs.InputError` when it cannot be loaded."""
     from transformers import AutoModelForCausalLM
@@ -199,17 +211,29 @@ def load_runner(args, parallel: bool = True):
     """The runner set by the :func:`add_runner_args` options: the HF runner on the model
     of ``args.model``, or with ``--engine URL`` the remote backend on that server (only
     the tokenizer of ``--model`` is loaded; the join and thread header come from its config)."""
-    kw = dict(max_new_tokens=args.max_new_tokens, max_thread_tokens=args.max_thread_tokens,
-              max_width=args.max_width, max_depth=args.max_depth, batch_size=args.batch_size, parallel=parallel)
+    kw = dict(
+        max_new_tokens=args.max_new_tokens,
+        max_thread_tokens=args.max_thread_tokens,
+        max_width=args.max_width,
+        max_depth=args.max_depth,
+        batch_size=args.batch_size,
+        parallel=parallel,
+    )
     if getattr(args, "engine", None):
         from .runner.remote import RemoteRunner, join_of, thread_header_of
 
         if args.constrained:
             raise InputError("--engine: a remote server cannot mask tags at every step; add --no-constrained")
         try:
-            return RemoteRunner(load_tokenizer(args.model), engine=args.engine, model=args.engine_model,
-                                join=args.join or join_of(args.model), thread_header=thread_header_of(args.model),
-                                api_key=os.environ.get("OPENAI_API_KEY"), **kw)
+            return RemoteRunner(
+                load_tokenizer(args.model),
+                engine=args.engine,
+                model=args.engine_model,
+                join=args.join or join_of(args.model),
+                thread_header=thread_header_of(args.model),
+                api_key=os.environ.get("OPENAI_API_KEY"),
+                **kw,
+            )
         except ValueError as e:
             raise InputError(f"--engine {args.engine}: {e}") from None
     tok, model = load_model(args.model, args.dtype, args.device, args.attn)
@@ -226,8 +250,9 @@ class Decoded:
     scores: list[dict]
 
 
-def decode_and_score(runner: Runner, problems: Sequence[dict], args, samples: int, *, total: int | None = None,
-                     desc: str = "") -> Iterator[tuple[list[Decoded], float]]:
+def decode_and_score(
+    runner: Runner, problems: Sequence[dict], args, samples: int, *, total: int | None = None, desc: str = ""
+) -> Iterator[tuple[list[Decoded], float]]:
     """Decode ``problems`` with ``samples`` rollouts each, ``args.chunk_size`` problems
     (default 4 x ``args.batch_size``) per runner call, and score every rollout; yields
     ``(decoded problems of the chunk, measured seconds of the chunk)``. Prompts are
@@ -242,21 +267,28 @@ def decode_and_score(runner: Runner, problems: Sequence[dict], args, samples: in
         p["text"] = render_prompt(p["prompt"], tok, args.chat_template, p["origin"])
     chunk = args.chunk_size or 4 * args.batch_size
     total = len(problems) if total is None else total
-    bar = tqdm(total=total, initial=total - len(problems), unit="problem", desc=desc, disable=args.no_progress,
-               file=sys.stderr)
+    bar = tqdm(
+        total=total, initial=total - len(problems), unit="problem", desc=desc, disable=args.no_progress, file=sys.stderr
+    )
     try:
         for start in range(0, len(problems), chunk):
-            batch = problems[start:start + chunk]
+            batch = problems[start : start + chunk]
             seeds = [problem_seed(args.seed, p["id"]) for p in batch]
             t0 = time.perf_counter()
-            rollouts = runner.generate([p["text"] for p in batch], n=samples, temperature=args.temperature,
-                                       top_p=args.top_p, top_k=args.top_k, seed=seeds)
+            rollouts = runner.generate(
+                [p["text"] for p in batch],
+                n=samples,
+                temperature=args.temperature,
+                top_p=args.top_p,
+                top_k=args.top_k,
+                seed=seeds,
+            )
             elapsed = time.perf_counter() - t0
             if len(rollouts) != len(batch) * samples:
                 raise RuntimeError(f"runner returned {len(rollouts)} rollouts for {len(batch)} prompts x {samples}")
             decoded = []
             for i, p in enumerate(batch):
-                ros = rollouts[i * samples:(i + 1) * samples]
+                ros = rollouts[i * samples : (i + 1) * samples]
                 scores = [score_sample(task_mod, p, ro, limits, args.answer_pattern, tok) for ro in ros]
                 decoded.append(Decoded(p, seeds[i] if args.temperature > 0 else None, ros, scores))
             yield decoded, elapsed
@@ -273,18 +305,25 @@ def opt_int(text: str) -> int | None:
     return None if text.lower() in ("none", "") else int(text)
 
 
-def add_runner_args(p: argparse.ArgumentParser, *, split: str, temperature: float,
-                    temperature_help: str) -> None:
+def add_runner_args(p: argparse.ArgumentParser, *, split: str, temperature: float, temperature_help: str) -> None:
     """The options :mod:`eval.benchmark` and :mod:`data_gen.self_train` share: the
     data source (``--split`` .. ``--chat-template``), decoding (``--temperature`` ..
     ``--chunk-size``), the model (``--dtype``, ``--device``, ``--attn``) and
     ``--no-progress``. Checked by :func:`check_runner_args`."""
     p.add_argument("--split", default=split, help=f"split of a datasets source (default {split})")
     p.add_argument("--config", default=None, help="configuration name of a datasets source (e.g. main for gsm8k)")
-    p.add_argument("--batch-size", type=int, default=8,
-                   help="prompts decoded at once by the runner, each with its samples (default 8)")
-    p.add_argument("--chunk-size", type=int, default=None,
-                   help="problems per runner call, written after each (default 4 x batch size)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="prompts decoded at once by the runner, each with its samples (default 8)",
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="problems per runner call, written after each (default 4 x batch size)",
+    )
     p.add_argument("--temperature", type=float, default=temperature, help=temperature_help)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
@@ -293,20 +332,35 @@ def add_runner_args(p: argparse.ArgumentParser, *, split: str, temperature: floa
     p.add_argument("--max-thread-tokens", type=opt_int, default=None)
     p.add_argument("--max-width", type=opt_int, default=8)
     p.add_argument("--max-depth", type=opt_int, default=2)
-    p.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=True,
-                   help="grammar-constrained decoding: never sample a tag that makes the text malformed "
-                        "(default on; --no-constrained samples from the model as is)")
-    p.add_argument("--engine", default=None, metavar="URL",
-                   help="decode on an OpenAI-compatible server (vLLM, SGLang, parallel_reason.serve), e.g. "
-                        "http://localhost:8000/v1; --model then only gives the tokenizer (API key: $OPENAI_API_KEY)")
+    p.add_argument(
+        "--constrained",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="grammar-constrained decoding: never sample a tag that makes the text malformed "
+        "(default on; --no-constrained samples from the model as is)",
+    )
+    p.add_argument(
+        "--engine",
+        default=None,
+        metavar="URL",
+        help="decode on an OpenAI-compatible server (vLLM, SGLang, parallel_reason.serve), e.g. "
+        "http://localhost:8000/v1; --model then only gives the tokenizer (API key: $OPENAI_API_KEY)",
+    )
     p.add_argument("--engine-model", default=None, help="model name on --engine (default: the server's first)")
-    p.add_argument("--join", default=None, choices=JOIN_MODES,
-                   help="join mode (default: the one the model was trained with, from its config; else concat)")
+    p.add_argument(
+        "--join",
+        default=None,
+        choices=JOIN_MODES,
+        help="join mode (default: the one the model was trained with, from its config; else concat)",
+    )
     p.add_argument("--prompt-field", default="prompt", help="record field holding a ready prompt ('' = always build)")
     p.add_argument("--question-field", default=None, help="math: question field (default question|problem|query)")
     p.add_argument("--answer-field", default=None, help="math: answer field (default answer|solution|final_answer)")
-    p.add_argument("--answer-pattern", default=None,
-                   help="math: read the model's answer with this regex or alias (gsm8k, answer_is) instead of \\boxed{}")
+    p.add_argument(
+        "--answer-pattern",
+        default=None,
+        help="math: read the model's answer with this regex or alias (gsm8k, answer_is) instead of \\boxed{}",
+    )
     p.add_argument("--prompt-template", default=None, help="math: prompt template with {question}")
     p.add_argument("--chat-template", action="store_true", help="render prompts with the tokenizer's chat template")
     p.add_argument("--dtype", default="auto", choices=DTYPES)
@@ -346,5 +400,17 @@ def check_runner_args(p: argparse.ArgumentParser, args, samples: int, samples_fl
     check_model_path(args.model)
 
 
-__all__ = ["SAMPLE_FIELDS", "Decoded", "add_runner_args", "check_runner_args", "completion_text", "decode_and_score",
-           "load_model", "load_problems", "load_runner", "opt_int", "problem_seed", "score_sample"]
+__all__ = [
+    "SAMPLE_FIELDS",
+    "Decoded",
+    "add_runner_args",
+    "check_runner_args",
+    "completion_text",
+    "decode_and_score",
+    "load_model",
+    "load_problems",
+    "load_runner",
+    "opt_int",
+    "problem_seed",
+    "score_sample",
+]

@@ -15,14 +15,14 @@ FINISH_REASONS: dict[str, str] = {
     EOS: "the main sequence sampled EOS outside any block (normal end)",
     "max_new_tokens": "the rollout sampled max_new_tokens tokens with no thread open",
     "unclosed_thread": "the rollout sampled max_new_tokens tokens while a thread was still open "
-                       "(a thread that never closes, with no or a larger per-thread bound)",
+    "(a thread that never closes, with no or a larger per-thread bound)",
     "max_thread_tokens": "a thread sampled max_thread_tokens tokens without sampling </Thread>",
     "max_threads": "</Outlines> closed a block with more outlines than max_width",
     "max_depth": "<Parallel> was sampled at a nesting depth above max_depth",
     "no_outlines": "</Outlines> closed a block with zero outlines",
     "eos_in_thread": "EOS was sampled inside a thread (text or nested block head)",
     "malformed": "a control tag was sampled where the grammar forbids it (stray </Parallel>, <Thread>, "
-                 "</Thread> outside a thread, outline tags out of order, EOS in a block head); see detail",
+    "</Thread> outside a thread, outline tags out of order, EOS in a block head); see detail",
     "replay_end": "replay only: the forced tokens ran out before the rollout ended",
 }
 

@@ -171,7 +171,7 @@ class _Alphabet:
 
 def _split_header_text(piece: str) -> tuple[str, str]:
     m = _HEADER_RE.match(piece)
-    return (m.group(0), piece[m.end():]) if m else ("", piece)
+    return (m.group(0), piece[m.end() :]) if m else ("", piece)
 
 
 _TEXT = _Alphabet("", lambda s: s.strip() == "", _split_header_text, "".join)
@@ -187,7 +187,7 @@ def _lex_text(text: str) -> list[tuple[str | None, Piece, int]]:
     pos = 0
     for m in _TAG_RE.finditer(text):
         if m.start() > pos:
-            items.append((None, text[pos:m.start()], pos))
+            items.append((None, text[pos : m.start()], pos))
         items.append((m.group(0), m.group(0), m.start()))
         pos = m.end()
     if pos < len(text):
@@ -250,8 +250,11 @@ class _Parser:
                 return parts, True
             else:
                 if tag == PARALLEL_OPEN:
-                    self.problem(off, "too_deep", f"{PARALLEL_OPEN} at offset {off} would nest blocks deeper "
-                                                  f"than {MAX_NESTING} levels")
+                    self.problem(
+                        off,
+                        "too_deep",
+                        f"{PARALLEL_OPEN} at offset {off} would nest blocks deeper than {MAX_NESTING} levels",
+                    )
                 else:
                     where = "inside a thread" if in_thread else "outside any block"
                     self.problem(off, "unexpected_tag", f"unexpected {tag} {where}")
@@ -260,9 +263,16 @@ class _Parser:
         return parts, False
 
     def parse_block(self, depth: int, start: int) -> Block:
-        block = Block(outlines=[], threads=[], pre_outlines=self.a.empty,
-                      outline_seps=[], thread_seps=[], has_outlines=False,
-                      outlines_closed=False, closed=False)
+        block = Block(
+            outlines=[],
+            threads=[],
+            pre_outlines=self.a.empty,
+            outline_seps=[],
+            thread_seps=[],
+            has_outlines=False,
+            outlines_closed=False,
+            closed=False,
+        )
         block._offset = start  # type: ignore[attr-defined]
         # -- <Outlines>
         sep = self.take_content()
@@ -275,7 +285,9 @@ class _Parser:
         else:
             block.pre_outlines = sep
             if it is None:
-                self.problem(self.end, "unclosed", f"{PARALLEL_OPEN} at offset {start} is not closed: missing {OUTLINES_OPEN}")
+                self.problem(
+                    self.end, "unclosed", f"{PARALLEL_OPEN} at offset {start} is not closed: missing {OUTLINES_OPEN}"
+                )
                 return block
             self.problem(it[2], "missing_outlines", f"block at offset {start}: expected {OUTLINES_OPEN}, found {it[0]}")
         # -- threads
@@ -284,7 +296,9 @@ class _Parser:
             it = self.peek()
             if it is None:
                 block.thread_seps.append(self.a.join(seps))
-                self.problem(self.end, "unclosed", f"{PARALLEL_OPEN} at offset {start} is not closed: missing {PARALLEL_CLOSE}")
+                self.problem(
+                    self.end, "unclosed", f"{PARALLEL_OPEN} at offset {start} is not closed: missing {PARALLEL_CLOSE}"
+                )
                 return block
             tag, value, off = it
             self.i += 1
@@ -404,27 +418,55 @@ def _semantic_problems(traj: Trajectory, limits: Limits) -> list[Problem]:
     for block, depth in traj.blocks():
         off = getattr(block, "_offset", 0)
         if limits.max_depth is not None and depth > limits.max_depth:
-            out.append(Problem(off, "depth", f"block at offset {off} is at depth {depth}, over the limit {limits.max_depth}"))
+            out.append(
+                Problem(off, "depth", f"block at offset {off} is at depth {depth}, over the limit {limits.max_depth}")
+            )
         if limits.max_width is not None and len(block.threads) > limits.max_width:
-            out.append(Problem(off, "width", f"block at offset {off} has {len(block.threads)} threads, over the limit {limits.max_width}"))
+            out.append(
+                Problem(
+                    off,
+                    "width",
+                    f"block at offset {off} has {len(block.threads)} threads, over the limit {limits.max_width}",
+                )
+            )
         if not block.closed or not block.has_outlines:
             continue  # already reported as structural
         if len(block.outlines) == 0:
             out.append(Problem(off, "no_outlines", f"block at offset {off} has no outlines"))
         if len(block.outlines) != len(block.threads):
-            out.append(Problem(off, "count_mismatch", f"block at offset {off} has {len(block.outlines)} outlines but {len(block.threads)} threads"))
+            out.append(
+                Problem(
+                    off,
+                    "count_mismatch",
+                    f"block at offset {off} has {len(block.outlines)} outlines but {len(block.threads)} threads",
+                )
+            )
         for i, o in enumerate(block.outlines, 1):
             if isinstance(o, str) and not re.match(rf"\s*{i}:", o):
-                out.append(Problem(off, "numbering", f"outline {i} of the block at offset {off} does not start with '{i}:'"))
+                out.append(
+                    Problem(off, "numbering", f"outline {i} of the block at offset {off} does not start with '{i}:'")
+                )
         for i, t in enumerate(block.threads, 1):
             toff = getattr(t, "_offset", off)
             if isinstance(t.header, str) and t.header != f"{i}:":
                 found = repr(t.header) if t.header else "no header"
-                out.append(Problem(toff, "numbering", f"thread {i} of the block at offset {off} must start with '{i}:', found {found}"))
+                out.append(
+                    Problem(
+                        toff,
+                        "numbering",
+                        f"thread {i} of the block at offset {off} must start with '{i}:', found {found}",
+                    )
+                )
         seps = [block.pre_outlines, *block.outline_seps, *block.thread_seps]
         for s in seps:
             if isinstance(s, str) and s.strip():
-                out.append(Problem(off, "text_between", f"text {s.strip()[:30]!r} between the tags of the block at offset {off} (only whitespace may stand between outlines and threads)"))
+                out.append(
+                    Problem(
+                        off,
+                        "text_between",
+                        f"text {s.strip()[:30]!r} between the tags of the block at offset {off} (only whitespace may stand between outlines and threads)",
+                    )
+                )
     return out
 
 
@@ -498,15 +540,19 @@ def canonicalize(traj: Trajectory) -> Trajectory:
         out = []
         for p in parts:
             if isinstance(p, Block):
-                out.append(Block(
-                    outlines=list(p.outlines),
-                    threads=[Thread(t.header, fix(t.parts), t.closed) for t in p.threads],
-                    pre_outlines=p.pre_outlines,
-                    outline_seps=list(p.outline_seps),
-                    thread_seps=[CANONICAL_THREAD_SEP] * (len(p.threads) + 1),
-                    has_outlines=p.has_outlines, outlines_closed=p.outlines_closed,
-                    open_outline=p.open_outline, closed=p.closed,
-                ))
+                out.append(
+                    Block(
+                        outlines=list(p.outlines),
+                        threads=[Thread(t.header, fix(t.parts), t.closed) for t in p.threads],
+                        pre_outlines=p.pre_outlines,
+                        outline_seps=list(p.outline_seps),
+                        thread_seps=[CANONICAL_THREAD_SEP] * (len(p.threads) + 1),
+                        has_outlines=p.has_outlines,
+                        outlines_closed=p.outlines_closed,
+                        open_outline=p.open_outline,
+                        closed=p.closed,
+                    )
+                )
             else:
                 out.append(p)
         return out
@@ -517,7 +563,7 @@ def canonicalize(traj: Trajectory) -> Trajectory:
 def split_at_first_tag(text: str) -> tuple[str, str]:
     """(text before the first control tag, the rest)."""
     m = _TAG_RE.search(text)
-    return (text, "") if m is None else (text[:m.start()], text[m.start():])
+    return (text, "") if m is None else (text[: m.start()], text[m.start() :])
 
 
 def strip_tags(text: str) -> str:
@@ -525,8 +571,12 @@ def strip_tags(text: str) -> str:
     return _TAG_RE.sub("", text)
 
 
-def parse_ids(ids: Sequence[int], tag_ids: dict[int, str], header_ids: Callable[[int], tuple] | None = None,
-              decode: Callable[[tuple], str] | None = None) -> tuple[Trajectory, list[Problem]]:
+def parse_ids(
+    ids: Sequence[int],
+    tag_ids: dict[int, str],
+    header_ids: Callable[[int], tuple] | None = None,
+    decode: Callable[[tuple], str] | None = None,
+) -> tuple[Trajectory, list[Problem]]:
     """Lenient parse of a token-id sequence. ``tag_ids`` maps the id of each control
     token to its tag. Pieces of the result are tuples of ids; ``header_ids(i)`` gives
     the ids of thread ``i``'s header so it can be split from the thread body.
@@ -555,10 +605,11 @@ def parse_ids(ids: Sequence[int], tag_ids: dict[int, str], header_ids: Callable[
             return (), piece
         for n in range(1, 65):
             h = tuple(header_ids(n))
-            if h and piece[:len(h)] == h:
-                return h, piece[len(h):]
+            if h and piece[: len(h)] == h:
+                return h, piece[len(h) :]
         return (), piece
 
-    alphabet = _Alphabet((), (lambda s: decode(s).strip() == "") if decode else (lambda s: True), split_header,
-                         _join_ids)
+    alphabet = _Alphabet(
+        (), (lambda s: decode(s).strip() == "") if decode else (lambda s: True), split_header, _join_ids
+    )
     return _parse_items(items, alphabet, len(ids))

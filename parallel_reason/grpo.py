@@ -67,10 +67,15 @@ class GRPOConfig(TrainConfig):
     model_name_or_path: str = _f("", "hub id or local path of the policy (usually the SFT model: runs/sft/.../final)")
     lora_dropout: float = _f(0.0, "LoRA dropout (0: keep the policy deterministic)")
     lora_modules_to_save: list[str] = _f([], "modules trained in full (SFT already trained the tag embeddings)")
-    train_data: str | None = _f(None, "prompts: JSONL/JSON/parquet/csv, save_to_disk folder or `datasets` name; "
-                                      "a record holds the prompt and the task's columns (nums, target, ...)")
-    prompt_field: str = _f("prompt", "record field holding the prompt (text or chat messages); without it the "
-                                     "task's prompt(**columns) is used")
+    train_data: str | None = _f(
+        None,
+        "prompts: JSONL/JSON/parquet/csv, save_to_disk folder or `datasets` name; "
+        "a record holds the prompt and the task's columns (nums, target, ...)",
+    )
+    prompt_field: str = _f(
+        "prompt",
+        "record field holding the prompt (text or chat messages); without it the task's prompt(**columns) is used",
+    )
     generate_eval_n: int = _f(200, "recipes: prompts generated for eval_data (split test)")
     learning_rate: float = _f(1e-6, "peak learning rate")
     lr_scheduler_type: str = _f("constant", "transformers scheduler name")
@@ -78,8 +83,11 @@ class GRPOConfig(TrainConfig):
     output_dir: str = _f("runs/grpo", "checkpoints, final model, metrics.jsonl, samples.jsonl")
     max_steps: int = _f(100, "training steps (one step = one batch of rollouts)")
     logging_steps: int = _f(1, "log every N steps")
-    join: str | None = _f(None, "join mode of rollouts and their packed graphs: concat | tree; none: the mode "
-                                "the policy was trained with (its config; concat when absent)")
+    join: str | None = _f(
+        None,
+        "join mode of rollouts and their packed graphs: concat | tree; none: the mode "
+        "the policy was trained with (its config; concat when absent)",
+    )
 
     # model and data
     disable_dropout: bool = _f(True, "set every dropout to 0 (the ratio must compare deterministic policies)")
@@ -98,22 +106,29 @@ class GRPOConfig(TrainConfig):
     temperature: float = _f(1.0, "sampling temperature of training rollouts")
     top_p: float = _f(1.0, "nucleus sampling")
     top_k: int = _f(0, "top-k sampling (0: off)")
-    constrained: bool = _f(False, "grammar-constrained rollouts: never sample a tag that makes the text malformed "
-                                  "(importance ratios use the model's own log-probs; docs/design.md#constrained-decoding)")
+    constrained: bool = _f(
+        False,
+        "grammar-constrained rollouts: never sample a tag that makes the text malformed "
+        "(importance ratios use the model's own log-probs; docs/design.md#constrained-decoding)",
+    )
 
     # objective
     epsilon_low: float = _f(0.2, "PPO clip below: ratio >= 1 - epsilon_low")
     epsilon_high: float = _f(0.28, "PPO clip above (DAPO clip-higher): ratio <= 1 + epsilon_high")
-    loss_normalization: str = _f("token", "token (DAPO) | sequence (GRPO) | constant (Dr.GRPO); TRL names "
-                                          "dapo | grpo | dr_grpo are accepted")
+    loss_normalization: str = _f(
+        "token", "token (DAPO) | sequence (GRPO) | constant (Dr.GRPO); TRL names dapo | grpo | dr_grpo are accepted"
+    )
     max_tokens_norm: int | None = _f(None, "constant normalisation: tokens per rollout (default max_new_tokens)")
     scale_rewards: str = _f("none", "none (mean-centring only) | group | batch: divide advantages by that std")
     num_iterations: int = _f(1, "optimisation passes over each batch of rollouts (PPO epochs)")
-    mini_batch_size: int | None = _f(None, "rollouts per optimiser step (default: all of the step); must divide "
-                                           "prompts_per_step * num_generations")
+    mini_batch_size: int | None = _f(
+        None, "rollouts per optimiser step (default: all of the step); must divide prompts_per_step * num_generations"
+    )
     micro_batch_size: int | None = _f(None, "rollouts per forward (default: the mini-batch); must divide it")
-    old_logprobs: str = _f("runner", "runner: the sampling log-probs recorded on the graph | recompute: a no-grad "
-                                     "forward before the first update")
+    old_logprobs: str = _f(
+        "runner",
+        "runner: the sampling log-probs recorded on the graph | recompute: a no-grad forward before the first update",
+    )
     beta: float = _f(0.0, "KL coefficient (k3 estimator) to the reference model; 0: no reference")
     ref_model: str = _f("auto", "auto | copy (frozen copy of the initial model) | disable_adapter (LoRA base)")
 
@@ -125,8 +140,9 @@ class GRPOConfig(TrainConfig):
     format_valid: float = _f(1.0, "format reward of a well-formed completion")
     format_invalid: float = _f(0.0, "format reward of a malformed one (or one the runner stopped on a violation)")
     format_truncated: float = _f(0.0, "format reward of a rollout that hit a token budget")
-    format_no_block: float | None = _f(None, "format reward of a well-formed completion without any block "
-                                             "(None: same as format_valid)")
+    format_no_block: float | None = _f(
+        None, "format reward of a well-formed completion without any block (None: same as format_valid)"
+    )
 
     # optimiser, logging, evaluation
     optim: str = _f("adamw", "adamw | sgd")
@@ -142,15 +158,27 @@ class GRPOConfig(TrainConfig):
 
         self.loss_normalization = TRL_LOSS_TYPES.get(self.loss_normalization, self.loss_normalization)
         if self.loss_normalization not in NORMALIZATIONS:
-            bad(f"loss_normalization must be one of {NORMALIZATIONS} (or TRL's {sorted(TRL_LOSS_TYPES)}), "
-                f"got {self.loss_normalization!r}")
-        choices = {"scale_rewards": ("none", "group", "batch"), "old_logprobs": ("runner", "recompute"),
-                   "ref_model": ("auto", "copy", "disable_adapter"), "optim": ("adamw", "sgd")}
+            bad(
+                f"loss_normalization must be one of {NORMALIZATIONS} (or TRL's {sorted(TRL_LOSS_TYPES)}), "
+                f"got {self.loss_normalization!r}"
+            )
+        choices = {
+            "scale_rewards": ("none", "group", "batch"),
+            "old_logprobs": ("runner", "recompute"),
+            "ref_model": ("auto", "copy", "disable_adapter"),
+            "optim": ("adamw", "sgd"),
+        }
         for k, allowed in choices.items():
             if getattr(self, k) not in allowed:
                 bad(f"{k} must be one of {allowed}, got {getattr(self, k)!r}")
-        for k in ("num_generations", "prompts_per_step", "num_iterations", "generation_batch_size",
-                  "max_new_tokens", "eval_batch_size"):
+        for k in (
+            "num_generations",
+            "prompts_per_step",
+            "num_iterations",
+            "generation_batch_size",
+            "max_new_tokens",
+            "eval_batch_size",
+        ):
             if getattr(self, k) < 1:
                 bad(f"{k} must be >= 1, got {getattr(self, k)}")
         for k in ("max_steps", "num_samples_to_log"):
@@ -197,7 +225,6 @@ class GRPOConfig(TrainConfig):
         return self.num_iterations * (self.rollouts_per_step // self.mini_batch)
 
 
-
 def config_help() -> str:
     return config_help_of(GRPOConfig, GRPOConfig.usage())
 
@@ -228,9 +255,16 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "none"
     return adv.flatten()
 
 
-def token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-               epsilon_low: float, epsilon_high: float, beta: float = 0.0,
-               ref_logp: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+def token_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    epsilon_low: float,
+    epsilon_high: float,
+    beta: float = 0.0,
+    ref_logp: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict]:
     """Per-token PPO-clip loss ``[B, L]`` (0 off the mask) and per-token diagnostics.
 
     ``loss = -min(r A, clip(r, 1 - eps_low, 1 + eps_high) A) + beta * KL_k3`` with
@@ -255,8 +289,14 @@ def token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Ten
     return loss * m, info
 
 
-def reduce_loss(per_token: torch.Tensor, mask: torch.Tensor, normalization: str, num_tokens: float,
-                num_rollouts: float, max_tokens: float | None = None) -> torch.Tensor:
+def reduce_loss(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    normalization: str,
+    num_tokens: float,
+    num_rollouts: float,
+    max_tokens: float | None = None,
+) -> torch.Tensor:
     """This micro-batch's share of the mini-batch loss. ``num_tokens`` and
     ``num_rollouts`` are the totals of the whole mini-batch (all micro-batches and
     processes), so the shares add up to the exact mini-batch loss."""
@@ -276,16 +316,27 @@ def _pad_rows(rows: Sequence[torch.Tensor | None], L: int, device, dtype=torch.f
     out = torch.zeros(len(rows), L, dtype=dtype, device=device)
     for b, r in enumerate(rows):
         if r is not None:
-            out[b, :r.shape[0]] = r.to(device=device, dtype=dtype)
+            out[b, : r.shape[0]] = r.to(device=device, dtype=dtype)
     return out
 
 
-def grpo_loss(model, graphs: Sequence[PackedGraph], advantages: torch.Tensor,
-              old_logprobs: Sequence[torch.Tensor] | None = None, ref_logprobs: Sequence[torch.Tensor] | None = None,
-              *, epsilon_low: float = 0.2, epsilon_high: float = 0.28, beta: float = 0.0,
-              normalization: str = "token", max_tokens: int | None = None, num_tokens: float | None = None,
-              num_rollouts: float | None = None, pad_id: int = 0,
-              scale: float = 1.0) -> tuple[torch.Tensor, dict]:
+def grpo_loss(
+    model,
+    graphs: Sequence[PackedGraph],
+    advantages: torch.Tensor,
+    old_logprobs: Sequence[torch.Tensor] | None = None,
+    ref_logprobs: Sequence[torch.Tensor] | None = None,
+    *,
+    epsilon_low: float = 0.2,
+    epsilon_high: float = 0.28,
+    beta: float = 0.0,
+    normalization: str = "token",
+    max_tokens: int | None = None,
+    num_tokens: float | None = None,
+    num_rollouts: float | None = None,
+    pad_id: int = 0,
+    scale: float = 1.0,
+) -> tuple[torch.Tensor, dict]:
     """Loss of a micro-batch of rollouts (their packed graphs) and summed diagnostics.
 
     ``old_logprobs`` (one ``[L_i]`` tensor per graph, aligned with graph nodes) are
@@ -342,8 +393,7 @@ class RolloutBatch:
 # Data
 
 
-def load_prompts(source, split: str = "train", config: str | None = None,
-                 max_samples: int | None = None) -> list[dict]:
+def load_prompts(source, split: str = "train", config: str | None = None, max_samples: int | None = None) -> list[dict]:
     """Prompt records of any source :mod:`parallel_reason.data` reads (JSONL, JSON,
     parquet/csv, save_to_disk folders, `datasets` names); unlike SFT examples they
     need no completion. Each record keeps its origin under ``_origin``."""
@@ -360,8 +410,12 @@ def load_prompts(source, split: str = "train", config: str | None = None,
 def required_params(fn, skip: int = 0) -> list[str]:
     """Parameters of ``fn`` without a default, after the first ``skip``."""
     ps = list(inspect.signature(fn).parameters.values())[skip:]
-    return [p.name for p in ps if p.default is inspect.Parameter.empty
-            and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    return [
+        p.name
+        for p in ps
+        if p.default is inspect.Parameter.empty
+        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
 
 
 def check_prompts(rows: Sequence[dict], task: str, prompt_field: str = "prompt", verifier: bool = True) -> None:
@@ -381,8 +435,10 @@ def check_prompts(rows: Sequence[dict], task: str, prompt_field: str = "prompt",
     for k, row in enumerate(rows):
         origin = row.get("_origin") or f"prompt record {k}"
         if row.get("task") and row["task"] != task:
-            raise DataError(f"{origin}: the record's task is {row['task']!r} but the config's task is {task!r}; "
-                            f"set task: {row['task']} (a run trains one task)")
+            raise DataError(
+                f"{origin}: the record's task is {row['task']!r} but the config's task is {task!r}; "
+                f"set task: {row['task']} (a run trains one task)"
+            )
         if row.get(prompt_field) is not None:
             check_prompt(row[prompt_field], origin, prompt_field)
         cols = needs + (prompt_needs if row.get(prompt_field) is None else [])
@@ -451,9 +507,17 @@ class GRPOTrainer(Trainer):
 
     run_files = (METRICS_NAME, SAMPLES_NAME)
 
-    def __init__(self, cfg: GRPOConfig, model=None, tokenizer=None, train_rows: Sequence[dict] | None = None,
-                 eval_rows: Sequence[dict] | None = None, reward_funcs: Sequence[Callable] | None = None,
-                 reward_weights: Sequence[float] | None = None, runner_factory: Callable | None = None):
+    def __init__(
+        self,
+        cfg: GRPOConfig,
+        model=None,
+        tokenizer=None,
+        train_rows: Sequence[dict] | None = None,
+        eval_rows: Sequence[dict] | None = None,
+        reward_funcs: Sequence[Callable] | None = None,
+        reward_weights: Sequence[float] | None = None,
+        runner_factory: Callable | None = None,
+    ):
         n_micro = cfg.mini_batch // cfg.micro_batch
         # accelerate divides each micro-batch loss by the accumulation steps and calls
         # optimizer.step() for real only at the end of a window of n_micro micro-batches
@@ -477,8 +541,9 @@ class GRPOTrainer(Trainer):
         self._setup_model(model, tokenizer)
         self._setup_rewards(reward_funcs, reward_weights)
         self.runner_factory = runner_factory or default_runner_factory
-        self.order = PromptOrder(len(self.train_rows), cfg.prompts_per_step, cfg.seed, acc.process_index,
-                                 acc.num_processes)
+        self.order = PromptOrder(
+            len(self.train_rows), cfg.prompts_per_step, cfg.seed, acc.process_index, acc.num_processes
+        )
         if self.resume_dir is not None:
             self._load_state(self.resume_dir)
         self.init_trackers()
@@ -512,8 +577,9 @@ class GRPOTrainer(Trainer):
 
         def make_opt(m):
             if cfg.optim == "sgd":
-                return torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=cfg.learning_rate,
-                                       weight_decay=cfg.weight_decay)
+                return torch.optim.SGD(
+                    [p for p in m.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+                )
             return make_optimizer(m, cfg)
 
         # one scheduler step per optimiser step
@@ -533,12 +599,14 @@ class GRPOTrainer(Trainer):
         if reward_funcs is None:
             from .metrics import tokenizer_counter
 
-            self.reward_funcs, self.reward_weights = R.build_reward_funcs(self.cfg,
-                                                                          count=tokenizer_counter(self.tokenizer))
+            self.reward_funcs, self.reward_weights = R.build_reward_funcs(
+                self.cfg, count=tokenizer_counter(self.tokenizer)
+            )
             return
         self.reward_funcs = list(reward_funcs)
-        self.reward_weights = [float(w) for w in reward_weights] if reward_weights is not None \
-            else [1.0] * len(self.reward_funcs)
+        self.reward_weights = (
+            [float(w) for w in reward_weights] if reward_weights is not None else [1.0] * len(self.reward_funcs)
+        )
         if len(self.reward_weights) != len(self.reward_funcs):
             raise ValueError(f"{len(self.reward_weights)} reward weights for {len(self.reward_funcs)} rewards")
 
@@ -550,8 +618,11 @@ class GRPOTrainer(Trainer):
             raise ValueError("config: model_name_or_path is not set")
         tokenizer, model, added = load_pretrained(cfg, cfg.model_name_or_path, model, tokenizer)
         if added:
-            log.warning("the policy's tokenizer lacked control tokens %s: added (untrained rows); GRPO normally "
-                        "starts from an SFT model that knows them", added)
+            log.warning(
+                "the policy's tokenizer lacked control tokens %s: added (untrained rows); GRPO normally "
+                "starts from an SFT model that knows them",
+                added,
+            )
         return tokenizer, model
 
     # -- rollouts ----------------------------------------------------------------
@@ -578,14 +649,18 @@ class GRPOTrainer(Trainer):
         from trl.models.utils import unwrap_model_for_generation
 
         prompts = [self.prompt_of(r) for r in rows]
-        with unwrap_model_for_generation(self.model, self.acc) as unwrapped, torch.no_grad(), \
-                DistributedBackend(self.acc).summon_full_params(self.model, recurse=False):
+        with (
+            unwrap_model_for_generation(self.model, self.acc) as unwrapped,
+            torch.no_grad(),
+            DistributedBackend(self.acc).summon_full_params(self.model, recurse=False),
+        ):
             was_training = unwrapped.training
             unwrapped.eval()
             try:
                 runner = self.runner_factory(unwrapped, self.tokenizer, self.cfg)
-                rollouts = runner.generate(prompts, n=n, temperature=temperature, top_p=self.cfg.top_p,
-                                           top_k=self.cfg.top_k, seed=seed)
+                rollouts = runner.generate(
+                    prompts, n=n, temperature=temperature, top_p=self.cfg.top_p, top_k=self.cfg.top_k, seed=seed
+                )
             finally:
                 unwrapped.train(was_training)
         if len(rollouts) != n * len(rows):
@@ -597,8 +672,9 @@ class GRPOTrainer(Trainer):
         special tokens (EOS, padding; control tags are ordinary added tokens and stay)."""
         return self.tokenizer.decode(rollout.completion_ids, skip_special_tokens=True)
 
-    def score(self, rows: Sequence[dict], rollouts: list, n: int,
-              texts: list[str] | None = None) -> tuple[torch.Tensor, dict]:
+    def score(
+        self, rows: Sequence[dict], rollouts: list, n: int, texts: list[str] | None = None
+    ) -> tuple[torch.Tensor, dict]:
         """Weighted reward per rollout and each component (unweighted) by name; the
         records' columns are passed as keyword lists, the rollouts as ``rollouts``."""
         prompts = [self.prompt_of(r) for r in rows for _ in range(n)]
@@ -607,8 +683,9 @@ class GRPOTrainer(Trainer):
         columns = {k: [r.get(k) for r in rows for _ in range(n)] for k in keys}
         if "task" not in columns:
             columns["task"] = [self.cfg.task] * len(completions)
-        total, parts = R.score(self.reward_funcs, self.reward_weights, prompts, completions,
-                               rollouts=rollouts, **columns)
+        total, parts = R.score(
+            self.reward_funcs, self.reward_weights, prompts, completions, rollouts=rollouts, **columns
+        )
         return torch.tensor(total, dtype=torch.float32), parts
 
     def make_batch(self, rows: Sequence[dict], rollouts: list) -> RolloutBatch:
@@ -617,8 +694,14 @@ class GRPOTrainer(Trainer):
         texts = [self.text_of(ro) for ro in rollouts]
         rewards, parts = self.score(rows, rollouts, G, texts)
         adv = group_advantages(rewards, G, self.cfg.scale_rewards)
-        return RolloutBatch(rollouts=list(rollouts), graphs=[r.graph for r in rollouts], rewards=rewards,
-                            advantages=adv, components=parts, texts=texts)
+        return RolloutBatch(
+            rollouts=list(rollouts),
+            graphs=[r.graph for r in rollouts],
+            rewards=rewards,
+            advantages=adv,
+            components=parts,
+            texts=texts,
+        )
 
     # -- optimisation -------------------------------------------------------------
 
@@ -629,10 +712,10 @@ class GRPOTrainer(Trainer):
         dev = self.acc.device
         mb = self.cfg.micro_batch
         for k in range(0, len(graphs), mb):
-            gs = graphs[k:k + mb]
+            gs = graphs[k : k + mb]
             b = {key: v.to(dev) for key, v in collate(gs, pad_id=self.tokenizer.pad_token_id).items()}
             lp = packed_logprobs(model, b).cpu()
-            out += [lp[j, :len(g)] for j, g in enumerate(gs)]
+            out += [lp[j, : len(g)] for j, g in enumerate(gs)]
         return out
 
     def prepare_old_and_ref(self, batch: RolloutBatch) -> None:
@@ -689,25 +772,35 @@ class GRPOTrainer(Trainer):
         statistics to ``sums`` and the gradient norm to ``grad_norms``."""
         cfg, acc, model = self.cfg, self.acc, self.model
         W = acc.num_processes
-        counts = torch.tensor([float(sum(int(batch.graphs[i].loss_mask.sum()) for i in idx)), float(len(idx))],
-                              device=acc.device)
+        counts = torch.tensor(
+            [float(sum(int(batch.graphs[i].loss_mask.sum()) for i in idx)), float(len(idx))], device=acc.device
+        )
         counts = acc.reduce(counts, reduction="sum") if W > 1 else counts
         n_tok, n_roll = float(counts[0]), float(counts[1])
         old_logprobs = batch.old_logprobs
         assert old_logprobs is not None  # set by prepare_old_and_ref
         for k in range(0, len(idx), cfg.micro_batch):
-            sl = idx[k:k + cfg.micro_batch]
+            sl = idx[k : k + cfg.micro_batch]
             with acc.accumulate(model):
                 loss, st = grpo_loss(
-                    model, [batch.graphs[i] for i in sl], batch.advantages[sl], [old_logprobs[i] for i in sl],
+                    model,
+                    [batch.graphs[i] for i in sl],
+                    batch.advantages[sl],
+                    [old_logprobs[i] for i in sl],
                     None if batch.ref_logprobs is None else [batch.ref_logprobs[i] for i in sl],
-                    epsilon_low=cfg.epsilon_low, epsilon_high=cfg.epsilon_high, beta=cfg.beta,
-                    normalization=cfg.loss_normalization, max_tokens=cfg.max_tokens_norm or cfg.max_new_tokens,
-                    num_tokens=n_tok, num_rollouts=n_roll, pad_id=self.tokenizer.pad_token_id,
+                    epsilon_low=cfg.epsilon_low,
+                    epsilon_high=cfg.epsilon_high,
+                    beta=cfg.beta,
+                    normalization=cfg.loss_normalization,
+                    max_tokens=cfg.max_tokens_norm or cfg.max_new_tokens,
+                    num_tokens=n_tok,
+                    num_rollouts=n_roll,
+                    pad_id=self.tokenizer.pad_token_id,
                     # x W: DDP averages gradients over processes; x n_micro: accelerate divides by
                     # the accumulation steps. The sum over micro-batches and processes is then
                     # exactly the mini-batch loss.
-                    scale=float(W * self.n_micro))
+                    scale=float(W * self.n_micro),
+                )
                 gn = self.backward_and_step(loss)
                 if gn is not None:
                     grad_norms.append(gn)
@@ -744,8 +837,9 @@ class GRPOTrainer(Trainer):
         if "correctness" in batch.components:
             out["accuracy"] = sum(v > 0 for v in batch.components["correctness"]) / n
         lim = Limits(self.cfg.max_depth, self.cfg.max_width)
-        out["format_valid"] = sum(R.format_outcome(t, r, lim).valid and not R.is_truncated(r)
-                                  for r, t in zip(batch.rollouts, texts)) / n
+        out["format_valid"] = (
+            sum(R.format_outcome(t, r, lim).valid and not R.is_truncated(r) for r, t in zip(batch.rollouts, texts)) / n
+        )
         reasons: dict[str, int] = {}
         for r in batch.rollouts:
             k = r.finish_reason
@@ -769,11 +863,29 @@ class GRPOTrainer(Trainer):
         """One line of metrics.jsonl and a short python log line (main process)."""
         with open(self.out / METRICS_NAME, "a", encoding="utf-8") as f:
             f.write(json.dumps(entry) + "\n")
-        keys = ("reward", "accuracy", "speedup", "fork_rate", "format_valid", "total_tokens", "critical_path", "kl",
-                "clip_fraction", "entropy", "eval/accuracy", "eval/speedup_mean_of_ratios", "eval/format_valid",
-                "eval/total_tokens", "time/rollout_s", "time/train_s")
-        log.info("step %d: %s", entry["step"], " ".join(
-            f"{k}={entry[k]:.4g}" for k in keys if isinstance(entry.get(k), float)))
+        keys = (
+            "reward",
+            "accuracy",
+            "speedup",
+            "fork_rate",
+            "format_valid",
+            "total_tokens",
+            "critical_path",
+            "kl",
+            "clip_fraction",
+            "entropy",
+            "eval/accuracy",
+            "eval/speedup_mean_of_ratios",
+            "eval/format_valid",
+            "eval/total_tokens",
+            "time/rollout_s",
+            "time/train_s",
+        )
+        log.info(
+            "step %d: %s",
+            entry["step"],
+            " ".join(f"{k}={entry[k]:.4g}" for k in keys if isinstance(entry.get(k), float)),
+        )
 
     def log_samples(self, rows: Sequence[dict], batch: RolloutBatch, step: int) -> None:
         """The first rollout of the first ``num_samples_to_log`` groups: samples.jsonl
@@ -787,18 +899,28 @@ class GRPOTrainer(Trainer):
             ro = batch.rollouts[i]
             text = batch.texts[i] if batch.texts else self.text_of(ro)
             st = R.rollout_stats(ro, text)
-            records.append({"step": step, "prompt": self.prompt_of(rows[i // G]), "completion": text,
-                            "reward": float(batch.rewards[i]), "advantage": float(batch.advantages[i]),
-                            **{f"reward/{n}": float(v[i]) for n, v in batch.components.items()},
-                            "total_tokens": st["total_tokens"], "critical_path": st["critical_path"],
-                            "blocks": st["blocks"], "finish_reason": ro.finish_reason})
+            records.append(
+                {
+                    "step": step,
+                    "prompt": self.prompt_of(rows[i // G]),
+                    "completion": text,
+                    "reward": float(batch.rewards[i]),
+                    "advantage": float(batch.advantages[i]),
+                    **{f"reward/{n}": float(v[i]) for n, v in batch.components.items()},
+                    "total_tokens": st["total_tokens"],
+                    "critical_path": st["critical_path"],
+                    "blocks": st["blocks"],
+                    "finish_reason": ro.finish_reason,
+                }
+            )
         with open(self.out / SAMPLES_NAME, "a", encoding="utf-8") as f:
             for rec in records:
                 f.write(json.dumps(rec) + "\n")
         if "wandb" in self.cfg.report_to and records:
             cols = list(records[0])
-            self.acc.get_tracker("wandb").log_table("samples", columns=cols,
-                                                    data=[[r.get(c) for c in cols] for r in records], step=step)
+            self.acc.get_tracker("wandb").log_table(
+                "samples", columns=cols, data=[[r.get(c) for c in cols] for r in records], step=step
+            )
 
     # -- the loop --------------------------------------------------------------------
 
@@ -807,16 +929,26 @@ class GRPOTrainer(Trainer):
         cfg, acc = self.cfg, self.acc
         rows = [self.train_rows[i] for i in self.order.indices(self.global_step)]
         t0 = time.perf_counter()
-        rollouts = self.generate(rows, cfg.num_generations, cfg.temperature,
-                                 step_seeds(cfg.seed, self.global_step, acc.process_index, cfg.prompts_per_step))
+        rollouts = self.generate(
+            rows,
+            cfg.num_generations,
+            cfg.temperature,
+            step_seeds(cfg.seed, self.global_step, acc.process_index, cfg.prompts_per_step),
+        )
         t1 = time.perf_counter()
         batch = self.make_batch(rows, rollouts)
         metrics = self.rollout_metrics(batch)
         t2 = time.perf_counter()
         metrics.update(self.optimize(batch))
         t3 = time.perf_counter()
-        metrics.update({"time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/train_s": t3 - t2,
-                        "rollout_wall_s_mean": sum(r.wall_s for r in rollouts) / len(rollouts)})
+        metrics.update(
+            {
+                "time/rollout_s": t1 - t0,
+                "time/reward_s": t2 - t1,
+                "time/train_s": t3 - t2,
+                "rollout_wall_s_mean": sum(r.wall_s for r in rollouts) / len(rollouts),
+            }
+        )
         self.global_step += 1
         metrics = self._mean_over_processes(metrics)
         if self.global_step % cfg.logging_steps == 0:
@@ -828,10 +960,17 @@ class GRPOTrainer(Trainer):
         """Train until ``max_steps`` (from the resumed step), evaluating and
         checkpointing as configured; writes the final model."""
         cfg, acc = self.cfg, self.acc
-        log.info("GRPO: %d prompts, %d processes x %d prompts x %d generations per step, %d optimiser steps "
-                 "per step, %s rollouts, %d steps", len(self.train_rows), acc.num_processes, cfg.prompts_per_step,
-                 cfg.num_generations, cfg.optimizer_steps_per_step, "parallel" if cfg.parallel else "sequential",
-                 cfg.max_steps)
+        log.info(
+            "GRPO: %d prompts, %d processes x %d prompts x %d generations per step, %d optimiser steps "
+            "per step, %s rollouts, %d steps",
+            len(self.train_rows),
+            acc.num_processes,
+            cfg.prompts_per_step,
+            cfg.num_generations,
+            cfg.optimizer_steps_per_step,
+            "parallel" if cfg.parallel else "sequential",
+            cfg.max_steps,
+        )
         if self.eval_rows and cfg.eval_on_start and self.global_step == 0:
             self._log({"step": 0, **{f"eval/{k}": v for k, v in self.evaluate().items()}})
         last_eval = 0 if (self.eval_rows and cfg.eval_on_start) else -1
@@ -862,44 +1001,68 @@ class GRPOTrainer(Trainer):
 
         rows = list(rows if rows is not None else (self.eval_rows or []))
         if self.cfg.eval_num_prompts:
-            rows = rows[:self.cfg.eval_num_prompts]
+            rows = rows[: self.cfg.eval_num_prompts]
         acc = self.acc
         lim = Limits(self.cfg.max_depth, self.cfg.max_width)
         sums = torch.zeros(8, dtype=torch.float64)
-        for k, (idx, w) in enumerate(eval_shards(len(rows), self.cfg.eval_batch_size, acc.process_index,
-                                                 acc.num_processes)):
+        for k, (idx, w) in enumerate(
+            eval_shards(len(rows), self.cfg.eval_batch_size, acc.process_index, acc.num_processes)
+        ):
             chunk = [rows[i] for i in idx]
-            ros = self.generate(chunk, 1, self.cfg.eval_temperature,
-                                step_seeds(self.cfg.seed + 1, k, acc.process_index, len(chunk)))
+            ros = self.generate(
+                chunk, 1, self.cfg.eval_temperature, step_seeds(self.cfg.seed + 1, k, acc.process_index, len(chunk))
+            )
             texts = [self.text_of(ro) for ro in ros]
             _, parts = self.score(chunk, ros, 1, texts)
             correct = parts.get("correctness")
             if correct is None:  # custom rewards: verify with the task when the records allow it
                 try:
                     correct = R.Correctness(self.cfg.task)(
-                        [""] * len(ros), texts, **{c: [r.get(c) for r in chunk] for c in chunk[0] if not c.startswith("_")})
+                        [""] * len(ros),
+                        texts,
+                        **{c: [r.get(c) for r in chunk] for c in chunk[0] if not c.startswith("_")},
+                    )
                 except ValueError:
                     correct = [0.0] * len(ros)
             for j, ro in enumerate(ros):
                 s = R.rollout_stats(ro, texts[j])
                 valid = R.format_outcome(texts[j], ro, lim).valid and not s["truncated"]
-                sums += w[j] * torch.tensor([1.0, float(correct[j] > 0), float(valid), s["total_tokens"],
-                                             max(s["critical_path"], 1), s["speedup"], s["blocks"],
-                                             float(s["truncated"])], dtype=torch.float64)
+                sums += w[j] * torch.tensor(
+                    [
+                        1.0,
+                        float(correct[j] > 0),
+                        float(valid),
+                        s["total_tokens"],
+                        max(s["critical_path"], 1),
+                        s["speedup"],
+                        s["blocks"],
+                        float(s["truncated"]),
+                    ],
+                    dtype=torch.float64,
+                )
         if acc.num_processes > 1:
             sums = acc.reduce(sums.to(acc.device), reduction="sum").cpu()
         n = max(float(sums[0]), 1.0)
-        return {"n": float(sums[0]), "accuracy": float(sums[1]) / n, "format_valid": float(sums[2]) / n,
-                "total_tokens": float(sums[3]) / n, "critical_path": float(sums[4]) / n,
-                "speedup_mean_of_ratios": float(sums[5]) / n,
-                "speedup_ratio_of_means": float(sums[3]) / max(float(sums[4]), 1.0),
-                "blocks_per_rollout": float(sums[6]) / n, "truncated_rate": float(sums[7]) / n}
+        return {
+            "n": float(sums[0]),
+            "accuracy": float(sums[1]) / n,
+            "format_valid": float(sums[2]) / n,
+            "total_tokens": float(sums[3]) / n,
+            "critical_path": float(sums[4]) / n,
+            "speedup_mean_of_ratios": float(sums[5]) / n,
+            "speedup_ratio_of_means": float(sums[3]) / max(float(sums[4]), 1.0),
+            "blocks_per_rollout": float(sums[6]) / n,
+            "truncated_rate": float(sums[7]) / n,
+        }
 
     # -- checkpoints -------------------------------------------------------------------
 
     def state(self) -> dict:
-        return {"num_train_prompts": len(self.train_rows), "prompts_per_step": self.cfg.prompts_per_step,
-                "seed": self.cfg.seed}
+        return {
+            "num_train_prompts": len(self.train_rows),
+            "prompts_per_step": self.cfg.prompts_per_step,
+            "seed": self.cfg.seed,
+        }
 
     def _load_state(self, ckpt: Path) -> None:
         self.load_checkpoint(ckpt, self.state(), "prompts and step layout")
@@ -907,26 +1070,43 @@ class GRPOTrainer(Trainer):
             for name in (METRICS_NAME, SAMPLES_NAME):
                 p = self.out / name
                 if p.exists():
-                    keep = [line for line in p.read_text(encoding="utf-8").splitlines()
-                            if line.strip() and json.loads(line).get("step", 0) <= self.global_step]
+                    keep = [
+                        line
+                        for line in p.read_text(encoding="utf-8").splitlines()
+                        if line.strip() and json.loads(line).get("step", 0) <= self.global_step
+                    ]
                     p.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
     def card(self, metrics: dict | None = None) -> dict:
         """Card for :func:`parallel_reason.hub.render_model_card`."""
         cfg = self.cfg
         rewards = " + ".join(f"{w:g} x {R.reward_name(f)}" for f, w in zip(self.reward_funcs, self.reward_weights))
-        summary = (f"Trained with P-GRPO (parallel_reason): groups of {cfg.num_generations} fork/join rollouts per "
-                   f"prompt from the runner, PPO-clipped token loss (clip {cfg.epsilon_low}/{cfg.epsilon_high}, "
-                   f"{cfg.loss_normalization} normalisation) on the packed graph of every rollout; "
-                   f"reward = {rewards}.") if cfg.parallel else (
-                   f"Sequential GRPO baseline (parallel_reason, parallel: false): plain causal rollouts, the same "
-                   f"loss code; reward = {rewards}.")
-        return {"model_name": cfg.model_card_name or self.out.name, "stage": "grpo",
-                "base_model": cfg.model_name_or_path or None,
-                "datasets": [d for d in (cfg.train_data,) if d], "mode": "parallel" if cfg.parallel else "sequential",
-                "join": cfg.join or model_join(self.model), "summary": summary, "metrics": metrics or {},
-                "config": cfg.to_dict(), "thread_header": model_thread_header(self.model),
-                "extra": {"GRPO steps": self.global_step, "processes": self.acc.num_processes, "task": cfg.task}}
+        summary = (
+            (
+                f"Trained with P-GRPO (parallel_reason): groups of {cfg.num_generations} fork/join rollouts per "
+                f"prompt from the runner, PPO-clipped token loss (clip {cfg.epsilon_low}/{cfg.epsilon_high}, "
+                f"{cfg.loss_normalization} normalisation) on the packed graph of every rollout; "
+                f"reward = {rewards}."
+            )
+            if cfg.parallel
+            else (
+                f"Sequential GRPO baseline (parallel_reason, parallel: false): plain causal rollouts, the same "
+                f"loss code; reward = {rewards}."
+            )
+        )
+        return {
+            "model_name": cfg.model_card_name or self.out.name,
+            "stage": "grpo",
+            "base_model": cfg.model_name_or_path or None,
+            "datasets": [d for d in (cfg.train_data,) if d],
+            "mode": "parallel" if cfg.parallel else "sequential",
+            "join": cfg.join or model_join(self.model),
+            "summary": summary,
+            "metrics": metrics or {},
+            "config": cfg.to_dict(),
+            "thread_header": model_thread_header(self.model),
+            "extra": {"GRPO steps": self.global_step, "processes": self.acc.num_processes, "task": cfg.task},
+        }
 
 
 @dataclass
@@ -942,9 +1122,18 @@ class GRPOResult:
 def default_runner_factory(model, tokenizer, cfg: GRPOConfig):
     """The HF fork/join runner configured from ``cfg`` (``parallel: false``: the
     sequential baseline, control tags are ordinary tokens)."""
-    return Runner(model, tokenizer, max_new_tokens=cfg.max_new_tokens, max_thread_tokens=cfg.max_thread_tokens,
-                  max_width=cfg.max_width, max_depth=cfg.max_depth, join=cfg.join,
-                  batch_size=cfg.generation_batch_size, parallel=cfg.parallel, constrained=cfg.constrained)
+    return Runner(
+        model,
+        tokenizer,
+        max_new_tokens=cfg.max_new_tokens,
+        max_thread_tokens=cfg.max_thread_tokens,
+        max_width=cfg.max_width,
+        max_depth=cfg.max_depth,
+        join=cfg.join,
+        batch_size=cfg.generation_batch_size,
+        parallel=cfg.parallel,
+        constrained=cfg.constrained,
+    )
 
 
 def train(cfg: GRPOConfig, **kwargs) -> GRPOResult:
@@ -958,7 +1147,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = [
-    "GRPOConfig", "GRPOResult", "GRPOTrainer", "NORMALIZATIONS", "PromptOrder", "RolloutBatch",
-    "default_runner_factory", "group_advantages", "grpo_loss", "load_prompts", "main", "parse_args",
-    "reduce_loss", "step_seeds", "token_loss", "train",
+    "GRPOConfig",
+    "GRPOResult",
+    "GRPOTrainer",
+    "NORMALIZATIONS",
+    "PromptOrder",
+    "RolloutBatch",
+    "default_runner_factory",
+    "group_advantages",
+    "grpo_loss",
+    "load_prompts",
+    "main",
+    "parse_args",
+    "reduce_loss",
+    "step_seeds",
+    "token_loss",
+    "train",
 ]

@@ -44,8 +44,16 @@ def _fmt(v: Any) -> str:
 
 
 #: order of the card's ``##`` sections (a refreshed card keeps this order)
-SECTION_ORDER = ("Training", "Results", "Evaluation", "Control-token grammar", "Usage", "Notes", "Reproduce",
-                 "Training config")
+SECTION_ORDER = (
+    "Training",
+    "Results",
+    "Evaluation",
+    "Control-token grammar",
+    "Usage",
+    "Notes",
+    "Reproduce",
+    "Training config",
+)
 
 #: columns of the evaluation table: (header, key of a record, format)
 EVAL_COLUMNS = [
@@ -67,7 +75,7 @@ EVAL_COLUMNS = [
 #: task -> code of an example prompt in the usage snippet
 _TASK_EXAMPLES = {
     "countdown": "task.prompt([3, 5, 7, 11], 24)",
-    "math": "task.prompt(\"Tom has 3 boxes of 12 pencils and gives away 7. How many are left?\")",
+    "math": 'task.prompt("Tom has 3 boxes of 12 pencils and gives away 7. How many are left?")',
 }
 
 
@@ -93,52 +101,92 @@ def usage_lines(card: dict) -> list[str]:
     config when the card has one) and the matching ``eval.benchmark`` command."""
     cfg = card.get("config") or {}
     path = card.get("repo_id") or "PATH"  # PATH: the local directory
-    parallel = (card.get("mode") or cfg.get("mode") or ("parallel" if cfg.get("parallel", True) else
-                                                        "sequential")) != "sequential"
+    parallel = (
+        card.get("mode") or cfg.get("mode") or ("parallel" if cfg.get("parallel", True) else "sequential")
+    ) != "sequential"
     join = card.get("join") or cfg.get("join") or "concat"
     kw = [f"max_new_tokens={int(cfg.get('max_new_tokens') or 1024)}"]
     if cfg.get("max_thread_tokens"):
         kw.append(f"max_thread_tokens={int(cfg['max_thread_tokens'])}")
-    kw += [f"max_width={cfg.get('max_width', 8)!r}", f"max_depth={cfg.get('max_depth', 2)!r}",
-           f"join={json.dumps(join)}"]
+    kw += [
+        f"max_width={cfg.get('max_width', 8)!r}",
+        f"max_depth={cfg.get('max_depth', 2)!r}",
+        f"join={json.dumps(join)}",
+    ]
     if not parallel:
         kw.append("parallel=False")
     task = _task(card)
     chat = bool(cfg.get("apply_chat_template"))
-    code = ["from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-            "from parallel_reason.runner import Runner"]
+    code = [
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        "from parallel_reason.runner import Runner",
+    ]
     if chat:
         code.append("from parallel_reason.data import render_prompt")
     if task:
         code.append("from parallel_reason.tasks import get_task")
-    code += ["", f"path = {json.dumps(path)}  # hub id or local directory",
-             "tok = AutoTokenizer.from_pretrained(path)",
-             "model = AutoModelForCausalLM.from_pretrained(path).eval()  # .to(\"cuda\") on a GPU",
-             f"runner = Runner(model, tok, {', '.join(kw)})"]
+    code += [
+        "",
+        f"path = {json.dumps(path)}  # hub id or local directory",
+        "tok = AutoTokenizer.from_pretrained(path)",
+        'model = AutoModelForCausalLM.from_pretrained(path).eval()  # .to("cuda") on a GPU',
+        f"runner = Runner(model, tok, {', '.join(kw)})",
+    ]
     if task:
         code += [f"task = get_task({json.dumps(task)})", f"prompt = {_TASK_EXAMPLES[task]}"]
     else:
-        code.append("prompt = \"...\"  # a prompt formatted as in training")
+        code.append('prompt = "..."  # a prompt formatted as in training')
     if chat:
         code.append("prompt = render_prompt(prompt, tok, apply_chat_template=True)  # as in training")
-    code += ["rollouts = runner.generate([prompt], n=1, temperature=0.0, seed=0)  # greedy; n > 1: temperature > 0",
-             "r = rollouts[0]", "print(r.completion)",
-             "print(r.finish_reason, r.total_tokens, r.critical_path)  # sampled tokens, longest causal chain"]
+    code += [
+        "rollouts = runner.generate([prompt], n=1, temperature=0.0, seed=0)  # greedy; n > 1: temperature > 0",
+        "r = rollouts[0]",
+        "print(r.completion)",
+        "print(r.finish_reason, r.total_tokens, r.critical_path)  # sampled tokens, longest causal chain",
+    ]
     if task:
         code.append("print(task.extract_answer(r.completion))")
-    how = ("The runner forks one concurrent thread per outline of a `<Parallel>` block, writes the thread openers "
-           "and the join itself and batches the decode steps of all live threads.") if parallel else (
-           "This is a sequential model: the runner decodes it with `parallel=False` (control tags are ordinary "
-           "tokens, nothing is forked).")
-    lines = ["Decode with the fork/join runner of `parallel_reason` (install this project: `pip install -e .` "
-             "in its repository). " + how, "", "```python", *code, "```", ""]
+    how = (
+        (
+            "The runner forks one concurrent thread per outline of a `<Parallel>` block, writes the thread openers "
+            "and the join itself and batches the decode steps of all live threads."
+        )
+        if parallel
+        else (
+            "This is a sequential model: the runner decodes it with `parallel=False` (control tags are ordinary "
+            "tokens, nothing is forked)."
+        )
+    )
+    lines = [
+        "Decode with the fork/join runner of `parallel_reason` (install this project: `pip install -e .` "
+        "in its repository). " + how,
+        "",
+        "```python",
+        *code,
+        "```",
+        "",
+    ]
     bench = ["python -m eval.benchmark", f"--model {path}"]
-    bench += [f"--task {task}" if task else "--task TASK", "--data test.jsonl",
-              f"--mode {'parallel' if parallel else 'sequential'}", "--out runs/eval"]
-    lines += ["Benchmark (accuracy, total tokens, critical path, speedup; `results.jsonl` + `summary.json`):", "",
-              "```bash", " ".join(bench), "```", ""]
-    lines += ["A plain `model.generate` call decodes one linear sequence: it never forks the threads, and the "
-              "thread openers and the join, which the runner writes, were never trained.", ""]
+    bench += [
+        f"--task {task}" if task else "--task TASK",
+        "--data test.jsonl",
+        f"--mode {'parallel' if parallel else 'sequential'}",
+        "--out runs/eval",
+    ]
+    lines += [
+        "Benchmark (accuracy, total tokens, critical path, speedup; `results.jsonl` + `summary.json`):",
+        "",
+        "```bash",
+        " ".join(bench),
+        "```",
+        "",
+    ]
+    lines += [
+        "A plain `model.generate` call decodes one linear sequence: it never forks the threads, and the "
+        "thread openers and the join, which the runner writes, were never trained.",
+        "",
+    ]
     return lines
 
 
@@ -150,26 +198,36 @@ def reproduce_lines(card: dict) -> list[str]:
         return []
     stage = _stage(card)
     recipe = "recipes/grpo.py" if stage == "grpo" else "recipes/sft.py"
-    lines = ["From a checkout of `parallel_reason`, write the training config of this card (the YAML block below) "
-             "to `config.yaml`, then run the recipe (`--push_to_hub false`: do not publish the rerun):", "",
-             "```bash",
-             "python -c \"import sys, yaml; from parallel_reason.hub import read_card_config; "
-             "yaml.safe_dump(read_card_config(sys.argv[1]), open('config.yaml', 'w'), sort_keys=False)\" README.md",
-             f"accelerate launch {recipe} --config config.yaml --push_to_hub false",
-             f"# several GPUs: accelerate launch --config_file configs/accelerate/ddp.yaml {recipe} "
-             "--config config.yaml --push_to_hub false",
-             "```", ""]
+    lines = [
+        "From a checkout of `parallel_reason`, write the training config of this card (the YAML block below) "
+        "to `config.yaml`, then run the recipe (`--push_to_hub false`: do not publish the rerun):",
+        "",
+        "```bash",
+        'python -c "import sys, yaml; from parallel_reason.hub import read_card_config; '
+        "yaml.safe_dump(read_card_config(sys.argv[1]), open('config.yaml', 'w'), sort_keys=False)\" README.md",
+        f"accelerate launch {recipe} --config config.yaml --push_to_hub false",
+        f"# several GPUs: accelerate launch --config_file configs/accelerate/ddp.yaml {recipe} "
+        "--config config.yaml --push_to_hub false",
+        "```",
+        "",
+    ]
     notes = []
     if cfg.get("generate_data"):
-        notes.append(f"Missing `train_data` / `eval_data` files are generated first with "
-                     f"`python -m data_gen.{cfg['generate_data']}` (seeded, so the rerun sees the same problems).")
+        notes.append(
+            f"Missing `train_data` / `eval_data` files are generated first with "
+            f"`python -m data_gen.{cfg['generate_data']}` (seeded, so the rerun sees the same problems)."
+        )
     base = str(cfg.get("model_name_or_path") or "")
     if stage == "grpo":
-        notes.append(f"GRPO starts from `model_name_or_path` (`{base}`), the SFT model: when that is a local "
-                     "directory, run the SFT recipe first (its own card holds its config).")
+        notes.append(
+            f"GRPO starts from `model_name_or_path` (`{base}`), the SFT model: when that is a local "
+            "directory, run the SFT recipe first (its own card holds its config)."
+        )
     elif base == "tiny":
-        notes.append("`model_name_or_path: tiny` builds the tiny Qwen2 and its BPE tokenizer from the training "
-                     "data, so the rerun needs no download.")
+        notes.append(
+            "`model_name_or_path: tiny` builds the tiny Qwen2 and its BPE tokenizer from the training "
+            "data, so the rerun needs no download."
+        )
     for n in notes:
         lines.append(f"- {n}")
     if notes:
@@ -185,18 +243,27 @@ def eval_lines(records: list[dict]) -> list[str]:
     optional = ("pass_at_k", "speedup_vs_baseline_ratio_of_means")  # shown when a run has them
     cols = [c for c in EVAL_COLUMNS if c[1] not in optional or any(r.get(c[1]) for r in records)]
     lines = markdown_table(records, cols)
-    lines += ["", "Accuracy: mean correctness over every sample (= pass@1). Total tokens: sampled tokens of a "
-              "rollout, all threads together; critical path: sampled tokens on its longest causal chain; "
-              "speedup: total tokens / critical path of the same sample."]
+    lines += [
+        "",
+        "Accuracy: mean correctness over every sample (= pass@1). Total tokens: sampled tokens of a "
+        "rollout, all threads together; critical path: sampled tokens on its longest causal chain; "
+        "speedup: total tokens / critical path of the same sample.",
+    ]
     if any("speedup_vs_baseline_ratio_of_means" in r for r in records):
         base = next((r["name"] for r in records if r.get("is_baseline")), "the sequential run")
-        lines += ["", f"vs seq: mean total tokens of the sequential baseline `{base}` / mean critical path, on the "
-                  "problems both runs hold."]
+        lines += [
+            "",
+            f"vs seq: mean total tokens of the sequential baseline `{base}` / mean critical path, on the "
+            "problems both runs hold.",
+        ]
     lines.append("")
     for rec in records:
         dec = rec.get("decoding") or {}
-        bits = [f"{k} {dec[k]}" for k in ("temperature", "samples", "max_new_tokens", "max_width", "max_depth")
-                if dec.get(k) is not None]
+        bits = [
+            f"{k} {dec[k]}"
+            for k in ("temperature", "samples", "max_new_tokens", "max_width", "max_depth")
+            if dec.get(k) is not None
+        ]
         head = f"- `{rec['name']}`" + (f" ({', '.join(bits)})" if bits else "")
         lines.append(head + (f": `{rec['command']}`" if rec.get("command") else ""))
     lines.append("")
@@ -225,16 +292,23 @@ def render_model_card(card: dict, tokenizer=None) -> str:
     default_summary = (
         "A causal language model fine-tuned with `parallel_reason` to reason in fork/join "
         "parallel threads: it writes a `<Parallel>` block with one outline per thread, the threads "
-        "are decoded concurrently by the runner, and the reasoning continues after the join.")
+        "are decoded concurrently by the runner, and the reasoning continues after the join."
+    )
     if card.get("mode") == "sequential":
         default_summary = (
             "A causal language model fine-tuned with `parallel_reason` on linear (sequential) reasoning: "
             "the sequential baseline of the fork/join models. Its tokenizer carries the control tokens "
-            "below, but its training data had no `<Parallel>` block.")
+            "below, but its training data had no `<Parallel>` block."
+        )
     lines += [card.get("summary") or default_summary, ""]
     lines += ["## Training", ""]
-    rows = [("stage", card.get("stage", "sft")), ("base model", base), ("training data", ", ".join(map(str, card.get("datasets", [])))),
-            ("mode", card.get("mode")), ("join", card.get("join"))]
+    rows = [
+        ("stage", card.get("stage", "sft")),
+        ("base model", base),
+        ("training data", ", ".join(map(str, card.get("datasets", [])))),
+        ("mode", card.get("mode")),
+        ("join", card.get("join")),
+    ]
     lines += ["| | |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in rows if v not in (None, "")]
     lines.append("")
     metrics = card.get("metrics") or {}
@@ -245,31 +319,49 @@ def render_model_card(card: dict, tokenizer=None) -> str:
     ev = eval_lines(list(card.get("eval") or []))
     if ev:
         lines += ["## Evaluation", "", *ev]
-    lines += ["## Control-token grammar", "",
-              "Each tag below is one added token of the tokenizer (not a special token, so "
-              "`decode(..., skip_special_tokens=True)` keeps it):", "",
-              "| tag | token id |", "|---|---|"]
+    lines += [
+        "## Control-token grammar",
+        "",
+        "Each tag below is one added token of the tokenizer (not a special token, so "
+        "`decode(..., skip_special_tokens=True)` keeps it):",
+        "",
+        "| tag | token id |",
+        "|---|---|",
+    ]
     for tag in CONTROL_TAGS:
         tid = None
         if tokenizer is not None:
             t = tokenizer.convert_tokens_to_ids(tag)
             tid = t if t is not None and t != getattr(tokenizer, "unk_token_id", None) else "missing"
         lines.append(f"| `{tag}` | {tid if tid is not None else ''} |")
-    lines += ["", "```text", "...sequential reasoning...", "<Parallel>",
-              "<Outlines><Outline>1: plan of thread 1</Outline><Outline>2: plan of thread 2</Outline></Outlines>",
-              "<Thread>1: text of thread 1</Thread>", "<Thread>2: text of thread 2</Thread>", "</Parallel>",
-              "...sequential continuation, possibly more blocks...", "```", "",
-              "- The number of outlines is the number of threads; threads may nest blocks.",
-              "- A thread sees the shared prefix and the outlines, never its siblings.",
-              f"- The runner writes each thread's opener and the join (`\\n{PARALLEL_CLOSE}`) itself: those "
-              f"tokens were never trained. The model writes everything else, including each `{THREAD_CLOSE}`. "
-              + (f"Thread header `outline`: the opener is `\\n{THREAD_OPEN}` followed by the thread's own "
-                 "outline (`i: plan`), copied from the block; the mode is in `config.json` (`thread_header`) "
-                 "and the runner reads it." if card.get("thread_header") == "outline"
-                 else f"The opener is `\\n{THREAD_OPEN}i:`."),
-              f"- Join mode `{card.get('join') or 'concat'}`: after `{PARALLEL_CLOSE}` the continuation "
-              "sees the prefix and all threads re-read as one linear text (decodable by any engine "
-              "with prefix caching).", ""]
+    lines += [
+        "",
+        "```text",
+        "...sequential reasoning...",
+        "<Parallel>",
+        "<Outlines><Outline>1: plan of thread 1</Outline><Outline>2: plan of thread 2</Outline></Outlines>",
+        "<Thread>1: text of thread 1</Thread>",
+        "<Thread>2: text of thread 2</Thread>",
+        "</Parallel>",
+        "...sequential continuation, possibly more blocks...",
+        "```",
+        "",
+        "- The number of outlines is the number of threads; threads may nest blocks.",
+        "- A thread sees the shared prefix and the outlines, never its siblings.",
+        f"- The runner writes each thread's opener and the join (`\\n{PARALLEL_CLOSE}`) itself: those "
+        f"tokens were never trained. The model writes everything else, including each `{THREAD_CLOSE}`. "
+        + (
+            f"Thread header `outline`: the opener is `\\n{THREAD_OPEN}` followed by the thread's own "
+            "outline (`i: plan`), copied from the block; the mode is in `config.json` (`thread_header`) "
+            "and the runner reads it."
+            if card.get("thread_header") == "outline"
+            else f"The opener is `\\n{THREAD_OPEN}i:`."
+        ),
+        f"- Join mode `{card.get('join') or 'concat'}`: after `{PARALLEL_CLOSE}` the continuation "
+        "sees the prefix and all threads re-read as one linear text (decodable by any engine "
+        "with prefix caching).",
+        "",
+    ]
     lines += ["## Usage", "", *usage_lines(card)]
     extra = card.get("extra") or {}
     if extra:
@@ -293,9 +385,15 @@ def _plain(obj):
     return str(obj)
 
 
-def save_checkpoint(model, tokenizer, out_dir: str | os.PathLike, card: dict | None = None,
-                    state_dict: dict | None = None, merge_peft: bool = False,
-                    max_shard_size: str = "5GB") -> Path:
+def save_checkpoint(
+    model,
+    tokenizer,
+    out_dir: str | os.PathLike,
+    card: dict | None = None,
+    state_dict: dict | None = None,
+    merge_peft: bool = False,
+    max_shard_size: str = "5GB",
+) -> Path:
     """Write ``out_dir``: weights as safetensors, tokenizer, generation config and a
     ``README.md`` model card (see :func:`render_model_card`). Returns ``out_dir``.
 
@@ -346,7 +444,11 @@ def _save_generation_config(model, out: Path) -> None:
 
 def read_card_config(path: str | os.PathLike) -> dict | None:
     """The training config stored in a model card (``## Training config`` YAML block)."""
-    text = Path(path).read_text(encoding="utf-8") if Path(path).is_file() else (Path(path) / CARD_NAME).read_text(encoding="utf-8")
+    text = (
+        Path(path).read_text(encoding="utf-8")
+        if Path(path).is_file()
+        else (Path(path) / CARD_NAME).read_text(encoding="utf-8")
+    )
     marker = "## Training config"
     if marker not in text:
         return None
@@ -422,8 +524,13 @@ def _card_fields(text: str) -> dict:
     return {k: v for k, v in fields.items() if v is not None}
 
 
-def refresh_model_card(text: str | None, repo_id: str | None = None, evals: Sequence[dict] = (),
-                       tokenizer=None, model_name: str | None = None) -> str:
+def refresh_model_card(
+    text: str | None,
+    repo_id: str | None = None,
+    evals: Sequence[dict] = (),
+    tokenizer=None,
+    model_name: str | None = None,
+) -> str:
     """The card ``text`` (as :func:`save_checkpoint` wrote it) brought up to date for
     publishing: everything it holds is kept, and the sections this module writes are
     (re)rendered: ``Usage`` (runner snippet for ``repo_id``), ``Control-token grammar``
@@ -431,8 +538,14 @@ def refresh_model_card(text: str | None, repo_id: str | None = None, evals: Sequ
     when ``evals`` records (:func:`eval_records`) are given, ``Evaluation``. Without ``text`` a fresh card is
     rendered (it then has no training recipe)."""
     if not text or not text.strip():
-        return render_model_card({"model_name": model_name or (repo_id or "").split("/")[-1] or None,
-                                  "repo_id": repo_id, "eval": list(evals)}, tokenizer)
+        return render_model_card(
+            {
+                "model_name": model_name or (repo_id or "").split("/")[-1] or None,
+                "repo_id": repo_id,
+                "eval": list(evals),
+            },
+            tokenizer,
+        )
     fields = _card_fields(text)
     card = {**fields, "repo_id": repo_id, "eval": list(evals)}
     _, fresh = _split_sections(render_model_card(card, tokenizer))
@@ -464,8 +577,9 @@ def eval_records(eval_dirs: Sequence[str | os.PathLike], repo_id: str | None = N
         path = Path(d)
         sp = path / summary_name
         if not sp.is_file():
-            raise PushError(f"--eval {path}: no {summary_name} (write it with python -m eval.benchmark ... "
-                            f"--out {path})")
+            raise PushError(
+                f"--eval {path}: no {summary_name} (write it with python -m eval.benchmark ... --out {path})"
+            )
         try:
             summary = json.loads(sp.read_bytes().decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -482,8 +596,9 @@ def eval_records(eval_dirs: Sequence[str | os.PathLike], repo_id: str | None = N
     records = []
     for _path, name, summary in runs:
         rec = {k: summary.get(k) for _, k, _ in EVAL_COLUMNS if k in summary}
-        rec.update(name=name, task=summary.get("task"), mode=summary.get("mode"),
-                   decoding=summary.get("decoding") or {})
+        rec.update(
+            name=name, task=summary.get("task"), mode=summary.get("mode"), decoding=summary.get("decoding") or {}
+        )
         argv = summary.get("argv")
         if isinstance(argv, list):
             rec["command"] = "python -m eval.benchmark " + shlex.join(_portable_argv(argv, repo_id, name))
@@ -535,12 +650,32 @@ class PushFailed(RuntimeError):
 
 #: never uploaded: trainer/optimizer state, checkpoints, temporary and cache files
 IGNORE_PATTERNS = [
-    "checkpoint-*", "*/checkpoint-*",
-    "accelerate_state", "accelerate_state/*", "*/accelerate_state/*",
-    "trainer_state.json", "*/trainer_state.json", "training_args.bin", "*/training_args.bin",
-    "*optimizer*", "*scheduler*.pt", "*scheduler*.bin", "*rng_state*", "*random_states*", "*scaler.pt",
-    "*.tmp", "*.lock", "*.pyc", "__pycache__/*", "*/__pycache__/*", ".DS_Store", "*/.DS_Store",
-    ".cache/*", ".git/*", "logs/*", "wandb/*",
+    "checkpoint-*",
+    "*/checkpoint-*",
+    "accelerate_state",
+    "accelerate_state/*",
+    "*/accelerate_state/*",
+    "trainer_state.json",
+    "*/trainer_state.json",
+    "training_args.bin",
+    "*/training_args.bin",
+    "*optimizer*",
+    "*scheduler*.pt",
+    "*scheduler*.bin",
+    "*rng_state*",
+    "*random_states*",
+    "*scaler.pt",
+    "*.tmp",
+    "*.lock",
+    "*.pyc",
+    "__pycache__/*",
+    "*/__pycache__/*",
+    ".DS_Store",
+    "*/.DS_Store",
+    ".cache/*",
+    ".git/*",
+    "logs/*",
+    "wandb/*",
 ]
 
 #: suffixes of pickled files: they can run code when loaded, so they are refused
@@ -551,8 +686,13 @@ GENERATION_CONFIG = "generation_config.json"
 #: files of an earlier push to the same repo that this upload replaces (removed first
 #: when the new folder does not have them): a stale adapter_config.json would make
 #: transformers load the repo as an adapter, a stale shard index would shadow the weights
-REPLACED_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "adapter_config.json", "adapter_model.*",
-                     GENERATION_CONFIG]
+REPLACED_PATTERNS = [
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "adapter_config.json",
+    "adapter_model.*",
+    GENERATION_CONFIG,
+]
 
 
 def upload_files(model_dir: str | os.PathLike) -> list[str]:
@@ -589,9 +729,11 @@ def check_folder(model_dir: str | os.PathLike) -> FolderCheck:
     files = upload_files(root)
     for f in files:
         if f.endswith(PICKLE_SUFFIXES):
-            raise PushError(f"{root / f}: pickled file ({Path(f).suffix}) refused: pickles run code when loaded; "
-                            "save weights as safetensors (parallel_reason.hub.save_checkpoint or "
-                            "save_pretrained(..., safe_serialization=True)) and remove it")
+            raise PushError(
+                f"{root / f}: pickled file ({Path(f).suffix}) refused: pickles run code when loaded; "
+                "save weights as safetensors (parallel_reason.hub.save_checkpoint or "
+                "save_pretrained(..., safe_serialization=True)) and remove it"
+            )
     top = {f for f in files if "/" not in f}
     model_cfg: dict = {}
     if "config.json" in top:
@@ -604,8 +746,10 @@ def check_folder(model_dir: str | os.PathLike) -> FolderCheck:
             if not shards or missing:
                 raise PushError(f"{index}: shard(s) {missing or '(none listed)'} missing from {root}")
         elif not any(f.endswith(".safetensors") for f in top):
-            raise PushError(f"{root}: no *.safetensors weights next to config.json "
-                            "(model.safetensors or model.safetensors.index.json + shards)")
+            raise PushError(
+                f"{root}: no *.safetensors weights next to config.json "
+                "(model.safetensors or model.safetensors.index.json + shards)"
+            )
     elif "adapter_config.json" in top:
         kind = "adapter"
         _read_json(root / "adapter_config.json")
@@ -614,8 +758,10 @@ def check_folder(model_dir: str | os.PathLike) -> FolderCheck:
     else:
         raise PushError(f"{root}: no config.json (a model) or adapter_config.json (a PEFT adapter)")
     if "tokenizer_config.json" not in top or not top & set(TOKENIZER_FILES):
-        raise PushError(f"{root}: tokenizer files missing (need tokenizer_config.json and one of "
-                        f"{', '.join(TOKENIZER_FILES)}); save the tokenizer with the model")
+        raise PushError(
+            f"{root}: tokenizer files missing (need tokenizer_config.json and one of "
+            f"{', '.join(TOKENIZER_FILES)}); save the tokenizer with the model"
+        )
     tokenizer = _load_tokenizer(root)
     _check_tags(root, tokenizer, model_cfg.get("vocab_size") if kind == "model" else None)
     gen = None
@@ -654,11 +800,15 @@ def _check_tags(root: Path, tokenizer, vocab_size: int | None) -> None:
         tid = tokenizer.convert_tokens_to_ids(tag)
         ids = tokenizer(tag, add_special_tokens=False)["input_ids"]
         if tid is None or tid == unk or list(ids) != [tid]:
-            raise PushError(f"{root}: the tokenizer encodes control tag {tag!r} as {len(ids)} tokens {list(ids)}, "
-                            "not one: add the tags with parallel_reason.tokens.add_control_tokens")
+            raise PushError(
+                f"{root}: the tokenizer encodes control tag {tag!r} as {len(ids)} tokens {list(ids)}, "
+                "not one: add the tags with parallel_reason.tokens.add_control_tokens"
+            )
         if vocab_size is not None and tid >= int(vocab_size):
-            raise PushError(f"{root}: control tag {tag!r} has token id {tid}, outside the model's embeddings "
-                            f"(config.json vocab_size {vocab_size}); resize them (add_control_tokens(tok, model))")
+            raise PushError(
+                f"{root}: control tag {tag!r} has token id {tid}, outside the model's embeddings "
+                f"(config.json vocab_size {vocab_size}); resize them (add_control_tokens(tok, model))"
+            )
 
 
 def _generation_config(root: Path, kind: str, tokenizer):
@@ -709,10 +859,17 @@ def _check_repo_id(repo_id: str | None) -> str:
     return str(repo_id)
 
 
-def push(model_dir: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None,
-         revision: str | None = None, commit_message: str | None = None,
-         eval_dirs: Sequence[str | os.PathLike] = (), create_pr: bool = False,
-         dry_run: bool = False) -> PushResult:
+def push(
+    model_dir: str | os.PathLike,
+    repo_id: str,
+    private: bool = False,
+    token: str | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    eval_dirs: Sequence[str | os.PathLike] = (),
+    create_pr: bool = False,
+    dry_run: bool = False,
+) -> PushResult:
     """Publish ``model_dir`` (as :func:`save_checkpoint` wrote it) to the model repo
     ``repo_id``.
 
@@ -736,8 +893,11 @@ def push(model_dir: str | os.PathLike, repo_id: str, private: bool = False, toke
     card_path = root / CARD_NAME
     old = card_path.read_text(encoding="utf-8") if card_path.is_file() else None
     if old is None or "## Training config" not in old:
-        log.warning("%s: no model card with a training config (not saved by parallel_reason.hub.save_checkpoint?); "
-                    "the published card will have no training recipe", root)
+        log.warning(
+            "%s: no model card with a training config (not saved by parallel_reason.hub.save_checkpoint?); "
+            "the published card will have no training recipe",
+            root,
+        )
     card = refresh_model_card(old, repo_id, records, check.tokenizer, model_name=repo_id.split("/")[-1])
     files = sorted(set(check.files) | {CARD_NAME} | ({GENERATION_CONFIG} if check.generation_config else set()))
     result = PushResult(repo_id, check.kind, files, card, bool(private), revision, dry_run)
@@ -748,11 +908,23 @@ def push(model_dir: str | os.PathLike, repo_id: str, private: bool = False, toke
 
         token = get_token()  # HF_TOKEN or the stored login
         if not token:
-            raise PushError("no Hugging Face token: set HF_TOKEN (or name another variable with --token-env) "
-                            "or log in with `hf auth login`")
+            raise PushError(
+                "no Hugging Face token: set HF_TOKEN (or name another variable with --token-env) "
+                "or log in with `hf auth login`"
+            )
     try:
-        result.url = _upload(root, repo_id, check, card, len(files), private, token, revision, create_pr,
-                             commit_message or f"Upload {check.kind} with parallel_reason.hub ({len(files)} files)")
+        result.url = _upload(
+            root,
+            repo_id,
+            check,
+            card,
+            len(files),
+            private,
+            token,
+            revision,
+            create_pr,
+            commit_message or f"Upload {check.kind} with parallel_reason.hub ({len(files)} files)",
+        )
     except Exception as e:  # noqa: BLE001 - the hub refused or could not be reached
         # the server's message may echo the token: never pass it on as it came
         raise PushFailed(redact(f"push to {repo_id} failed ({type(e).__name__}: {e})", [token])) from None
@@ -760,8 +932,18 @@ def push(model_dir: str | os.PathLike, repo_id: str, private: bool = False, toke
     return result
 
 
-def _upload(root: Path, repo_id: str, check: FolderCheck, card: str, n_files: int, private: bool, token: str,
-            revision: str | None, create_pr: bool, message: str) -> str:
+def _upload(
+    root: Path,
+    repo_id: str,
+    check: FolderCheck,
+    card: str,
+    n_files: int,
+    private: bool,
+    token: str,
+    revision: str | None,
+    create_pr: bool,
+    message: str,
+) -> str:
     """Write the card (and a missing generation config) into ``root``, upload it and
     return the commit URL. On failure ``root`` gets its old files back, so that a
     failed push leaves the folder as it was."""
@@ -779,9 +961,16 @@ def _upload(root: Path, repo_id: str, check: FolderCheck, card: str, n_files: in
         if revision and not create_pr:
             api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
         log.info("uploading %d files of %s to %s%s", n_files, root, repo_id, f"@{revision}" if revision else "")
-        info = api.upload_folder(folder_path=str(root), repo_id=repo_id, repo_type="model", revision=revision,
-                                 commit_message=message, create_pr=create_pr, ignore_patterns=list(IGNORE_PATTERNS),
-                                 delete_patterns=list(REPLACED_PATTERNS))
+        info = api.upload_folder(
+            folder_path=str(root),
+            repo_id=repo_id,
+            repo_type="model",
+            revision=revision,
+            commit_message=message,
+            create_pr=create_pr,
+            ignore_patterns=list(IGNORE_PATTERNS),
+            delete_patterns=list(REPLACED_PATTERNS),
+        )
     except BaseException:
         for p, data in saved.items():
             if data is None:
@@ -798,8 +987,10 @@ def require_token() -> None:
     from huggingface_hub import get_token
 
     if not get_token():
-        raise PushError("push_to_hub: no Hugging Face token: set HF_TOKEN or log in with `hf auth login` "
-                        "(or turn push_to_hub off and push later with python -m parallel_reason.hub push)")
+        raise PushError(
+            "push_to_hub: no Hugging Face token: set HF_TOKEN or log in with `hf auth login` "
+            "(or turn push_to_hub off and push later with python -m parallel_reason.hub push)"
+        )
 
 
 def push_trained(final_dir: str | os.PathLike, repo_id: str, private: bool = False) -> PushResult:
@@ -811,29 +1002,46 @@ def push_trained(final_dir: str | os.PathLike, repo_id: str, private: bool = Fal
     try:
         return push(target, repo_id, private=private)
     except Exception as e:
-        raise RuntimeError(f"push_to_hub: publishing {target} to {repo_id} failed ({type(e).__name__}: {e}); the "
-                           f"model is saved; retry with: python -m parallel_reason.hub push --model {target} "
-                           f"--repo-id {repo_id}{' --private' if private else ''}") from e
+        raise RuntimeError(
+            f"push_to_hub: publishing {target} to {repo_id} failed ({type(e).__name__}: {e}); the "
+            f"model is saved; retry with: python -m parallel_reason.hub push --model {target} "
+            f"--repo-id {repo_id}{' --private' if private else ''}"
+        ) from e
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m parallel_reason.hub",
-                                description="Publish a trained parallel_reason model on the Hugging Face Hub.")
+    p = argparse.ArgumentParser(
+        prog="python -m parallel_reason.hub",
+        description="Publish a trained parallel_reason model on the Hugging Face Hub.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
-    q = sub.add_parser("push", help="check a model folder, refresh its card and upload it",
-                       description="Check a saved model folder (safetensors, tokenizer with the control tokens, "
-                                   "generation config), refresh its model card and upload it.")
+    q = sub.add_parser(
+        "push",
+        help="check a model folder, refresh its card and upload it",
+        description="Check a saved model folder (safetensors, tokenizer with the control tokens, "
+        "generation config), refresh its model card and upload it.",
+    )
     q.add_argument("--model", required=True, help="model folder (e.g. runs/sft/NAME/final) or a PEFT adapter folder")
     q.add_argument("--repo-id", required=True, help="hub model repo, namespace/name (created when missing)")
-    q.add_argument("--private", action="store_true",
-                   help="create the repo private (an existing repo keeps its visibility)")
-    q.add_argument("--eval", nargs="+", action="extend", default=[], metavar="RUN_DIR",
-                   help="eval.benchmark run directories (summary.json) for the card's evaluation table")
+    q.add_argument(
+        "--private", action="store_true", help="create the repo private (an existing repo keeps its visibility)"
+    )
+    q.add_argument(
+        "--eval",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="RUN_DIR",
+        help="eval.benchmark run directories (summary.json) for the card's evaluation table",
+    )
     q.add_argument("--revision", default=None, help="branch to commit to (created when missing; default main)")
     q.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
     q.add_argument("--commit-message", default=None, help="default: 'Upload model with parallel_reason.hub (N files)'")
-    q.add_argument("--token-env", default="HF_TOKEN",
-                   help="environment variable holding the token (default HF_TOKEN; unset: the stored login)")
+    q.add_argument(
+        "--token-env",
+        default="HF_TOKEN",
+        help="environment variable holding the token (default HF_TOKEN; unset: the stored login)",
+    )
     q.add_argument("--dry-run", action="store_true", help="print the files and the card; write and upload nothing")
     return p
 
@@ -847,9 +1055,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: --token-env {args.token_env}: that environment variable is not set", file=sys.stderr)
         return 2
     try:
-        res = push(args.model, args.repo_id, private=args.private, token=token, revision=args.revision,
-                   commit_message=args.commit_message, eval_dirs=args.eval, create_pr=args.create_pr,
-                   dry_run=args.dry_run)
+        res = push(
+            args.model,
+            args.repo_id,
+            private=args.private,
+            token=token,
+            revision=args.revision,
+            commit_message=args.commit_message,
+            eval_dirs=args.eval,
+            create_pr=args.create_pr,
+            dry_run=args.dry_run,
+        )
     except PushError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -858,8 +1074,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.dry_run:
         root = Path(args.model)
-        print(f"dry run: would create {'private' if res.private else 'public'} repo {res.repo_id} and upload "
-              f"{len(res.files)} files of {root} ({res.kind}):")
+        print(
+            f"dry run: would create {'private' if res.private else 'public'} repo {res.repo_id} and upload "
+            f"{len(res.files)} files of {root} ({res.kind}):"
+        )
         for f in res.files:
             if f == CARD_NAME:
                 note = "refreshed: printed below"

@@ -69,8 +69,10 @@ def _hub_offline() -> bool:
 def _in_hub_cache(repo_id: str, revision: str | None) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
-    return any(isinstance(try_to_load_from_cache(repo_id, f, revision=revision), str)
-               for f in ("config.json", "adapter_config.json", "tokenizer_config.json"))
+    return any(
+        isinstance(try_to_load_from_cache(repo_id, f, revision=revision), str)
+        for f in ("config.json", "adapter_config.json", "tokenizer_config.json")
+    )
 
 
 def check_model_path(path: str, flag: str = "--model", revision: str | None = None) -> None:
@@ -97,8 +99,10 @@ def check_model_path(path: str, flag: str = "--model", revision: str | None = No
     if looks_local:
         raise InputError(f"{flag} {path}: no such folder (and not a hub repo id of the form namespace/name)")
     if _hub_offline() and not _in_hub_cache(path, revision):
-        raise InputError(f"{flag} {path}: no such local folder, and HF_HUB_OFFLINE is set so the hub id "
-                         "cannot be downloaded (it is not in the local cache)")
+        raise InputError(
+            f"{flag} {path}: no such local folder, and HF_HUB_OFFLINE is set so the hub id "
+            "cannot be downloaded (it is not in the local cache)"
+        )
 
 
 def parse_range(text: str) -> tuple:

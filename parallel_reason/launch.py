@@ -27,8 +27,22 @@ def generate_missing(generator: str | None, jobs: Sequence[tuple], mode: str) ->
         if not path or Path(path).exists():
             continue
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", f"data_gen.{generator}", "--n", str(n), "--seed", str(seed),
-               "--split", split, "--mode", mode, "--out", str(path), "--no-progress"]
+        cmd = [
+            sys.executable,
+            "-m",
+            f"data_gen.{generator}",
+            "--n",
+            str(n),
+            "--seed",
+            str(seed),
+            "--split",
+            split,
+            "--mode",
+            mode,
+            "--out",
+            str(path),
+            "--no-progress",
+        ]
         print("generating data:", " ".join(cmd), file=sys.stderr, flush=True)
         subprocess.run(cmd, check=True, cwd=root)
 

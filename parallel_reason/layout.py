@@ -41,6 +41,8 @@ def check_join(join: str) -> str:
     if join not in JOIN_MODES:
         raise ValueError(f"join mode {join!r} is not available; choose one of {JOIN_MODES}")
     return join
+
+
 #: what the runner writes after ``<Thread>``: ``index`` = ``"i:"``; ``outline`` = the
 #: thread's own outline (``"i: plan"``), copied from the block head, so a thread reads
 #: its plan locally instead of finding outline ``i`` among its siblings'
@@ -115,8 +117,9 @@ def _tag(tokenizer, tag: str) -> int:
     return int(tid)
 
 
-def tokenize_trajectory(traj: Trajectory | str, tokenizer, eos: bool = True,
-                        thread_header: str = "index") -> list[TItem]:
+def tokenize_trajectory(
+    traj: Trajectory | str, tokenizer, eos: bool = True, thread_header: str = "index"
+) -> list[TItem]:
     """Token tree of a well-formed completion (text or parsed). Separators the runner
     writes are canonicalised first (see :func:`parallel_reason.format.canonicalize`).
     With ``eos`` the tokenizer's EOS token is appended as a sampled token. With
@@ -155,12 +158,14 @@ def _tok_seq(parts: list, tok, thread_header: str = "index") -> list[TItem]:
 
 def _restated_body(parts: list, outline: str, header: str, i: int) -> list:
     """The thread's parts without the restatement of its outline (header mode ``outline``)."""
-    plan = outline[len(header):] if outline.startswith(header) else None
+    plan = outline[len(header) :] if outline.startswith(header) else None
     first = parts[0] if parts and isinstance(parts[0], str) else ""
     if plan is None or not first.startswith(plan):
-        raise ValueError(f"thread {i} does not restate its outline {outline!r} (thread_header: outline "
-                         f"needs '<Thread>{outline} ...'; data_gen.countdown --restate writes that form)")
-    rest = first[len(plan):]
+        raise ValueError(
+            f"thread {i} does not restate its outline {outline!r} (thread_header: outline "
+            f"needs '<Thread>{outline} ...'; data_gen.countdown --restate writes that form)"
+        )
+    rest = first[len(plan) :]
     return ([rest] if rest else []) + list(parts[1:])
 
 
@@ -170,7 +175,9 @@ def _tok_block(b: Block, tok, thread_header: str = "index") -> TBlock:
     outline_ids = []
     for i, o in enumerate(b.outlines):
         outline_ids.append(encode(tok, o))
-        head += encode(tok, b.outline_seps[i]) + [_tag(tok, OUTLINE_OPEN)] + outline_ids[-1] + [_tag(tok, OUTLINE_CLOSE)]
+        head += (
+            encode(tok, b.outline_seps[i]) + [_tag(tok, OUTLINE_OPEN)] + outline_ids[-1] + [_tag(tok, OUTLINE_CLOSE)]
+        )
     head += encode(tok, b.outline_seps[len(b.outlines)]) + [_tag(tok, OUTLINES_CLOSE)]
     threads = []
     for i, t in enumerate(b.threads, 1):
@@ -179,8 +186,9 @@ def _tok_block(b: Block, tok, thread_header: str = "index") -> TBlock:
             parts = _restated_body(parts, b.outlines[i - 1], t.header, i)
         body = _tok_seq(parts, tok, thread_header)
         _append_run(body, [_tag(tok, THREAD_CLOSE)], True)
-        threads.append(TThread(opener=opener_ids(tok, i, outline_ids[i - 1] if thread_header == "outline" else None),
-                               body=body))
+        threads.append(
+            TThread(opener=opener_ids(tok, i, outline_ids[i - 1] if thread_header == "outline" else None), body=body)
+        )
     return TBlock(head=head, threads=threads, closer=closer_ids(tok))
 
 
@@ -330,8 +338,14 @@ class _Builder:
         self.lp: list[float] = []
         self.has_lp = False
 
-    def chain(self, ids: Sequence[int], train: bool, parent: int, logprobs: Sequence[float] | None = None,
-              start: int | None = None) -> int:
+    def chain(
+        self,
+        ids: Sequence[int],
+        train: bool,
+        parent: int,
+        logprobs: Sequence[float] | None = None,
+        start: int | None = None,
+    ) -> int:
         """Append ``ids`` after node ``parent`` (positions from ``start``, default the
         parent's + 1); returns the last node."""
         if logprobs is not None:
@@ -433,13 +447,21 @@ def linear_graph(prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> Pa
     return build_graph(prompt_ids, [Run(list(completion_ids), True)] if completion_ids else [])
 
 
-def graph_from_text(prompt: str, completion: str, tokenizer, join: str = "concat", eos: bool = True,
-                    sequential: bool = False, thread_header: str = "index") -> PackedGraph:
+def graph_from_text(
+    prompt: str,
+    completion: str,
+    tokenizer,
+    join: str = "concat",
+    eos: bool = True,
+    sequential: bool = False,
+    thread_header: str = "index",
+) -> PackedGraph:
     """Convenience: text prompt + completion -> packed graph. With ``sequential`` the
     completion is trained as plain causal text (tags, if any, are ordinary tokens)."""
     prompt_ids = encode(tokenizer, prompt)
     if sequential:
         ids = encode(tokenizer, completion) + ([int(tokenizer.eos_token_id)] if eos else [])
         return linear_graph(prompt_ids, ids)
-    return build_graph(prompt_ids, tokenize_trajectory(completion, tokenizer, eos=eos, thread_header=thread_header),
-                       join)
+    return build_graph(
+        prompt_ids, tokenize_trajectory(completion, tokenizer, eos=eos, thread_header=thread_header), join
+    )

@@ -68,8 +68,9 @@ def url_secrets(url: str) -> list[str]:
     elif parts.username:
         found.append(parts.username)
     found += [v for k, v in urllib.parse.parse_qsl(parts.query) if _SECRET_PARAM_RE.match(k)]
-    return sorted({f for s in found for f in (s, urllib.parse.unquote(s), urllib.parse.quote(s, safe=""))},
-                  key=len, reverse=True)  # longest first: a form that contains another is replaced whole
+    return sorted(
+        {f for s in found for f in (s, urllib.parse.unquote(s), urllib.parse.quote(s, safe=""))}, key=len, reverse=True
+    )  # longest first: a form that contains another is replaced whole
 
 
 @dataclass
@@ -121,11 +122,21 @@ def _retry_after(value: str | None) -> float | None:
 class OpenAIClient:
     """Client of an OpenAI-compatible endpoint (``endpoint`` = "chat" or "completions")."""
 
-    def __init__(self, base_url: str, model: str, *, endpoint: str = "chat",
-                 api_key_env: str = DEFAULT_API_KEY_ENV, timeout: float = 120.0,
-                 max_retries: int = 6, backoff: float = 1.0, backoff_max: float = 60.0,
-                 headers: dict | None = None, seed: int | None = None,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        endpoint: str = "chat",
+        api_key_env: str = DEFAULT_API_KEY_ENV,
+        timeout: float = 120.0,
+        max_retries: int = 6,
+        backoff: float = 1.0,
+        backoff_max: float = 60.0,
+        headers: dict | None = None,
+        seed: int | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         if endpoint not in ("chat", "completions"):
             raise ValueError(f"endpoint must be 'chat' or 'completions', got {endpoint!r}")
         url = base_url.rstrip("/")
@@ -168,14 +179,24 @@ class OpenAIClient:
         self.close()
 
     def __repr__(self) -> str:  # never the key
-        return self._redact(f"OpenAIClient(url={self.url!r}, model={self.model!r}, "
-                            f"api_key_env={self.api_key_env!r}, key_set={self._api_key is not None})")
+        return self._redact(
+            f"OpenAIClient(url={self.url!r}, model={self.model!r}, "
+            f"api_key_env={self.api_key_env!r}, key_set={self._api_key is not None})"
+        )
 
     def _redact(self, text: str) -> str:
         return redact(text, [self._api_key, *self._url_secrets])
 
-    def body(self, prompt: str | list, *, system: str | None = None, max_tokens: int = 1024,
-             temperature: float = 0.0, stop: Sequence[str] | None = None, **extra) -> dict:
+    def body(
+        self,
+        prompt: str | list,
+        *,
+        system: str | None = None,
+        max_tokens: int = 1024,
+        temperature: float = 0.0,
+        stop: Sequence[str] | None = None,
+        **extra,
+    ) -> dict:
         """The JSON body of a request (also what the cache key is computed from)."""
         b: dict = {"model": self.model, "max_tokens": int(max_tokens), "temperature": float(temperature)}
         if self.endpoint == "chat":
@@ -209,7 +230,7 @@ class OpenAIClient:
                 attempt += 1
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
-        base = min(self.backoff_max, self.backoff * (2 ** attempt))
+        base = min(self.backoff_max, self.backoff * (2**attempt))
         with self._lock:
             d = base / 2 + self._rng.uniform(0, base / 2)  # "equal jitter"
         if retry_after is not None:
@@ -228,13 +249,17 @@ class OpenAIClient:
         except (httpx2.InvalidURL, httpx2.UnsupportedProtocol, httpx2.TooManyRedirects) as e:
             raise LLMError(self._redact(f"request to {self.url} failed: {type(e).__name__}: {e}")) from None
         except (httpx2.HTTPError, OSError) as e:  # timeouts, connection and protocol errors
-            raise LLMError(self._redact(f"request to {self.url} failed: {type(e).__name__}: {e}"),
-                           retryable=True) from None
+            raise LLMError(
+                self._redact(f"request to {self.url} failed: {type(e).__name__}: {e}"), retryable=True
+            ) from None
         status = resp.status_code
         if status >= 300:
             detail = resp.content[:2000].decode("utf-8", "replace")
-            err = LLMError(self._redact(f"HTTP {status} from {self.url}: {detail.strip()[:500]}"), status,
-                           retryable=status in RETRYABLE_STATUS or status >= 500)
+            err = LLMError(
+                self._redact(f"HTTP {status} from {self.url}: {detail.strip()[:500]}"),
+                status,
+                retryable=status in RETRYABLE_STATUS or status >= 500,
+            )
             ra = _retry_after(resp.headers.get("Retry-After"))
             if ra is not None:
                 err.retry_after = ra  # type: ignore[attr-defined]
@@ -242,8 +267,9 @@ class OpenAIClient:
         try:
             return json.loads(resp.content.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise LLMError(self._redact(f"invalid JSON from {self.url}: {resp.content[:200]!r}"),
-                           retryable=True) from None
+            raise LLMError(
+                self._redact(f"invalid JSON from {self.url}: {resp.content[:200]!r}"), retryable=True
+            ) from None
 
     def _parse(self, data: dict) -> Completion:
         try:
@@ -255,15 +281,22 @@ class OpenAIClient:
                 raise TypeError(type(text).__name__)
         except (KeyError, IndexError, TypeError) as e:
             if isinstance(data, dict) and "error" in data:
-                raise LLMError(self._redact(f"error from {self.url}: {json.dumps(data['error'])[:500]}"),
-                               retryable=True) from None
-            raise LLMError(self._redact(f"unexpected response from {self.url} ({type(e).__name__}: {e}): "
-                                        f"{json.dumps(data)[:300]}"), retryable=True) from None
+                raise LLMError(
+                    self._redact(f"error from {self.url}: {json.dumps(data['error'])[:500]}"), retryable=True
+                ) from None
+            raise LLMError(
+                self._redact(
+                    f"unexpected response from {self.url} ({type(e).__name__}: {e}): {json.dumps(data)[:300]}"
+                ),
+                retryable=True,
+            ) from None
         usage = data.get("usage") or {}
-        return Completion(text=text,
-                          prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                          completion_tokens=int(usage.get("completion_tokens") or 0),
-                          finish_reason=choice.get("finish_reason"))
+        return Completion(
+            text=text,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            finish_reason=choice.get("finish_reason"),
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -273,8 +306,15 @@ class OpenAIClient:
 class HFClient:
     """A local transformers causal LM. Calls are serialised (one generate at a time)."""
 
-    def __init__(self, model_name_or_path: str, *, device: str | None = None, dtype: str | None = None,
-                 model=None, tokenizer=None):
+    def __init__(
+        self,
+        model_name_or_path: str,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        model=None,
+        tokenizer=None,
+    ):
         self.model = model_name_or_path
         self._lock = threading.Lock()
         self.retries = 0
@@ -301,10 +341,24 @@ class HFClient:
     def __repr__(self) -> str:
         return f"HFClient(model={self.model!r})"
 
-    def body(self, prompt: str | list, *, system: str | None = None, max_tokens: int = 1024,
-             temperature: float = 0.0, stop: Sequence[str] | None = None, **extra) -> dict:
-        return {"model": self.model, "messages": _messages(prompt, system), "max_tokens": int(max_tokens),
-                "temperature": float(temperature), "stop": list(stop or []), **extra}
+    def body(
+        self,
+        prompt: str | list,
+        *,
+        system: str | None = None,
+        max_tokens: int = 1024,
+        temperature: float = 0.0,
+        stop: Sequence[str] | None = None,
+        **extra,
+    ) -> dict:
+        return {
+            "model": self.model,
+            "messages": _messages(prompt, system),
+            "max_tokens": int(max_tokens),
+            "temperature": float(temperature),
+            "stop": list(stop or []),
+            **extra,
+        }
 
     def render_prompt(self, prompt: str | list, system: str | None = None) -> str:
         """The text the model is given: the chat template when there is one."""
@@ -312,9 +366,17 @@ class HFClient:
             return self.tok.apply_chat_template(_messages(prompt, system), tokenize=False, add_generation_prompt=True)
         return _flat_prompt(prompt, system)
 
-    def complete(self, prompt: str | list, *, system: str | None = None, max_tokens: int = 1024,
-                 temperature: float = 0.0, stop: Sequence[str] | None = None, seed: int | None = None,
-                 **_ignored) -> Completion:
+    def complete(
+        self,
+        prompt: str | list,
+        *,
+        system: str | None = None,
+        max_tokens: int = 1024,
+        temperature: float = 0.0,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+        **_ignored,
+    ) -> Completion:
         import torch
 
         text = self.render_prompt(prompt, system)
@@ -343,8 +405,11 @@ def make_client(llm: str, model: str | None = None, **kw):
     """An :class:`OpenAIClient` when ``llm`` is an http(s) URL (``model`` is the model
     name sent to it), else a local :class:`HFClient` loading ``llm`` (a path or hub name)."""
     if re.match(r"https?://", llm):
-        http_kw = {k: v for k, v in kw.items() if k in ("endpoint", "api_key_env", "timeout", "max_retries",
-                                                      "backoff", "backoff_max", "headers", "seed")}
+        http_kw = {
+            k: v
+            for k, v in kw.items()
+            if k in ("endpoint", "api_key_env", "timeout", "max_retries", "backoff", "backoff_max", "headers", "seed")
+        }
         return OpenAIClient(llm, model or "default", **http_kw)
     hf_kw = {k: v for k, v in kw.items() if k in ("device", "dtype")}
     return HFClient(llm, **hf_kw)
@@ -366,7 +431,7 @@ _SAFE_RE = re.compile(r"[^A-Za-z0-9._-]+")
 def _safe(name: str, limit: int = 80) -> str:
     s = _SAFE_RE.sub("_", str(name)).strip("._") or "_"
     if len(s) > limit or s != str(name):
-        s = s[:limit - 17] + "-" + hashlib.sha1(str(name).encode()).hexdigest()[:16]
+        s = s[: limit - 17] + "-" + hashlib.sha1(str(name).encode()).hexdigest()[:16]
     return s
 
 
@@ -458,25 +523,39 @@ class LLM:
     Looks the call up in the cache first, calls the client otherwise, stores the
     answer atomically and counts tokens. Thread-safe."""
 
-    def __init__(self, client, cache: DiskCache | str | None = None, *,
-                 price_prompt_per_1k: float | None = None, price_completion_per_1k: float | None = None,
-                 defaults: dict | None = None):
+    def __init__(
+        self,
+        client,
+        cache: DiskCache | str | None = None,
+        *,
+        price_prompt_per_1k: float | None = None,
+        price_completion_per_1k: float | None = None,
+        defaults: dict | None = None,
+    ):
         self.client = client
         self.cache = DiskCache(cache) if isinstance(cache, (str, os.PathLike)) else cache
         self.usage = Usage(price_prompt_per_1k=price_prompt_per_1k, price_completion_per_1k=price_completion_per_1k)
         self.defaults = dict(defaults or {})
 
-    def __call__(self, prompt: str | list, *, record_id: str, step: str, system: str | None = None,
-                 **params) -> Completion:
+    def __call__(
+        self, prompt: str | list, *, record_id: str, step: str, system: str | None = None, **params
+    ) -> Completion:
         params = {**self.defaults, **params}
-        key = cache_key(self.client.model_name, {"system": system, "prompt": prompt},
-                        {**params, "endpoint": getattr(self.client, "endpoint", "local")})
+        key = cache_key(
+            self.client.model_name,
+            {"system": system, "prompt": prompt},
+            {**params, "endpoint": getattr(self.client, "endpoint", "local")},
+        )
         if self.cache is not None:
             hit = self.cache.get(record_id, step, key)
             if hit is not None:
-                c = Completion(text=hit["text"], prompt_tokens=int(hit.get("prompt_tokens", 0)),
-                               completion_tokens=int(hit.get("completion_tokens", 0)),
-                               finish_reason=hit.get("finish_reason"), cached=True)
+                c = Completion(
+                    text=hit["text"],
+                    prompt_tokens=int(hit.get("prompt_tokens", 0)),
+                    completion_tokens=int(hit.get("completion_tokens", 0)),
+                    finish_reason=hit.get("finish_reason"),
+                    cached=True,
+                )
                 self.usage.add(c)
                 return c
         try:
@@ -486,12 +565,24 @@ class LLM:
             raise
         self.usage.add(c)
         if self.cache is not None:
-            self.cache.put(record_id, step, key, {
-                "model": self.client.model_name, "record": record_id, "step": step,
-                "system": system, "prompt": prompt, "params": params,
-                "text": c.text, "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-                "finish_reason": c.finish_reason, "created": time.time(),
-            })
+            self.cache.put(
+                record_id,
+                step,
+                key,
+                {
+                    "model": self.client.model_name,
+                    "record": record_id,
+                    "step": step,
+                    "system": system,
+                    "prompt": prompt,
+                    "params": params,
+                    "text": c.text,
+                    "prompt_tokens": c.prompt_tokens,
+                    "completion_tokens": c.completion_tokens,
+                    "finish_reason": c.finish_reason,
+                    "created": time.time(),
+                },
+            )
         return c
 
 
@@ -536,10 +627,25 @@ def parse_json_answer(text: str, expect: type = dict):
         i = s.find(opener, i + 1)
         tries += 1
     excerpt = s[:120].replace("\n", " ")
-    raise JSONAnswerError(f"no JSON {'object' if expect is dict else 'array'} in the answer "
-                          f"({len(s)} chars): {excerpt!r}{'...' if len(s) > 120 else ''}")
+    raise JSONAnswerError(
+        f"no JSON {'object' if expect is dict else 'array'} in the answer "
+        f"({len(s)} chars): {excerpt!r}{'...' if len(s) > 120 else ''}"
+    )
 
 
-__all__ = ["Completion", "DEFAULT_API_KEY_ENV", "DiskCache", "HFClient", "JSONAnswerError", "LLM",
-           "LLMError", "OpenAIClient", "Usage", "cache_key", "make_client", "parse_json_answer", "redact",
-           "url_secrets"]
+__all__ = [
+    "Completion",
+    "DEFAULT_API_KEY_ENV",
+    "DiskCache",
+    "HFClient",
+    "JSONAnswerError",
+    "LLM",
+    "LLMError",
+    "OpenAIClient",
+    "Usage",
+    "cache_key",
+    "make_client",
+    "parse_json_answer",
+    "redact",
+    "url_secrets",
+]

@@ -24,8 +24,7 @@ def attn_implementation_of(model) -> str:
     return impl
 
 
-def packed_logprobs(model, batch: dict, select: torch.Tensor | None = None, return_entropy: bool = False,
-                    mask=None):
+def packed_logprobs(model, batch: dict, select: torch.Tensor | None = None, return_entropy: bool = False, mask=None):
     """Log-probs ``[B, L]`` (float32) of the selected tokens (default: ``loss_mask``),
     zero elsewhere; with ``return_entropy`` also the entropy of each selected token's
     predictive distribution ``[B, L]``."""
@@ -46,10 +45,16 @@ def packed_logprobs(model, batch: dict, select: torch.Tensor | None = None, retu
     if mask is None:
         impl = attn_implementation_of(unwrap_model(model))
         dtype = next(unwrap_model(model).parameters()).dtype
-        mask = attention_mask({k: v.to(device) for k, v in batch.items() if k in ("seg_id", "seg_vis")},
-                              impl, dtype=dtype)
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=batch["position_ids"].to(device),
-                logits_to_keep=keep, use_cache=False)
+        mask = attention_mask(
+            {k: v.to(device) for k, v in batch.items() if k in ("seg_id", "seg_vis")}, impl, dtype=dtype
+        )
+    out = model(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=batch["position_ids"].to(device),
+        logits_to_keep=keep,
+        use_cache=False,
+    )
     logits = out.logits.float()  # [B, N, V]
     V = logits.shape[-1]
     lp_sel = -F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), reduction="none").view(B, N)

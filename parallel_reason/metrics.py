@@ -149,7 +149,9 @@ def control_tag_ids(tokenizer) -> dict[int, str]:
     for tag in CONTROL_TAGS:
         tid = tokenizer.convert_tokens_to_ids(tag)
         if tid is None or tid == tokenizer.unk_token_id:
-            raise ValueError(f"tokenizer has no single token for {tag}; call parallel_reason.tokens.add_control_tokens first")
+            raise ValueError(
+                f"tokenizer has no single token for {tag}; call parallel_reason.tokens.add_control_tokens first"
+            )
         out[int(tid)] = tag
     return out
 

@@ -83,11 +83,23 @@ def rollout_stats(rollout=None, text: str | None = None, count: Counter = approx
     if rollout is not None:
         blocks, threads = block_counts(rollout.items)
         total, cp = int(rollout.total_tokens), int(rollout.critical_path)
-        return {"total_tokens": total, "critical_path": cp, "speedup": total / cp if cp else 1.0,
-                "blocks": blocks, "threads": threads, "truncated": is_truncated(rollout)}
+        return {
+            "total_tokens": total,
+            "critical_path": cp,
+            "speedup": total / cp if cp else 1.0,
+            "blocks": blocks,
+            "threads": threads,
+            "truncated": is_truncated(rollout),
+        }
     st = text_stats(text or "", count)
-    return {"total_tokens": st.total_tokens, "critical_path": st.critical_path, "speedup": st.speedup,
-            "blocks": st.blocks, "threads": st.threads, "truncated": False}
+    return {
+        "total_tokens": st.total_tokens,
+        "critical_path": st.critical_path,
+        "speedup": st.speedup,
+        "blocks": st.blocks,
+        "threads": st.threads,
+        "truncated": False,
+    }
 
 
 def is_truncated(rollout) -> bool:
@@ -164,8 +176,14 @@ class Acceleration:
 
     __name__ = "acceleration"
 
-    def __init__(self, factor: float = 0.5, clip: float = 0.2, task: str | None = "countdown",
-                 count: Counter = approx_count, correctness: Correctness | None = None):
+    def __init__(
+        self,
+        factor: float = 0.5,
+        clip: float = 0.2,
+        task: str | None = "countdown",
+        count: Counter = approx_count,
+        correctness: Correctness | None = None,
+    ):
         if clip < 0 or factor < 0:
             raise ValueError(f"acceleration factor and clip must be >= 0, got factor={factor}, clip={clip}")
         self.factor = float(factor)
@@ -216,8 +234,15 @@ class FormatReward:
 
     __name__ = "format"
 
-    def __init__(self, valid: float = 1.0, invalid: float = 0.0, truncated: float = 0.0,
-                 no_block: float | None = None, max_depth: int | None = None, max_width: int | None = None):
+    def __init__(
+        self,
+        valid: float = 1.0,
+        invalid: float = 0.0,
+        truncated: float = 0.0,
+        no_block: float | None = None,
+        max_depth: int | None = None,
+        max_width: int | None = None,
+    ):
         self.values = dict(valid=float(valid), invalid=float(invalid), truncated=float(truncated))
         self.no_block = None if no_block is None else float(no_block)
         self.limits = Limits(max_depth=max_depth, max_width=max_width)
@@ -263,6 +288,7 @@ def build_reward_funcs(spec, count: Counter = approx_count) -> tuple[list[Reward
     :class:`RewardSpec` fields). Entries of ``spec.rewards`` are names
     (``correctness``, ``acceleration``, ``format``) or callables (custom rewards
     with the same signature)."""
+
     def g(k: str, d: Any = None) -> Any:
         return getattr(spec, k, d)
 
@@ -274,11 +300,22 @@ def build_reward_funcs(spec, count: Counter = approx_count) -> tuple[list[Reward
         elif r == "correctness":
             funcs.append(correctness)
         elif r == "acceleration":
-            funcs.append(Acceleration(g("acceleration_factor", 0.5), g("acceleration_clip", 0.2),
-                                      count=count, correctness=correctness))
+            funcs.append(
+                Acceleration(
+                    g("acceleration_factor", 0.5), g("acceleration_clip", 0.2), count=count, correctness=correctness
+                )
+            )
         elif r == "format":
-            funcs.append(FormatReward(g("format_valid", 1.0), g("format_invalid", 0.0), g("format_truncated", 0.0),
-                                      g("format_no_block"), g("max_depth"), g("max_width")))
+            funcs.append(
+                FormatReward(
+                    g("format_valid", 1.0),
+                    g("format_invalid", 0.0),
+                    g("format_truncated", 0.0),
+                    g("format_no_block"),
+                    g("max_depth"),
+                    g("max_width"),
+                )
+            )
         else:
             raise ValueError(f"unknown reward {r!r}; choose among correctness, acceleration, format or pass a callable")
     weights = g("reward_weights")
@@ -292,8 +329,9 @@ def reward_name(fn) -> str:
     return getattr(fn, "__name__", None) or type(fn).__name__
 
 
-def score(funcs: Sequence[RewardFunc], weights: Sequence[float], prompts: list, completions: list,
-          **kwargs) -> tuple[list[float], dict[str, list[float]]]:
+def score(
+    funcs: Sequence[RewardFunc], weights: Sequence[float], prompts: list, completions: list, **kwargs
+) -> tuple[list[float], dict[str, list[float]]]:
     """Run every reward function; returns the weighted sum per completion and each
     component (unweighted) by name. A component that returns None for an entry (TRL's
     "not applicable") contributes 0; a non-finite value is an error."""
@@ -319,7 +357,20 @@ def score(funcs: Sequence[RewardFunc], weights: Sequence[float], prompts: list, 
 
 
 __all__ = [
-    "Acceleration", "Correctness", "FormatReward", "FormatOutcome", "MALFORMED", "RewardSpec", "TRUNCATED",
-    "acceleration_value", "build_reward_funcs", "completion_text", "format_outcome", "is_malformed_stop",
-    "is_truncated", "reward_name", "rollout_stats", "score",
+    "Acceleration",
+    "Correctness",
+    "FormatReward",
+    "FormatOutcome",
+    "MALFORMED",
+    "RewardSpec",
+    "TRUNCATED",
+    "acceleration_value",
+    "build_reward_funcs",
+    "completion_text",
+    "format_outcome",
+    "is_malformed_stop",
+    "is_truncated",
+    "reward_name",
+    "rollout_stats",
+    "score",
 ]

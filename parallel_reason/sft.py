@@ -61,8 +61,11 @@ class SFTConfig(TrainConfig):
     recipe = "recipes/sft.py"
 
     # common fields with SFT's defaults
-    model_name_or_path: str = _f(TINY, "hub id or local path; 'tiny' builds a tiny Qwen2 + BPE tokenizer "
-                                       "from the training data into output_dir/base_model")
+    model_name_or_path: str = _f(
+        TINY,
+        "hub id or local path; 'tiny' builds a tiny Qwen2 + BPE tokenizer "
+        "from the training data into output_dir/base_model",
+    )
     output_dir: str = _f("runs/sft", "checkpoints, final model, logs")
     eval_data: str | None = _f(None, "held-out data (same forms); or use eval_fraction")
     max_steps: int = _f(-1, "optimizer steps; > 0 overrides num_train_epochs")
@@ -81,17 +84,23 @@ class SFTConfig(TrainConfig):
     eval_fraction: float = _f(0.0, "hold out this fraction of train_data when eval_data is not given")
     completion_field: str = _f("completion", "record field holding the completion")
     mode: str = _f("parallel", "parallel: packed fork/join graphs | sequential: plain causal SFT")
-    thread_header: str = _f("index", "what the runner writes after <Thread>: index ('i:') | outline (the thread's "
-                                     "outline, restated at the start of each thread in the data; saved in the "
-                                     "model config so the runner decodes the same way)")
+    thread_header: str = _f(
+        "index",
+        "what the runner writes after <Thread>: index ('i:') | outline (the thread's "
+        "outline, restated at the start of each thread in the data; saved in the "
+        "model config so the runner decodes the same way)",
+    )
     max_length: int = _f(2048, "drop examples whose packed graph (prompt included) is longer")
     add_eos: bool = _f(True, "append EOS to every completion (trained)")
 
     # optimisation
     num_train_epochs: float = _f(1.0, "passes over the training data (ignored when max_steps > 0)")
-    max_train_tokens: int = _f(0, "> 0: a compute budget instead of epochs: the steps that process about this many "
-                                  "buffer tokens (prompt and re-read copies included), from the mean packed "
-                                  "length; two runs on different data formats then get the same compute")
+    max_train_tokens: int = _f(
+        0,
+        "> 0: a compute budget instead of epochs: the steps that process about this many "
+        "buffer tokens (prompt and re-read copies included), from the mean packed "
+        "length; two runs on different data formats then get the same compute",
+    )
     per_device_train_batch_size: int = _f(8, "packed graphs per process per micro-batch")
     per_device_eval_batch_size: int = _f(8, "packed graphs per process per eval batch")
     gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step")
@@ -139,10 +148,20 @@ def _build_tiny_model(cfg: SFTConfig, texts, path: str) -> None:
 
     if not texts:
         raise ValueError("model_name_or_path: tiny needs training texts to build its tokenizer")
-    build_tiny(texts, path, vocab_size=cfg.tiny_vocab_size, seed=cfg.seed, arch=cfg.tiny_arch,
-               hidden_size=cfg.tiny_hidden_size, layers=cfg.tiny_layers, heads=cfg.tiny_heads,
-               kv_heads=cfg.tiny_kv_heads, intermediate_size=cfg.tiny_intermediate_size,
-               max_positions=max(4096, cfg.max_length), attn_implementation=cfg.attn_implementation)
+    build_tiny(
+        texts,
+        path,
+        vocab_size=cfg.tiny_vocab_size,
+        seed=cfg.seed,
+        arch=cfg.tiny_arch,
+        hidden_size=cfg.tiny_hidden_size,
+        layers=cfg.tiny_layers,
+        heads=cfg.tiny_heads,
+        kv_heads=cfg.tiny_kv_heads,
+        intermediate_size=cfg.tiny_intermediate_size,
+        max_positions=max(4096, cfg.max_length),
+        attn_implementation=cfg.attn_implementation,
+    )
 
 
 def load_model_and_tokenizer(cfg: SFTConfig, acc=None, texts: Sequence[str] | None = None):
@@ -162,8 +181,11 @@ def load_model_and_tokenizer(cfg: SFTConfig, acc=None, texts: Sequence[str] | No
             acc.wait_for_everyone()
     tok, model, added = load_pretrained(cfg, path)
     if added:
-        log.info("added control tokens %s (embeddings resized to %d rows)", added,
-                 model.get_input_embeddings().weight.shape[0])
+        log.info(
+            "added control tokens %s (embeddings resized to %d rows)",
+            added,
+            model.get_input_embeddings().weight.shape[0],
+        )
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
         log.info("tokenizer has no pad token: using EOS %r for padding", tok.eos_token)
@@ -198,22 +220,42 @@ class PackedSFTTrainer(Trainer):
     """The accelerate loop; see the module docstring. ``train_examples`` /
     ``eval_examples`` override the config's data sources (tests, notebooks)."""
 
-    def __init__(self, cfg: SFTConfig, train_examples: Sequence[Example] | None = None,
-                 eval_examples: Sequence[Example] | None = None):
-        self.setup(cfg, cfg.gradient_accumulation_steps, cfg.per_device_train_batch_size,
-                   check_model=cfg.model_name_or_path != TINY)
+    def __init__(
+        self,
+        cfg: SFTConfig,
+        train_examples: Sequence[Example] | None = None,
+        eval_examples: Sequence[Example] | None = None,
+    ):
+        self.setup(
+            cfg,
+            cfg.gradient_accumulation_steps,
+            cfg.per_device_train_batch_size,
+            check_model=cfg.model_name_or_path != TINY,
+        )
         cfg, acc = self.cfg, self.acc
 
         # data
         if train_examples is None:
             if not cfg.train_data:
                 raise ValueError("config: train_data is not set")
-            train_examples = load_examples(cfg.train_data, cfg.train_split, cfg.data_config, cfg.prompt_field,
-                                           cfg.completion_field, cfg.max_train_samples)
+            train_examples = load_examples(
+                cfg.train_data,
+                cfg.train_split,
+                cfg.data_config,
+                cfg.prompt_field,
+                cfg.completion_field,
+                cfg.max_train_samples,
+            )
         if eval_examples is None:
             if cfg.eval_data:
-                eval_examples = load_examples(cfg.eval_data, cfg.eval_split, cfg.data_config, cfg.prompt_field,
-                                              cfg.completion_field, cfg.max_eval_samples)
+                eval_examples = load_examples(
+                    cfg.eval_data,
+                    cfg.eval_split,
+                    cfg.data_config,
+                    cfg.prompt_field,
+                    cfg.completion_field,
+                    cfg.max_eval_samples,
+                )
             elif cfg.eval_fraction > 0:
                 train_examples, eval_examples = split_holdout(train_examples, cfg.eval_fraction, cfg.seed)
         if cfg.mode == "parallel":  # a malformed completion is reported before the model loads
@@ -221,16 +263,23 @@ class PackedSFTTrainer(Trainer):
         # model
         self.tokenizer, model, self.base_path = load_model_and_tokenizer(cfg, acc, corpus(train_examples))
         tok = self.tokenizer
-        gkw: dict[str, Any] = dict(mode=cfg.mode, join=cfg.join, max_length=cfg.max_length, eos=cfg.add_eos,
-                   apply_chat_template=cfg.apply_chat_template, thread_header=cfg.thread_header)
+        gkw: dict[str, Any] = dict(
+            mode=cfg.mode,
+            join=cfg.join,
+            max_length=cfg.max_length,
+            eos=cfg.add_eos,
+            apply_chat_template=cfg.apply_chat_template,
+            thread_header=cfg.thread_header,
+        )
         if cfg.mode == "parallel":  # decoding must open and join threads as the data did: the config carries it
             model.config.thread_header = cfg.thread_header
             model.config.parallel_join = cfg.join
         self.train_graphs, self.train_stats = build_graphs(train_examples, tok, name="train", **gkw)
         self.eval_graphs: list[PackedGraph] | None
         self.eval_stats: GraphStats | None
-        self.eval_graphs, self.eval_stats = (build_graphs(eval_examples, tok, name="eval", **gkw)
-                                             if eval_examples else (None, None))
+        self.eval_graphs, self.eval_stats = (
+            build_graphs(eval_examples, tok, name="eval", **gkw) if eval_examples else (None, None)
+        )
         log.info("train: %s", self.train_stats.as_dict())
         if self.eval_stats:
             log.info("eval: %s", self.eval_stats.as_dict())
@@ -261,15 +310,18 @@ class PackedSFTTrainer(Trainer):
 
     @staticmethod
     def _new_interval() -> dict:
-        return {"nll": 0.0, "tokens": 0, "input_tokens": 0, "time": 0.0, "steps": 0, "grad_norm": 0.0,
-                "grad_norm_n": 0}
+        return {"nll": 0.0, "tokens": 0, "input_tokens": 0, "time": 0.0, "steps": 0, "grad_norm": 0.0, "grad_norm_n": 0}
 
     def _resume_keys(self) -> dict:
         return {"num_train_examples": len(self.train_graphs), "steps_per_epoch": self.steps_per_epoch}
 
     def state(self) -> dict:
-        return {**self._resume_keys(), "total_steps": self.total_steps,
-                "trained_tokens_seen": self.trained_tokens_seen, "interval": self._interval}
+        return {
+            **self._resume_keys(),
+            "total_steps": self.total_steps,
+            "trained_tokens_seen": self.trained_tokens_seen,
+            "interval": self._interval,
+        }
 
     # -- one optimizer step ---------------------------------------------------
 
@@ -282,8 +334,10 @@ class PackedSFTTrainer(Trainer):
         rank, W, G = acc.process_index, acc.num_processes, cfg.gradient_accumulation_steps
         t0 = time.perf_counter()
         batches = [self._batch([self.train_graphs[i] for i in micro[rank]]) for micro in window]
-        counts = torch.tensor([sum(int(b["loss_mask"].sum()) for b in batches),
-                               sum(int((b["seg_id"] >= 0).sum()) for b in batches)], device=acc.device)
+        counts = torch.tensor(
+            [sum(int(b["loss_mask"].sum()) for b in batches), sum(int((b["seg_id"] >= 0).sum()) for b in batches)],
+            device=acc.device,
+        )
         counts = acc.reduce(counts, "sum")
         T, n_input = int(counts[0]), int(counts[1])
         scale = W * G / T
@@ -299,8 +353,14 @@ class PackedSFTTrainer(Trainer):
         if not acc.sync_gradients:  # cannot happen with full windows; guard the invariant
             raise RuntimeError("gradient accumulation window ended without an optimizer step")
         nll_total = float(acc.reduce(nll_sum.reshape(1), "sum")[0])
-        return {"loss": nll_total / T, "nll": nll_total, "tokens": T, "input_tokens": n_input,
-                "grad_norm": grad_norm, "time": time.perf_counter() - t0}
+        return {
+            "loss": nll_total / T,
+            "nll": nll_total,
+            "tokens": T,
+            "input_tokens": n_input,
+            "grad_norm": grad_norm,
+            "time": time.perf_counter() - t0,
+        }
 
     # -- evaluation ------------------------------------------------------------
 
@@ -313,8 +373,9 @@ class PackedSFTTrainer(Trainer):
         model.eval()
         nll = torch.zeros((), device=acc.device, dtype=torch.float64)
         ntok = torch.zeros((), device=acc.device, dtype=torch.float64)
-        for idx, w in eval_shards(len(graphs), self.cfg.per_device_eval_batch_size,
-                                  acc.process_index, acc.num_processes):
+        for idx, w in eval_shards(
+            len(graphs), self.cfg.per_device_eval_batch_size, acc.process_index, acc.num_processes
+        ):
             b = self._batch([graphs[i] for i in idx])
             wt = torch.tensor(w, device=acc.device, dtype=torch.float64)[:, None] * b["loss_mask"]
             logp = packed_logprobs(model, b).double()
@@ -329,13 +390,22 @@ class PackedSFTTrainer(Trainer):
 
     def card(self, metrics: dict | None = None) -> dict:
         cfg = self.cfg
-        return {"model_name": cfg.model_card_name or Path(cfg.output_dir).name, "stage": "sft",
-                "thread_header": cfg.thread_header if cfg.mode == "parallel" else None,
-                "base_model": cfg.model_name_or_path if cfg.model_name_or_path != TINY else self.base_path,
-                "datasets": [d for d in (cfg.train_data,) if d], "mode": cfg.mode, "join": cfg.join,
-                "metrics": metrics or {}, "config": cfg.to_dict(),
-                "extra": {"trained tokens": self.trained_tokens_seen, "optimizer steps": self.global_step,
-                          "processes": self.acc.num_processes}}
+        return {
+            "model_name": cfg.model_card_name or Path(cfg.output_dir).name,
+            "stage": "sft",
+            "thread_header": cfg.thread_header if cfg.mode == "parallel" else None,
+            "base_model": cfg.model_name_or_path if cfg.model_name_or_path != TINY else self.base_path,
+            "datasets": [d for d in (cfg.train_data,) if d],
+            "mode": cfg.mode,
+            "join": cfg.join,
+            "metrics": metrics or {},
+            "config": cfg.to_dict(),
+            "extra": {
+                "trained tokens": self.trained_tokens_seen,
+                "optimizer steps": self.global_step,
+                "processes": self.acc.num_processes,
+            },
+        }
 
     def checkpoint_metrics(self) -> dict:
         return {k: v for e in self.log_history for k, v in e.items() if k in ("loss", "eval_loss")}
@@ -345,12 +415,18 @@ class PackedSFTTrainer(Trainer):
         if not iv["steps"]:
             return
         lr = self.scheduler.get_last_lr()[0]
-        self._log({"step": self.global_step, "epoch": round(self.global_step / self.steps_per_epoch, 4),
-                   "loss": iv["nll"] / iv["tokens"], "lr": lr,
-                   "grad_norm": iv["grad_norm"] / iv["grad_norm_n"] if iv["grad_norm_n"] else None,
-                   "trained_tokens_per_s": iv["tokens"] / iv["time"] if iv["time"] > 0 else None,
-                   "tokens_per_s": iv["input_tokens"] / iv["time"] if iv["time"] > 0 else None,
-                   "trained_tokens": self.trained_tokens_seen})
+        self._log(
+            {
+                "step": self.global_step,
+                "epoch": round(self.global_step / self.steps_per_epoch, 4),
+                "loss": iv["nll"] / iv["tokens"],
+                "lr": lr,
+                "grad_norm": iv["grad_norm"] / iv["grad_norm_n"] if iv["grad_norm_n"] else None,
+                "trained_tokens_per_s": iv["tokens"] / iv["time"] if iv["time"] > 0 else None,
+                "tokens_per_s": iv["input_tokens"] / iv["time"] if iv["time"] > 0 else None,
+                "trained_tokens": self.trained_tokens_seen,
+            }
+        )
         self._interval = self._new_interval()
 
     # -- loop -----------------------------------------------------------------------
@@ -360,13 +436,28 @@ class PackedSFTTrainer(Trainer):
 
         cfg, acc = self.cfg, self.acc
         W, B, G = acc.num_processes, cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
-        log.info("training (%s, %s): %d examples, %d processes x %d graphs x %d accumulation = %d graphs per "
-                 "step, %d steps per epoch, %d steps", acc.distributed_type.value, acc.mixed_precision,
-                 len(self.train_graphs), W, B, G, W * B * G, self.steps_per_epoch, self.total_steps)
+        log.info(
+            "training (%s, %s): %d examples, %d processes x %d graphs x %d accumulation = %d graphs per "
+            "step, %d steps per epoch, %d steps",
+            acc.distributed_type.value,
+            acc.mixed_precision,
+            len(self.train_graphs),
+            W,
+            B,
+            G,
+            W * B * G,
+            self.steps_per_epoch,
+            self.total_steps,
+        )
         if self.eval_graphs is not None and cfg.eval_on_start and self.global_step == 0:
             self._log({"step": 0, **self.evaluate()})
-        bar = tqdm(total=self.total_steps, initial=self.global_step, desc="sft", dynamic_ncols=True,
-                   disable=cfg.disable_tqdm or not acc.is_local_main_process)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.global_step,
+            desc="sft",
+            dynamic_ncols=True,
+            disable=cfg.disable_tqdm or not acc.is_local_main_process,
+        )
         last_eval_step = 0 if cfg.eval_on_start else -1
         epoch = self.global_step // self.steps_per_epoch
         while self.global_step < self.total_steps:
@@ -409,13 +500,18 @@ class PackedSFTTrainer(Trainer):
             metrics["train_loss"] = losses[-1]
         final = self.save_final(metrics)
         self.finish(final)
-        return SFTResult(global_step=self.global_step, log_history=list(self.log_history), final_dir=str(final),
-                         train_stats=self.train_stats.as_dict(),
-                         eval_stats=self.eval_stats.as_dict() if self.eval_stats else None)
+        return SFTResult(
+            global_step=self.global_step,
+            log_history=list(self.log_history),
+            final_dir=str(final),
+            train_stats=self.train_stats.as_dict(),
+            eval_stats=self.eval_stats.as_dict() if self.eval_stats else None,
+        )
 
 
-def train(cfg: SFTConfig, train_examples: Sequence[Example] | None = None,
-          eval_examples: Sequence[Example] | None = None) -> SFTResult:
+def train(
+    cfg: SFTConfig, train_examples: Sequence[Example] | None = None, eval_examples: Sequence[Example] | None = None
+) -> SFTResult:
     """Run SFT with ``cfg`` and return its :class:`SFTResult` (final model in ``output_dir/final``)."""
     return PackedSFTTrainer(cfg, train_examples, eval_examples).train()
 

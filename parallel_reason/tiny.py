@@ -28,10 +28,12 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int = 512, split_digits: 
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=split_digits),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=split_digits),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -40,30 +42,53 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int = 512, split_digits: 
         show_progress=False,
     )
     tok.train_from_iterator(list(corpus), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD,
-                                   clean_up_tokenization_spaces=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=EOS, pad_token=PAD, clean_up_tokenization_spaces=False
+    )
 
 
-def build_model(vocab_size: int, arch: str = "qwen2", hidden_size: int = 64, layers: int = 2,
-                heads: int = 4, kv_heads: int = 2, intermediate_size: int = 128,
-                max_positions: int = 4096, tie_word_embeddings: bool = False, seed: int = 0,
-                attn_implementation: str = "sdpa"):
+def build_model(
+    vocab_size: int,
+    arch: str = "qwen2",
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate_size: int = 128,
+    max_positions: int = 4096,
+    tie_word_embeddings: bool = False,
+    seed: int = 0,
+    attn_implementation: str = "sdpa",
+):
     """A randomly initialised small causal LM (Qwen2 or Llama architecture)."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
     cls = {"qwen2": Qwen2Config, "llama": LlamaConfig}[arch]
-    cfg = cls(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
-              num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-              max_position_embeddings=max_positions, tie_word_embeddings=tie_word_embeddings,
-              rope_theta=10000.0)
+    cfg = cls(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=tie_word_embeddings,
+        rope_theta=10000.0,
+    )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn_implementation)
     return model
 
 
-def build_tiny(corpus: Iterable[str], out_dir: str | Path | None = None, vocab_size: int = 512,
-               seed: int = 0, split_digits: bool = True, **model_kwargs):
+def build_tiny(
+    corpus: Iterable[str],
+    out_dir: str | Path | None = None,
+    vocab_size: int = 512,
+    seed: int = 0,
+    split_digits: bool = True,
+    **model_kwargs,
+):
     """Tokenizer (with control tokens) + tiny model; saved to ``out_dir`` if given.
     Returns ``(tokenizer, model)``."""
     from .tokens import add_control_tokens

@@ -49,8 +49,12 @@ def add_control_tokens(tokenizer, model=None, pad_to_multiple_of: int = 64) -> l
     name_ids = {tag: _name_ids(tokenizer, tag) for tag in CONTROL_TAGS}
     added = missing_tags(tokenizer)
     if added:
-        tokenizer.add_tokens([AddedToken(t, special=False, normalized=False, single_word=False,
-                                         lstrip=False, rstrip=False) for t in added])
+        tokenizer.add_tokens(
+            [
+                AddedToken(t, special=False, normalized=False, single_word=False, lstrip=False, rstrip=False)
+                for t in added
+            ]
+        )
         still = missing_tags(tokenizer)
         if still:
             raise RuntimeError(f"tokenizer did not accept {still} as single tokens")
@@ -59,8 +63,9 @@ def add_control_tokens(tokenizer, model=None, pad_to_multiple_of: int = 64) -> l
     return added
 
 
-def resize_and_init(tokenizer, model, name_ids: dict[str, list[int]] | None = None,
-                    pad_to_multiple_of: int = 64) -> None:
+def resize_and_init(
+    tokenizer, model, name_ids: dict[str, list[int]] | None = None, pad_to_multiple_of: int = 64
+) -> None:
     """Grow the model's embeddings to fit the tokenizer and initialise the rows of
     tags that were not covered by the old embedding matrix."""
     if name_ids is None:

@@ -59,11 +59,14 @@ class TrainConfig:
     tokenizer_name_or_path: str | None = _f(None, "defaults to model_name_or_path")
     revision: str | None = _f(None, "model revision (branch, tag or commit)")
     trust_remote_code: bool = _f(False, "allow custom modelling code from the hub")
-    attn_implementation: str = _f("sdpa", "attention of the training forward (it takes the packed-graph mask): "
-                                          "sdpa | eager | flex_attention (GPU)")
+    attn_implementation: str = _f(
+        "sdpa",
+        "attention of the training forward (it takes the packed-graph mask): sdpa | eager | flex_attention (GPU)",
+    )
     torch_dtype: str = _f("float32", "dtype the weights are loaded in: float32 | bfloat16 | float16 | auto")
-    bf16: bool | str = _f("auto", "bf16 autocast of the training forward: auto (on where the GPU supports "
-                                        "it) | true | false")
+    bf16: bool | str = _f(
+        "auto", "bf16 autocast of the training forward: auto (on where the GPU supports it) | true | false"
+    )
     gradient_checkpointing: bool = _f(False, "recompute activations in backward")
 
     # LoRA (PEFT)
@@ -72,8 +75,9 @@ class TrainConfig:
     lora_alpha: int = _f(32, "LoRA alpha")
     lora_dropout: float = _f(0.05, "LoRA dropout")
     lora_target_modules: list[str] = _f(["all-linear"], "modules that get adapters ('all-linear' or names)")
-    lora_modules_to_save: list[str] = _f(["embed_tokens", "lm_head"],
-                                         "modules trained in full (embeddings, so control-token rows learn)")
+    lora_modules_to_save: list[str] = _f(
+        ["embed_tokens", "lm_head"], "modules trained in full (embeddings, so control-token rows learn)"
+    )
     merge_lora: bool = _f(True, "final model: merge the adapter into the weights (adapter kept in final/adapter)")
 
     # data
@@ -86,17 +90,22 @@ class TrainConfig:
     apply_chat_template: bool = _f(False, "render string prompts with the tokenizer's chat template")
     max_train_samples: int | None = _f(None, "use only the first N training records")
     max_eval_samples: int | None = _f(None, "use only the first N held-out records")
-    join: str | None = _f("concat", "join mode of the packed graph and the runner: concat (threads 2..n re-read "
-                                    "after thread 1) | tree (the continuation sees every thread where it is)")
-    generate_data: str | None = _f(None, "recipes: data_gen module that writes train_data/eval_data when they "
-                                         "are missing (e.g. countdown)")
+    join: str | None = _f(
+        "concat",
+        "join mode of the packed graph and the runner: concat (threads 2..n re-read "
+        "after thread 1) | tree (the continuation sees every thread where it is)",
+    )
+    generate_data: str | None = _f(
+        None, "recipes: data_gen module that writes train_data/eval_data when they are missing (e.g. countdown)"
+    )
     generate_train_n: int = _f(2000, "recipes: records generated for train_data")
     generate_eval_n: int = _f(100, "recipes: records generated for eval_data")
 
     # optimizer
     learning_rate: float = _f(2e-5, "peak learning rate")
-    lr_scheduler_type: str = _f("cosine", "transformers scheduler name: linear | cosine | constant | "
-                                          "constant_with_warmup | ...")
+    lr_scheduler_type: str = _f(
+        "cosine", "transformers scheduler name: linear | cosine | constant | constant_with_warmup | ..."
+    )
     warmup_steps: int = _f(0, "warmup optimizer steps")
     weight_decay: float = _f(0.0, "AdamW weight decay (not on biases and norms)")
     adam_beta1: float = _f(0.9, "AdamW beta1")
@@ -122,8 +131,10 @@ class TrainConfig:
     model_card_name: str | None = _f(None, "title of the model card")
 
     # Hugging Face Hub
-    push_to_hub: bool = _f(False, "after training, publish output_dir/final with parallel_reason.hub.push "
-                                  "(token: HF_TOKEN or the stored login)")
+    push_to_hub: bool = _f(
+        False,
+        "after training, publish output_dir/final with parallel_reason.hub.push (token: HF_TOKEN or the stored login)",
+    )
     hub_model_id: str | None = _f(None, "hub repo of push_to_hub, namespace/name (created when missing)")
     hub_private: bool = _f(False, "push_to_hub: create the repo private")
 
@@ -136,8 +147,10 @@ class TrainConfig:
         if self.join is not None and self.join not in JOIN_MODES:
             _bad(f"join mode {self.join!r} is not available; choose one of {', '.join(JOIN_MODES)}")
         if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
-            _bad(f"attn_implementation {self.attn_implementation!r} cannot take a packed-graph mask; "
-                 "use sdpa, eager or flex_attention (flash-attention takes no custom masks)")
+            _bad(
+                f"attn_implementation {self.attn_implementation!r} cannot take a packed-graph mask; "
+                "use sdpa, eager or flex_attention (flash-attention takes no custom masks)"
+            )
         if self.torch_dtype not in TORCH_DTYPES:
             _bad(f"torch_dtype must be float32, bfloat16, float16 or auto, got {self.torch_dtype!r}")
         if self.bf16 not in (True, False, "auto"):
@@ -218,8 +231,10 @@ def check_hub_fields(cfg: TrainConfig) -> None:
     if not cfg.push_to_hub:
         return
     if not cfg.hub_model_id or not str(cfg.hub_model_id).strip():
-        raise ValueError("config: push_to_hub is true but hub_model_id is not set; give the hub repo "
-                         "(hub_model_id: namespace/name) or set push_to_hub: false")
+        raise ValueError(
+            "config: push_to_hub is true but hub_model_id is not set; give the hub repo "
+            "(hub_model_id: namespace/name) or set push_to_hub: false"
+        )
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
@@ -249,7 +264,9 @@ def make_accelerator(cfg: TrainConfig, gradient_accumulation_steps: int = 1, mic
         gradient_accumulation_steps=gradient_accumulation_steps,
         mixed_precision=resolve_mixed_precision(cfg.bf16),
         log_with=cfg.trackers or None,
-        project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=os.path.join(cfg.output_dir, "logs")),
+        project_config=ProjectConfiguration(
+            project_dir=cfg.output_dir, logging_dir=os.path.join(cfg.output_dir, "logs")
+        ),
         step_scheduler_with_optimizer=False,  # the trainers step it once per optimizer step
         **_cpu_launch_kwargs(),
     )
@@ -259,10 +276,14 @@ def make_accelerator(cfg: TrainConfig, gradient_accumulation_steps: int = 1, mic
             f"launched as {world} processes but accelerate formed a group of {acc.num_processes} "
             f"({acc.distributed_type.value}): gradients would not be synchronised. FSDP needs GPUs "
             "(accelerate runs FSDP only on accelerators); on CPU use DDP (accelerate launch --multi_gpu "
-            "--num_processes N) or DeepSpeed.")
+            "--num_processes N) or DeepSpeed."
+        )
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and acc.distributed_type.value != "FSDP":
-        log.warning("FSDP was requested but accelerate runs FSDP only on accelerators: training with %s "
-                    "(gradients are synchronised, parameters are not sharded)", acc.distributed_type.value)
+        log.warning(
+            "FSDP was requested but accelerate runs FSDP only on accelerators: training with %s "
+            "(gradients are synchronised, parameters are not sharded)",
+            acc.distributed_type.value,
+        )
     ds = getattr(acc.state, "deepspeed_plugin", None)
     if ds is not None:  # fill what accelerate cannot infer without a DataLoader
         conf = ds.deepspeed_config
@@ -326,13 +347,17 @@ def load_pretrained(cfg: TrainConfig, path: str, model=None, tokenizer=None):
     from .tokens import add_control_tokens, load_tokenizer
 
     if tokenizer is None:
-        tokenizer = load_tokenizer(cfg.tokenizer_name_or_path or path, revision=cfg.revision,
-                                   trust_remote_code=cfg.trust_remote_code)
+        tokenizer = load_tokenizer(
+            cfg.tokenizer_name_or_path or path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+        )
     if model is None:
-        model = AutoModelForCausalLM.from_pretrained(path, revision=cfg.revision,
-                                                     trust_remote_code=cfg.trust_remote_code,
-                                                     dtype=TORCH_DTYPES[cfg.torch_dtype],
-                                                     attn_implementation=cfg.attn_implementation)
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            revision=cfg.revision,
+            trust_remote_code=cfg.trust_remote_code,
+            dtype=TORCH_DTYPES[cfg.torch_dtype],
+            attn_implementation=cfg.attn_implementation,
+        )
     return tokenizer, model, add_control_tokens(tokenizer, model)
 
 
@@ -347,8 +372,15 @@ def apply_peft(model, cfg: TrainConfig):
     kw: dict[str, Any] = {}
     if tied and to_save:
         kw["ensure_weight_tying"] = True  # one trained copy for tied embed/lm_head
-    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=target, modules_to_save=to_save, task_type="CAUSAL_LM", **kw)
+    lcfg = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=target,
+        modules_to_save=to_save,
+        task_type="CAUSAL_LM",
+        **kw,
+    )
     model = get_peft_model(model, lcfg)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
@@ -380,10 +412,10 @@ def list_checkpoints(output_dir: str | os.PathLike, complete_only: bool = True) 
         return []
     cks = []
     for p in out.iterdir():
-        if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and p.name[len(CHECKPOINT_PREFIX):].isdigit():
+        if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and p.name[len(CHECKPOINT_PREFIX) :].isdigit():
             if not complete_only or (p / STATE_NAME).exists():
                 cks.append(p)
-    return sorted(cks, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+    return sorted(cks, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
 
 
 def resolve_resume(cfg: TrainConfig) -> Path | None:
@@ -392,16 +424,19 @@ def resolve_resume(cfg: TrainConfig) -> Path | None:
     r = cfg.resume_from_checkpoint
     if r is None:
         if list_checkpoints(cfg.output_dir, complete_only=False) and not cfg.overwrite_output_dir:
-            raise ValueError(f"{cfg.output_dir} already holds checkpoints: set resume_from_checkpoint: auto to "
-                             "continue the run, or overwrite_output_dir: true to start over")
+            raise ValueError(
+                f"{cfg.output_dir} already holds checkpoints: set resume_from_checkpoint: auto to "
+                "continue the run, or overwrite_output_dir: true to start over"
+            )
         return None
     if r == "auto":
         cks = list_checkpoints(cfg.output_dir)
         return cks[-1] if cks else None
     p = Path(r)
     if not (p / STATE_NAME).exists() or not (p / ACCEL_STATE_DIR).is_dir():
-        raise ValueError(f"resume_from_checkpoint: {r} is not a complete checkpoint (needs {STATE_NAME} and "
-                         f"{ACCEL_STATE_DIR}/)")
+        raise ValueError(
+            f"resume_from_checkpoint: {r} is not a complete checkpoint (needs {STATE_NAME} and {ACCEL_STATE_DIR}/)"
+        )
     return p
 
 
@@ -420,8 +455,9 @@ class Trainer:
     #: the run's tokenizer, set by the subclass (saved with every checkpoint)
     tokenizer: Any
 
-    def setup(self, cfg: TrainConfig, gradient_accumulation_steps: int, micro_batch_size: int,
-              check_model: bool = True) -> None:
+    def setup(
+        self, cfg: TrainConfig, gradient_accumulation_steps: int, micro_batch_size: int, check_model: bool = True
+    ) -> None:
         """Validate ``cfg``, check the model path, form the accelerator, seed, and
         clear (``overwrite_output_dir``) or find the checkpoint to resume from."""
         self.cfg = cfg = cfg.validate()
@@ -448,8 +484,7 @@ class Trainer:
         self.global_step = 0
         self.log_history: list[dict] = []
 
-    def prepare(self, model, total_steps: int, warmup_steps: int,
-                make_opt: Callable | None = None) -> None:
+    def prepare(self, model, total_steps: int, warmup_steps: int, make_opt: Callable | None = None) -> None:
         """Gradient checkpointing, then the optimizer (``make_opt(model)``, default
         AdamW) and a ``lr_scheduler_type`` schedule of ``total_steps``, prepared with
         the model (under FSDP the optimizer is built over the wrapped parameters)."""
@@ -467,8 +502,9 @@ class Trainer:
         model.train()
 
         def schedule(opt):
-            return get_scheduler(cfg.lr_scheduler_type, opt, num_warmup_steps=warmup_steps,
-                                 num_training_steps=total_steps)
+            return get_scheduler(
+                cfg.lr_scheduler_type, opt, num_warmup_steps=warmup_steps, num_training_steps=total_steps
+            )
 
         if acc.distributed_type == DistributedType.FSDP:
             model = acc.prepare(model)
@@ -499,8 +535,11 @@ class Trainer:
         cfg = self.cfg
         if cfg.trackers:
             run_name = cfg.run_name or self.out.name
-            self.acc.init_trackers(cfg.project, config=cfg.tracker_config(),
-                                   init_kwargs={"wandb": {"name": run_name, "dir": cfg.output_dir}})
+            self.acc.init_trackers(
+                cfg.project,
+                config=cfg.tracker_config(),
+                init_kwargs={"wandb": {"name": run_name, "dir": cfg.output_dir}},
+            )
 
     @property
     def unwrapped(self):
@@ -530,17 +569,28 @@ class Trainer:
     def _log(self, entry: dict) -> None:
         self.log_history.append(entry)
         if self.cfg.trackers:
-            self.acc.log({(k if k.startswith("eval") else f"train/{k}"): v for k, v in entry.items()
-                          if k != "step" and v is not None}, step=entry["step"])
+            self.acc.log(
+                {
+                    (k if k.startswith("eval") else f"train/{k}"): v
+                    for k, v in entry.items()
+                    if k != "step" and v is not None
+                },
+                step=entry["step"],
+            )
         if self.acc.is_main_process:
             self.report(entry)
 
     # -- checkpoints ----------------------------------------------------------------
 
     def _state(self) -> dict:
-        return {"global_step": self.global_step, "num_processes": self.acc.num_processes,
-                "distributed_type": self.acc.distributed_type.value, **self.state(),
-                "log_history": self.log_history, "config": self.cfg.to_dict()}
+        return {
+            "global_step": self.global_step,
+            "num_processes": self.acc.num_processes,
+            "distributed_type": self.acc.distributed_type.value,
+            **self.state(),
+            "log_history": self.log_history,
+            "config": self.cfg.to_dict(),
+        }
 
     def _full_state_dict(self):
         from accelerate.utils import DistributedType
@@ -559,8 +609,9 @@ class Trainer:
         acc.save_state(str(ckpt / ACCEL_STATE_DIR))
         sd = self._full_state_dict()
         if acc.is_main_process:
-            hub.save_checkpoint(self.unwrapped, self.tokenizer, ckpt, self.card(self.checkpoint_metrics()),
-                                state_dict=sd)
+            hub.save_checkpoint(
+                self.unwrapped, self.tokenizer, ckpt, self.card(self.checkpoint_metrics()), state_dict=sd
+            )
             write_json(ckpt / STATE_NAME, self._state())
             self._rotate()
         acc.wait_for_everyone()
@@ -582,8 +633,11 @@ class Trainer:
         expect = {**expect, "num_processes": self.acc.num_processes}
         mismatch = [(k, st.get(k), v) for k, v in expect.items() if st.get(k) != v]
         if mismatch:
-            raise ValueError(f"cannot resume exactly from {ckpt}: " + ", ".join(
-                f"{k} was {a}, is now {b}" for k, a, b in mismatch) + f" (same {what} needed)")
+            raise ValueError(
+                f"cannot resume exactly from {ckpt}: "
+                + ", ".join(f"{k} was {a}, is now {b}" for k, a, b in mismatch)
+                + f" (same {what} needed)"
+            )
         self.acc.load_state(str(ckpt / ACCEL_STATE_DIR))
         self.global_step = int(st["global_step"])
         self.log_history = [e for e in st.get("log_history", []) if e.get("step", 0) <= self.global_step]
@@ -607,11 +661,11 @@ class Trainer:
             card = self.card(metrics)
             if is_peft(model):
                 hub.save_checkpoint(model, self.tokenizer, final / "adapter", card, state_dict=sd)
-                zero3 = acc.distributed_type == DistributedType.DEEPSPEED and \
-                    acc.state.deepspeed_plugin.zero_stage == 3
+                zero3 = acc.distributed_type == DistributedType.DEEPSPEED and acc.state.deepspeed_plugin.zero_stage == 3
                 if self.cfg.merge_lora and not zero3:  # merge a copy: the trained model stays usable
-                    hub.save_checkpoint(copy.deepcopy(model), self.tokenizer, final, card, state_dict=sd,
-                                        merge_peft=True)
+                    hub.save_checkpoint(
+                        copy.deepcopy(model), self.tokenizer, final, card, state_dict=sd, merge_peft=True
+                    )
                 elif self.cfg.merge_lora:
                     log.warning("ZeRO-3: the adapter is saved in final/adapter but not merged (parameters are sharded)")
             else:
@@ -628,8 +682,9 @@ class Trainer:
             hub.push_trained(final, self.cfg.hub_model_id, private=self.cfg.hub_private)
 
 
-def run_main(parse: Callable, train: Callable, argv: Sequence[str] | None = None,
-             prepare: Callable | None = None) -> int:
+def run_main(
+    parse: Callable, train: Callable, argv: Sequence[str] | None = None, prepare: Callable | None = None
+) -> int:
     """A trainer's command line: parse the config (a bad one: one ``error:`` line, exit
     status 2), ``prepare(cfg)`` (recipes: generate missing data), train, and say where
     the final model is (rank 0)."""
@@ -662,6 +717,22 @@ def exit_process(code: int) -> None:
     raise SystemExit(code)
 
 
-__all__ = ["TrainConfig", "Trainer", "make_accelerator", "load_pretrained", "apply_peft", "make_optimizer",
-           "list_checkpoints", "resolve_resume", "check_optimizer_fields", "check_hub_fields", "exit_process", "run_main",
-           "CHECKPOINT_PREFIX", "STATE_NAME", "ACCEL_STATE_DIR", "FINAL_DIR", "TORCH_DTYPES"]
+__all__ = [
+    "TrainConfig",
+    "Trainer",
+    "make_accelerator",
+    "load_pretrained",
+    "apply_peft",
+    "make_optimizer",
+    "list_checkpoints",
+    "resolve_resume",
+    "check_optimizer_fields",
+    "check_hub_fields",
+    "exit_process",
+    "run_main",
+    "CHECKPOINT_PREFIX",
+    "STATE_NAME",
+    "ACCEL_STATE_DIR",
+    "FINAL_DIR",
+    "TORCH_DTYPES",
+]

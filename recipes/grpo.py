@@ -23,8 +23,10 @@ from parallel_reason.training import exit_process, run_main
 def data_jobs(cfg: GRPOConfig) -> list[tuple]:
     """The prompt files ``data_gen.<cfg.generate_data>`` writes when missing (the
     prompts do not depend on the mode)."""
-    return [(cfg.train_data, "train", cfg.generate_train_n, cfg.generate_seed),
-            (cfg.eval_data, "test", cfg.generate_eval_n, cfg.generate_seed)]
+    return [
+        (cfg.train_data, "train", cfg.generate_train_n, cfg.generate_seed),
+        (cfg.eval_data, "test", cfg.generate_eval_n, cfg.generate_seed),
+    ]
 
 
 def prepare(cfg: GRPOConfig) -> None:
@@ -32,8 +34,9 @@ def prepare(cfg: GRPOConfig) -> None:
     try:
         check_model_path(cfg.model_name_or_path, "model_name_or_path", cfg.revision)
     except InputError as e:
-        raise InputError(f"{e}; GRPO starts from an SFT model: run recipes/sft.py first (see the config's "
-                         "header)") from None
+        raise InputError(
+            f"{e}; GRPO starts from an SFT model: run recipes/sft.py first (see the config's header)"
+        ) from None
     ensure_data(cfg.generate_data, data_jobs(cfg), mode="parallel" if cfg.parallel else "sequential")
 
 

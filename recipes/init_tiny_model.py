@@ -43,18 +43,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--kv-heads", type=int, default=2)
     ap.add_argument("--intermediate-size", type=int, default=512)
-    ap.add_argument("--whole-numbers", action="store_true",
-                    help="keep digit runs together, so frequent numbers are single tokens (default: one token per digit)")
+    ap.add_argument(
+        "--whole-numbers",
+        action="store_true",
+        help="keep digit runs together, so frequent numbers are single tokens (default: one token per digit)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
     from parallel_reason.tiny import build_tiny
 
     corpus = read_corpus(args.data)
-    tok, model = build_tiny(corpus, args.out, vocab_size=args.vocab_size, seed=args.seed, arch=args.arch,
-                            split_digits=not args.whole_numbers,
-                            hidden_size=args.hidden_size, layers=args.layers, heads=args.heads,
-                            kv_heads=args.kv_heads, intermediate_size=args.intermediate_size)
+    tok, model = build_tiny(
+        corpus,
+        args.out,
+        vocab_size=args.vocab_size,
+        seed=args.seed,
+        arch=args.arch,
+        split_digits=not args.whole_numbers,
+        hidden_size=args.hidden_size,
+        layers=args.layers,
+        heads=args.heads,
+        kv_heads=args.kv_heads,
+        intermediate_size=args.intermediate_size,
+    )
     n_params = sum(p.numel() for p in model.parameters())
     print(f"tiny model: {args.arch}, {n_params / 1e6:.2f}M parameters, vocab {len(tok)} -> {args.out}", file=sys.stderr)
     return 0

@@ -22,8 +22,10 @@ from parallel_reason.training import exit_process, run_main
 
 def data_jobs(cfg: SFTConfig) -> list[tuple]:
     """The data files ``data_gen.<cfg.generate_data>`` writes when missing, in the config's mode."""
-    return [(cfg.train_data, "train", cfg.generate_train_n, cfg.seed),
-            (cfg.eval_data, "val", cfg.generate_eval_n, cfg.seed)]
+    return [
+        (cfg.train_data, "train", cfg.generate_train_n, cfg.seed),
+        (cfg.eval_data, "val", cfg.generate_eval_n, cfg.seed),
+    ]
 
 
 def prepare(cfg: SFTConfig) -> None:

@@ -11,8 +11,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-WORDS = ("alpha beta gamma delta check try plan found none left right sum take "
-         "Numbers Target Answer Search").split()
+WORDS = ("alpha beta gamma delta check try plan found none left right sum take Numbers Target Answer Search").split()
 
 
 def random_text(rng: random.Random, lo: int = 1, hi: int = 6) -> str:
@@ -41,7 +40,11 @@ def tiny_tokenizer():
     from parallel_reason.tokens import add_control_tokens
 
     rng = random.Random(0)
-    corpus = [random_trajectory(rng) for _ in range(200)] + [" ".join(WORDS)] * 5 + ["0 1 2 3 4 5 6 7 8 9 : = + - * / ( ) [ ]"] * 5
+    corpus = (
+        [random_trajectory(rng) for _ in range(200)]
+        + [" ".join(WORDS)] * 5
+        + ["0 1 2 3 4 5 6 7 8 9 : = + - * / ( ) [ ]"] * 5
+    )
     tok = build_tokenizer(corpus, vocab_size=320)
     add_control_tokens(tok)
     return tok
@@ -87,14 +90,25 @@ def make_rollout(items=(), prompt_ids=(), completion: str = "", finish_reason: s
     items = list(items)
     ids = linear_ids(items)
     if all(isinstance(it, Run) for it in items):
-        lps = [lp for it in items for lp in (it.logprobs if it.train and it.logprobs is not None
-                                             else [0.0] * len(it.ids))]
+        lps = [
+            lp for it in items for lp in (it.logprobs if it.train and it.logprobs is not None else [0.0] * len(it.ids))
+        ]
         mask = [int(it.train) for it in items for _ in it.ids]
     else:
         lps, mask = [0.0] * len(ids), [1] * len(ids)
-    values = dict(prompt_ids=list(prompt_ids), completion=completion, completion_ids=ids, items=items,
-                  graph=build_graph(list(prompt_ids), items) if prompt_ids or ids else None, logprobs=lps, sampler_logprobs=list(lps),
-                  loss_mask=mask, finish_reason=finish_reason, total_tokens=sampled_count(items),
-                  critical_path=critical_path_count(items), wall_s=0.0)
+    values = dict(
+        prompt_ids=list(prompt_ids),
+        completion=completion,
+        completion_ids=ids,
+        items=items,
+        graph=build_graph(list(prompt_ids), items) if prompt_ids or ids else None,
+        logprobs=lps,
+        sampler_logprobs=list(lps),
+        loss_mask=mask,
+        finish_reason=finish_reason,
+        total_tokens=sampled_count(items),
+        critical_path=critical_path_count(items),
+        wall_s=0.0,
+    )
     values.update(fields)
     return Rollout(**values)

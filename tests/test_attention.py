@@ -117,7 +117,7 @@ def test_float_mask_and_dispatch(graphs):
 
 def test_mask_bytes(graphs):
     g = graphs[0]
-    assert mask_bytes(g) == len(g) * 8 + g.num_segments ** 2
+    assert mask_bytes(g) == len(g) * 8 + g.num_segments**2
     b = collate(graphs, pad_id=0)
     assert mask_bytes(b) == b["seg_id"].numel() * 8 + b["seg_vis"].numel()
 
@@ -182,8 +182,8 @@ def test_flex_block_mask_structure(graphs, block):
     assert torch.equal(dense_blocks, tiles > 0)
     for bi in range(B):
         for qb in range(nb):
-            full = set(bm.full_kv_indices[bi, 0, qb, :int(bm.full_kv_num_blocks[bi, 0, qb])].tolist())
-            part = set(bm.kv_indices[bi, 0, qb, :int(bm.kv_num_blocks[bi, 0, qb])].tolist())
+            full = set(bm.full_kv_indices[bi, 0, qb, : int(bm.full_kv_num_blocks[bi, 0, qb])].tolist())
+            part = set(bm.kv_indices[bi, 0, qb, : int(bm.kv_num_blocks[bi, 0, qb])].tolist())
             assert full == {kb for kb in range(nb) if tiles[bi, qb, kb] == area[qb, kb]}
             assert part == {kb for kb in range(nb) if 0 < tiles[bi, qb, kb] < area[qb, kb]}
     # a block-sparse kernel reading this BlockMask attends exactly the dense mask
@@ -329,7 +329,7 @@ def test_no_leakage_random_nested(tiny_tokenizer, seed):
             for paths in rec["threads"]:
                 nodes = {node_of[p] for p in paths}
                 if paths:  # the opener: ancestors of the thread's first token after the fork
-                    nodes |= set(g.ancestors(node_of[paths[0]])[rec["fork_len"]:])
+                    nodes |= set(g.ancestors(node_of[paths[0]])[rec["fork_len"] :])
                 branch.append(nodes)
             for j, paths in enumerate(rec["threads"]):
                 others = set().union(*(b for k, b in enumerate(branch) if k != j))

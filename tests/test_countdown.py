@@ -49,8 +49,13 @@ def seq_records():
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "data_gen.countdown", "--no-progress", *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "data_gen.countdown", "--no-progress", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -124,38 +129,44 @@ def test_verify_accepts_correct_expressions():
     assert cd.reward("blah\nAnswer: 60/(7-4)-(25-18)", [4, 7, 25, 60, 18], 13) == 1.0
 
 
-@pytest.mark.parametrize("expr, reason", [
-    ("60-25-7-5", "uses 5 which is not available"),
-    ("25+25-60+4", "uses 25 twice but it is given once"),
-    ("60-25-7-4+1", "uses 1 which is not available"),
-    ("60-25-7", "does not use 4"),
-    ("60/4-7+25", "evaluates to 33, target is 13"),
-    ("60/(7-4)+25", "evaluates to 45, target is 13"),
-    ("(60+25)/4-7", "evaluates to 57/4, target is 13"),
-    ("60/(25-25)+4+7", "division by zero"),
-    ("-4+7+25-60", "unary minus"),
-    ("60--25+7+4", "unary minus"),
-    ("2**10", "unexpected '*' at position 2"),
-    ("4 7 25 60", "unexpected 7 at position 2"),
-    ("(60-25", "expected ')'"),
-    ("60-25)", "unmatched ')'"),
-    ("60-", "ends unexpectedly"),
-    ("07+4+25+60", "leading zero"),
-    ("", "empty answer"),
-])
+@pytest.mark.parametrize(
+    "expr, reason",
+    [
+        ("60-25-7-5", "uses 5 which is not available"),
+        ("25+25-60+4", "uses 25 twice but it is given once"),
+        ("60-25-7-4+1", "uses 1 which is not available"),
+        ("60-25-7", "does not use 4"),
+        ("60/4-7+25", "evaluates to 33, target is 13"),
+        ("60/(7-4)+25", "evaluates to 45, target is 13"),
+        ("(60+25)/4-7", "evaluates to 57/4, target is 13"),
+        ("60/(25-25)+4+7", "division by zero"),
+        ("-4+7+25-60", "unary minus"),
+        ("60--25+7+4", "unary minus"),
+        ("2**10", "unexpected '*' at position 2"),
+        ("4 7 25 60", "unexpected 7 at position 2"),
+        ("(60-25", "expected ')'"),
+        ("60-25)", "unmatched ')'"),
+        ("60-", "ends unexpectedly"),
+        ("07+4+25+60", "leading zero"),
+        ("", "empty answer"),
+    ],
+)
 def test_verify_rejects(expr, reason):
     v = cd.verify(expr, NUMS, 13)
     assert not v.ok
     assert reason in v.reason, v.reason
 
 
-@pytest.mark.parametrize("text", [
-    "(21-1)</Thread>*(14-13)",
-    "Answer: (21-1)</Thread>*(14-13)",
-    "<Parallel>\n<Outlines><Outline>1: a</Outline></Outlines>\n<Thread>1: Answer: (21-1)</Thread>*(14-13)",
-    "Answer: <Outline>(21-1)*(14-13)",
-    "Answer: (21-1)*(14-13)</Parallel>",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "(21-1)</Thread>*(14-13)",
+        "Answer: (21-1)</Thread>*(14-13)",
+        "<Parallel>\n<Outlines><Outline>1: a</Outline></Outlines>\n<Thread>1: Answer: (21-1)</Thread>*(14-13)",
+        "Answer: <Outline>(21-1)*(14-13)",
+        "Answer: (21-1)*(14-13)</Parallel>",
+    ],
+)
 def test_verify_rejects_control_tags_inside_the_answer(text):
     """Stripping the tags would read (21-1)*(14-13) = 20: correct, but not what was written."""
     assert cd.verify("(21-1)*(14-13)", [21, 1, 14, 13], 20).ok
@@ -164,20 +175,26 @@ def test_verify_rejects_control_tags_inside_the_answer(text):
     assert cd.reward(text if "Answer:" in text else "Answer: " + text, [21, 1, 14, 13], 20) == 0.0
 
 
-@pytest.mark.parametrize("nums, target, what", [
-    ([2.5, 4, 7], 13, "nums[0]"),
-    ([4, 7, 25, 60], 13.5, "'target'"),
-    ([4, "x", 25], 13, "nums[1]"),
-    ([4, None], 13, "nums[1]"),
-    ([True, 4], 13, "nums[0]"),
-    ("4 7 25 60", 13, "'nums' must be a list"),
-    (7, 13, "'nums' must be a list"),
-    ([], 13, "'nums' is empty"),
-])
+@pytest.mark.parametrize(
+    "nums, target, what",
+    [
+        ([2.5, 4, 7], 13, "nums[0]"),
+        ([4, 7, 25, 60], 13.5, "'target'"),
+        ([4, "x", 25], 13, "nums[1]"),
+        ([4, None], 13, "nums[1]"),
+        ([True, 4], 13, "nums[0]"),
+        ("4 7 25 60", 13, "'nums' must be a list"),
+        (7, 13, "'nums' must be a list"),
+        ([], 13, "'nums' is empty"),
+    ],
+)
 def test_non_integer_problems_are_refused_not_truncated(nums, target, what):
     """2.5 used to become 2: '2+4+7' was counted correct for [2.5, 4, 7] -> 13."""
-    for call in (lambda: cd.verify("2+4+7", nums, target), lambda: cd.prompt(nums, target),
-                 lambda: cd.check_problem(nums, target)):
+    for call in (
+        lambda: cd.verify("2+4+7", nums, target),
+        lambda: cd.prompt(nums, target),
+        lambda: cd.check_problem(nums, target),
+    ):
         with pytest.raises(ValueError, match=re.escape(what)):
             call()
     assert cd.reward("Answer: 2+4+7", [2.0, 4, 7], 13) == 1.0  # integral floats (and "4") are integers
@@ -187,8 +204,13 @@ def test_non_integer_problems_are_refused_not_truncated(nums, target, what):
 def test_verify_reports_every_number_problem():
     v = cd.verify("25+25+5", NUMS, 13)
     assert not v.ok
-    for part in ("uses 5 which is not available", "uses 25 twice but it is given once",
-                 "does not use 4", "does not use 7", "does not use 60"):
+    for part in (
+        "uses 5 which is not available",
+        "uses 25 twice but it is given once",
+        "does not use 4",
+        "does not use 7",
+        "does not use 60",
+    ):
         assert part in v.reason
     v = cd.verify("4+4", [4, 4, 4], 8)
     assert "uses 4 twice but it is given 3 times" in v.reason
@@ -196,18 +218,21 @@ def test_verify_reports_every_number_problem():
     assert cd.reward("60/(7-4)-(25-18)", NUMS, 13) == 0.0  # no Answer: line
 
 
-@pytest.mark.parametrize("attack, char", [
-    ("__import__('os').system('ls')", "'_' at position 0"),
-    ("1+1;import os", "';' at position 3"),
-    ("lambda: 13", "'l' at position 0"),
-    ("13 if True else 0", "'i' at position 3"),
-    ("60-25-7-4.0", "'.' at position 9"),
-    ("0x0d", "'x' at position 1"),
-    ("1_3", "'_' at position 1"),
-    ("１３", "'１' at position 0"),  # fullwidth digits are not ASCII digits
-    ("60-25-7-4\x00", "'\\x00' at position 9"),
-    ("60-25-7-4\n+0", "no 'Answer:' line"),
-])
+@pytest.mark.parametrize(
+    "attack, char",
+    [
+        ("__import__('os').system('ls')", "'_' at position 0"),
+        ("1+1;import os", "';' at position 3"),
+        ("lambda: 13", "'l' at position 0"),
+        ("13 if True else 0", "'i' at position 3"),
+        ("60-25-7-4.0", "'.' at position 9"),
+        ("0x0d", "'x' at position 1"),
+        ("1_3", "'_' at position 1"),
+        ("１３", "'１' at position 0"),  # fullwidth digits are not ASCII digits
+        ("60-25-7-4\x00", "'\\x00' at position 9"),
+        ("60-25-7-4\n+0", "no 'Answer:' line"),
+    ],
+)
 def test_verify_rejects_injection(attack, char):
     v = cd.verify(attack, NUMS, 13)
     assert not v.ok and v.value is None
@@ -262,8 +287,9 @@ def test_every_completion_parses_and_verifies(which, par_records, seq_records):
 
 
 def test_parallel_has_blocks_and_sequential_is_the_same_search(par_records, seq_records):
-    assert [(r["nums"], r["target"], r["answer"]) for r in par_records] == \
-           [(r["nums"], r["target"], r["answer"]) for r in seq_records]
+    assert [(r["nums"], r["target"], r["answer"]) for r in par_records] == [
+        (r["nums"], r["target"], r["answer"]) for r in seq_records
+    ]
     for p, s in zip(par_records, seq_records):
         st = metrics.stats(p["completion"])
         assert st.blocks >= 2 and st.max_depth == 2  # 4 numbers, depth 2: nested blocks
@@ -338,13 +364,16 @@ def test_cli_deterministic_across_runs_and_workers(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["a.jsonl", "b.jsonl", "c.jsonl", "d.jsonl"]  # no tmp files left
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--mode", "tree"], "invalid choice"),
-    (["--n", "0"], "must be in 1..inf"),
-    (["--widths", "3,x"], "comma-separated positive integers"),
-    (["--numbers", "9"], "must be in 2..6"),
-    (["--split", "dev"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--mode", "tree"], "invalid choice"),
+        (["--n", "0"], "must be in 1..inf"),
+        (["--widths", "3,x"], "comma-separated positive integers"),
+        (["--numbers", "9"], "must be in 2..6"),
+        (["--split", "dev"], "invalid choice"),
+    ],
+)
 def test_cli_bad_options(tmp_path, args, message):
     r = _run_cli("--out", str(tmp_path / "x.jsonl"), *args)
     assert r.returncode == 2
@@ -360,14 +389,15 @@ def test_dfs_stops_at_the_first_solution_of_the_same_search(seq_records):
     """``dfs`` renders the same explored tree as ``sequential`` but stops at the first
     child whose subtree reaches the target; it is never longer."""
     dfs = gen.generate(gen.GenConfig(seed=3, mode="dfs"), 300, progress=False)
-    assert [(r["nums"], r["target"], r["answer"]) for r in dfs] == \
-           [(r["nums"], r["target"], r["answer"]) for r in seq_records]
+    assert [(r["nums"], r["target"], r["answer"]) for r in dfs] == [
+        (r["nums"], r["target"], r["answer"]) for r in seq_records
+    ]
     shorter = 0
     for d, s in zip(dfs, seq_records):
         assert strip_tags(d["completion"]) == d["completion"]
         assert cd.verify(cd.extract_answer(d["completion"]), d["nums"], d["target"]).ok
         top = [line for line in d["completion"].split("\n") if line and not line.startswith((" ", "=>", "Answer"))]
-        assert top == [line for line in s["completion"].split("\n") if line in top][:len(top)]
+        assert top == [line for line in s["completion"].split("\n") if line in top][: len(top)]
         # the last top-level move is the one that reaches the target: its subtree ends with it
         assert d["completion"].split("\n=> ")[-1].startswith(d["answer"])
         assert metrics.total_tokens(d["completion"]) <= metrics.total_tokens(s["completion"])
@@ -388,8 +418,9 @@ def test_mixed_mode_is_deterministic_and_mixes():
 
 
 def test_restated_threads_goals_and_ranges():
-    cfg = gen.GenConfig(seed=2, n_numbers=3, restate=True, show_target=True, num_range=(1, 20),
-                        target_range=(10, 60), widths=(3,))
+    cfg = gen.GenConfig(
+        seed=2, n_numbers=3, restate=True, show_target=True, num_range=(1, 20), target_range=(10, 60), widths=(3,)
+    )
     recs = gen.generate(cfg, 80, progress=False)
     for r in recs:
         assert all(1 <= x <= 20 for x in r["nums"]) and 10 <= r["target"] <= 60
@@ -415,16 +446,23 @@ def test_per_pair_moves_follow_the_order_of_the_numbers():
         used = []
         for outline in block.outlines:
             move = outline.split(": ", 1)[1].split("=")[0]
-            x, y = (int(v) for v in move.replace("+", " ").replace("-", " ").replace("*", " ").replace("/", " ").split())
+            x, y = (
+                int(v) for v in move.replace("+", " ").replace("-", " ").replace("*", " ").replace("/", " ").split()
+            )
             used.append(pairs.index(sorted((x, y))))
         assert used == sorted(used)  # pairs in order; a pair whose state repeats is dropped
     with pytest.raises(ValueError, match="moves"):
         gen.search([1, 2, 3], 6, random.Random(0), moves="random")
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--num-range", "5"], "LO,HI"), (["--target-range", "9,3"], "1 <= LO <= HI"),
-    (["--mode", "mixed", "--parallel-fraction", "1.5"], "parallel_fraction")])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--num-range", "5"], "LO,HI"),
+        (["--target-range", "9,3"], "1 <= LO <= HI"),
+        (["--mode", "mixed", "--parallel-fraction", "1.5"], "parallel_fraction"),
+    ],
+)
 def test_cli_bad_ranges(tmp_path, args, message, capsys):
     with pytest.raises((SystemExit, ValueError)) as e:
         gen.main(["--n", "3", "--out", str(tmp_path / "x.jsonl"), *args])
@@ -432,8 +470,9 @@ def test_cli_bad_ranges(tmp_path, args, message, capsys):
 
 
 def test_leaf_answers_need_no_copy_after_a_join():
-    cfg = gen.GenConfig(seed=6, n_numbers=3, restate=True, show_target=True, moves="per-pair", widths=(1,),
-                        leaf_answers=True)
+    cfg = gen.GenConfig(
+        seed=6, n_numbers=3, restate=True, show_target=True, moves="per-pair", widths=(1,), leaf_answers=True
+    )
     par = gen.generate(cfg, 60, progress=False)
     dfs = gen.generate(gen.GenConfig(**{**cfg.__dict__, "mode": "dfs"}), 60, progress=False)
     for p, d in zip(par, dfs):

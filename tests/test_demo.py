@@ -13,10 +13,42 @@ import pytest
 from eval import demo
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--train-n", "120", "--val-n", "12", "--test-n", "12", "--full-test-n", "6", "--grpo-n", "24",
-         "--sft-tokens", "0", "--sft-epochs", "1", "--grpo-steps", "2", "--grpo-g", "4", "--grpo-prompts", "2",
-         "--hidden", "32", "--layers", "1", "--vocab-size", "400", "--self-train-n", "4", "--self-train-k", "2",
-         "--max-new-tokens", "48", "--heartbeat", "0"]
+SMALL = [
+    "--train-n",
+    "120",
+    "--val-n",
+    "12",
+    "--test-n",
+    "12",
+    "--full-test-n",
+    "6",
+    "--grpo-n",
+    "24",
+    "--sft-tokens",
+    "0",
+    "--sft-epochs",
+    "1",
+    "--grpo-steps",
+    "2",
+    "--grpo-g",
+    "4",
+    "--grpo-prompts",
+    "2",
+    "--hidden",
+    "32",
+    "--layers",
+    "1",
+    "--vocab-size",
+    "400",
+    "--self-train-n",
+    "4",
+    "--self-train-k",
+    "2",
+    "--max-new-tokens",
+    "48",
+    "--heartbeat",
+    "0",
+]
 
 
 def _stages(tmp_path, *extra):
@@ -28,11 +60,29 @@ def test_dry_run_commands_parse_with_each_tool(tmp_path, capsys):
     assert demo.main(["--out", str(tmp_path / "d"), *SMALL, "--dry-run"]) == 0
     pipe, stages = _stages(tmp_path)
     names = [j.name for _, jobs in stages for j in jobs]
-    assert names[:7] == ["data_train.parallel", "data_train.dfs", "data_val.parallel", "data_val.dfs",
-                         "data_test", "data_grpo.train", "data_test_full"]
-    assert {"base", "sft_parallel", "sft_dfs", "eval_sft_parallel", "eval_sft_dfs", "eval_full_sft_parallel",
-            "eval_full_sft_dfs", "grpo_parallel", "self_train", "eval_grpo_parallel", "compare",
-            "compare_full"} <= set(names)
+    assert names[:7] == [
+        "data_train.parallel",
+        "data_train.dfs",
+        "data_val.parallel",
+        "data_val.dfs",
+        "data_test",
+        "data_grpo.train",
+        "data_test_full",
+    ]
+    assert {
+        "base",
+        "sft_parallel",
+        "sft_dfs",
+        "eval_sft_parallel",
+        "eval_sft_dfs",
+        "eval_full_sft_parallel",
+        "eval_full_sft_dfs",
+        "grpo_parallel",
+        "self_train",
+        "eval_grpo_parallel",
+        "compare",
+        "compare_full",
+    } <= set(names)
     from data_gen import countdown as gen
     from eval.benchmark import build_parser
     from parallel_reason import grpo, sft
@@ -87,8 +137,13 @@ def test_failing_stage_stops_with_its_log(tmp_path, capsys):
 @pytest.mark.slow
 def test_miniature_pipeline_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    r = subprocess.run([sys.executable, "-m", "eval.demo", "--out", str(out), *SMALL], cwd=ROOT,
-                       capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-m", "eval.demo", "--out", str(out), *SMALL],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     table = (out / "report" / "compare.md").read_text()
     for run in ("sft_dfs", "sft_parallel", "grpo_parallel"):
@@ -105,8 +160,13 @@ def test_miniature_pipeline_end_to_end(tmp_path):
     stages = json.loads((out / "report" / "stages.json").read_text())["stages"]
     assert [s[2] for s in stages] == ["ok"] * 7
     # a rerun skips every finished stage
-    r = subprocess.run([sys.executable, "-m", "eval.demo", "--out", str(out), *SMALL], cwd=ROOT,
-                       capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-m", "eval.demo", "--out", str(out), *SMALL],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0
     stages = json.loads((out / "report" / "stages.json").read_text())["stages"]
     assert [s[2] for s in stages[:6]] == ["skipped (done)"] * 6

@@ -134,29 +134,45 @@ The distance is \\boxed{\\sqrt{117}}."""
 def _apr_sample() -> tuple[dict, list[str]]:
     """A trace_dict with two spawns in the root and one nested spawn in a child,
     and the words of the input in document order (markers excluded)."""
-    head = ("Moving to Node #0\nCurrent State: 24:[2, 3, 4, 6], Operations: []\n"
-            "Exploring Operation: 2*3=6, Resulting Numbers: [4, 6, 6]\n"
-            "Generated Node #0,0: 24:[4, 6, 6] Operation: 2*3=6\n"
-            "Exploring Operation: 6-4=2, Resulting Numbers: [2, 3, 6]\n"
-            "Generated Node #0,1: 24:[2, 3, 6] Operation: 6-4=2\n")
-    spawn0 = ("<Calling Sub Searches>\n<Start Sub Search 0 at level 1> Moving to Node #0,0\n"
-              "<Start Sub Search 1 at level 1> Moving to Node #0,1\n<End Calling Sub Searches>\n")
-    join0 = ("<Sub Searches>\n<No Solution in Sub Search 0 at level 1 at Node #0,0>\n"
-             "<No Solution in Sub Search 1 at level 1 at Node #0,1>\n<End Sub Searches>\n")
-    mid = ("Moving to Node #0,2\nCurrent State: 24:[3, 4, 12], Operations: ['2*6=12']\n"
-           "Generated Node #0,2,0: 24:[12, 12] Operation: 3*4=12\n"
-           "Generated Node #0,2,1: 24:[7, 12] Operation: 3+4=7\n")
-    spawn1 = ("<Calling Sub Searches>\n<Start Sub Search 0 at level 1> Moving to Node #0,2,0\n"
-              "<Start Sub Search 1 at level 1> Moving to Node #0,2,1\n<End Calling Sub Searches>\n")
-    join1 = ("<Sub Searches>\n<Goal Reached in Sub Search 0 at level 1 at Node #0,2,0>\n"
-             "Moving to Node #0,2,0\nExploring Operation: 12+12=24, Resulting Numbers: [24]\n24,24 equal: Goal Reached\n"
-             "<No Solution in Sub Search 1 at level 1 at Node #0,2,1>\n<End Sub Searches>\n")
+    head = (
+        "Moving to Node #0\nCurrent State: 24:[2, 3, 4, 6], Operations: []\n"
+        "Exploring Operation: 2*3=6, Resulting Numbers: [4, 6, 6]\n"
+        "Generated Node #0,0: 24:[4, 6, 6] Operation: 2*3=6\n"
+        "Exploring Operation: 6-4=2, Resulting Numbers: [2, 3, 6]\n"
+        "Generated Node #0,1: 24:[2, 3, 6] Operation: 6-4=2\n"
+    )
+    spawn0 = (
+        "<Calling Sub Searches>\n<Start Sub Search 0 at level 1> Moving to Node #0,0\n"
+        "<Start Sub Search 1 at level 1> Moving to Node #0,1\n<End Calling Sub Searches>\n"
+    )
+    join0 = (
+        "<Sub Searches>\n<No Solution in Sub Search 0 at level 1 at Node #0,0>\n"
+        "<No Solution in Sub Search 1 at level 1 at Node #0,1>\n<End Sub Searches>\n"
+    )
+    mid = (
+        "Moving to Node #0,2\nCurrent State: 24:[3, 4, 12], Operations: ['2*6=12']\n"
+        "Generated Node #0,2,0: 24:[12, 12] Operation: 3*4=12\n"
+        "Generated Node #0,2,1: 24:[7, 12] Operation: 3+4=7\n"
+    )
+    spawn1 = (
+        "<Calling Sub Searches>\n<Start Sub Search 0 at level 1> Moving to Node #0,2,0\n"
+        "<Start Sub Search 1 at level 1> Moving to Node #0,2,1\n<End Calling Sub Searches>\n"
+    )
+    join1 = (
+        "<Sub Searches>\n<Goal Reached in Sub Search 0 at level 1 at Node #0,2,0>\n"
+        "Moving to Node #0,2,0\nExploring Operation: 12+12=24, Resulting Numbers: [24]\n24,24 equal: Goal Reached\n"
+        "<No Solution in Sub Search 1 at level 1 at Node #0,2,1>\n<End Sub Searches>\n"
+    )
     tail = "24,24 equal: Goal Reached\n"
     c00_head = "Moving to Node #0,0\nCurrent State: 24:[4, 6, 6], Operations: ['2*3=6']\n"
-    c00_spawn = ("<Calling Sub Searches>\n<Start Sub Search 0 at level 2> Moving to Node #0,0,0\n"
-                 "<Start Sub Search 1 at level 2> Moving to Node #0,0,1\n<End Calling Sub Searches>\n")
-    c00_join = ("<Sub Searches>\n<No Solution in Sub Search 0 at level 2 at Node #0,0,0>\n"
-                "<No Solution in Sub Search 1 at level 2 at Node #0,0,1>\n<End Sub Searches>\nNo solution found.\n")
+    c00_spawn = (
+        "<Calling Sub Searches>\n<Start Sub Search 0 at level 2> Moving to Node #0,0,0\n"
+        "<Start Sub Search 1 at level 2> Moving to Node #0,0,1\n<End Calling Sub Searches>\n"
+    )
+    c00_join = (
+        "<Sub Searches>\n<No Solution in Sub Search 0 at level 2 at Node #0,0,0>\n"
+        "<No Solution in Sub Search 1 at level 2 at Node #0,0,1>\n<End Sub Searches>\nNo solution found.\n"
+    )
     g000 = "Moving to Node #0,0,0\nCurrent State: 24:[6, 10], Operations: ['2*3=6', '4+6=10']\n10+6=16 unequal: No Solution\n"
     g001 = "Moving to Node #0,0,1\nCurrent State: 24:[4, 36], Operations: ['2*3=6', '6*6=36']\n36-4=32 unequal: No Solution\n"
     c01 = "Moving to Node #0,1\nCurrent State: 24:[2, 3, 6], Operations: ['6-4=2']\nNo solution found.\n"
@@ -166,8 +182,10 @@ def _apr_sample() -> tuple[dict, list[str]]:
     td = {
         "main_calls": [head + spawn0, head + join0 + mid + spawn1, head + join0 + mid + join1 + tail],
         "sub_calls": [
-            [{"main_calls": [c00_head + c00_spawn, c00_head + c00_join], "sub_calls": [[leaf(g000), leaf(g001)]]},
-             leaf(c01)],
+            [
+                {"main_calls": [c00_head + c00_spawn, c00_head + c00_join], "sub_calls": [[leaf(g000), leaf(g001)]]},
+                leaf(c01),
+            ],
             [leaf(c20), leaf(c21)],
         ],
     }
@@ -217,9 +235,11 @@ def test_parallel_r1_synthesised_outlines():
     assert in_order(words(PARALLEL_R1, PR1_TAGS), out_words(out))
     b = parse(out).blocks()[0][0]
     # outlines come from the first sentence of each path
-    assert b.outlines == ["1: Factor it.",
-                          "2: Use the quadratic formula: x = (5 +- sqrt(25 - 24)) / 2, giving 3 and 2.",
-                          "3: Check by Vieta!"]
+    assert b.outlines == [
+        "1: Factor it.",
+        "2: Use the quadratic formula: x = (5 +- sqrt(25 - 24)) / 2, giving 3 and 2.",
+        "3: Check by Vieta!",
+    ]
     assert out.split("</Parallel>")[1].startswith("\nAll three methods give the roots 2 and 3.")
 
 
@@ -285,29 +305,56 @@ def test_dialect_names():
 # malformed inputs
 
 
-@pytest.mark.parametrize("dialect,text,offset,problem", [
-    ("multiverse", "a <Parallel><Goal><Outline>x</Outline></Goal><Path>p", 45, "<Path> opened at offset 45 is never closed"),
-    ("multiverse", "a </Path>", 2, "without a matching <Path>"),
-    ("multiverse", "<Parallel><Goal><Outline>x</Outline></Path>", 36, "closes <Goal>"),
-    ("multiverse", "<Parallel><Goal><Outline>x</Outline></Goal><Path>p</Path><Path>q</Path></Parallel>", 0,
-     "1 outlines but 2 paths"),
-    ("multiverse", "<Parallel><Path>p</Path></Parallel>", 0, "without <Goal>"),
-    ("multiverse", "<Parallel>stray<Goal><Outline>x</Outline></Goal><Path>p</Path></Parallel>", 10, "text 'stray'"),
-    ("multiverse", "<Path>p</Path>", 0, "outside a <Parallel>"),
-    ("multiverse", "<Parallel><Goal><Outline>1: x</Outline><Outline>2: y</Outline></Goal>"
-                   "<Path>2: p</Path><Path>1: q</Path></Parallel>", 69, "path 1 is numbered 2"),
-    ("multiverse", "<Parallel><Goal><Outline>x</Outline></Goal><Path> </Path></Parallel>", 43, "path 1 is empty"),
-    ("multiverse", "ok <Thread>1: x</Thread>", 3, "canonical tag"),
-    ("parallel_r1", "<Parallel><Summary>s</Summary></Parallel>", 0, "without <Path>"),
-    ("parallel_r1", "<Parallel><Path>a</Path><Summary>s</Summary><Path>b</Path></Parallel>", 44, "<Path> after <Summary>"),
-    ("parallel_r1", "x <Parallel><Path>a</Path>", 2, "never closed"),
-    ("parallel_r1", "<Parallel><Path>a</Path><Outline>o</Outline></Parallel>", 24, "canonical tag"),
-    ("threadweaver", "<think><Parallel><Outlines><Outline>1: a</Outline></Outlines><Thread>1: x</Thread>"
-                     "<Thread>2: y</Thread></Parallel></think>", 7, "1 outlines but 2 threads"),
-    ("threadweaver", "<Parallel><Thread>1: x</Thread></Parallel>", 0, "without <Outlines>"),
-    ("threadweaver", "<think>unclosed", 0, "never closed"),
-    ("canonical", "<Parallel><Outlines></Outlines></Parallel>", 0, "no outlines"),
-])
+@pytest.mark.parametrize(
+    "dialect,text,offset,problem",
+    [
+        (
+            "multiverse",
+            "a <Parallel><Goal><Outline>x</Outline></Goal><Path>p",
+            45,
+            "<Path> opened at offset 45 is never closed",
+        ),
+        ("multiverse", "a </Path>", 2, "without a matching <Path>"),
+        ("multiverse", "<Parallel><Goal><Outline>x</Outline></Path>", 36, "closes <Goal>"),
+        (
+            "multiverse",
+            "<Parallel><Goal><Outline>x</Outline></Goal><Path>p</Path><Path>q</Path></Parallel>",
+            0,
+            "1 outlines but 2 paths",
+        ),
+        ("multiverse", "<Parallel><Path>p</Path></Parallel>", 0, "without <Goal>"),
+        ("multiverse", "<Parallel>stray<Goal><Outline>x</Outline></Goal><Path>p</Path></Parallel>", 10, "text 'stray'"),
+        ("multiverse", "<Path>p</Path>", 0, "outside a <Parallel>"),
+        (
+            "multiverse",
+            "<Parallel><Goal><Outline>1: x</Outline><Outline>2: y</Outline></Goal>"
+            "<Path>2: p</Path><Path>1: q</Path></Parallel>",
+            69,
+            "path 1 is numbered 2",
+        ),
+        ("multiverse", "<Parallel><Goal><Outline>x</Outline></Goal><Path> </Path></Parallel>", 43, "path 1 is empty"),
+        ("multiverse", "ok <Thread>1: x</Thread>", 3, "canonical tag"),
+        ("parallel_r1", "<Parallel><Summary>s</Summary></Parallel>", 0, "without <Path>"),
+        (
+            "parallel_r1",
+            "<Parallel><Path>a</Path><Summary>s</Summary><Path>b</Path></Parallel>",
+            44,
+            "<Path> after <Summary>",
+        ),
+        ("parallel_r1", "x <Parallel><Path>a</Path>", 2, "never closed"),
+        ("parallel_r1", "<Parallel><Path>a</Path><Outline>o</Outline></Parallel>", 24, "canonical tag"),
+        (
+            "threadweaver",
+            "<think><Parallel><Outlines><Outline>1: a</Outline></Outlines><Thread>1: x</Thread>"
+            "<Thread>2: y</Thread></Parallel></think>",
+            7,
+            "1 outlines but 2 threads",
+        ),
+        ("threadweaver", "<Parallel><Thread>1: x</Thread></Parallel>", 0, "without <Outlines>"),
+        ("threadweaver", "<think>unclosed", 0, "never closed"),
+        ("canonical", "<Parallel><Outlines></Outlines></Parallel>", 0, "no outlines"),
+    ],
+)
 def test_malformed_inputs_name_dialect_offset_problem(dialect, text, offset, problem):
     with pytest.raises(DialectError) as ei:
         convert(text, dialect)
@@ -349,7 +396,9 @@ def test_apr_malformed():
     e = err('{"main_calls": [')
     assert "invalid trace_dict JSON" in str(e)
     assert "expected a trace_dict" in str(err(42))
-    e = err({"main_calls": ["x\n<Calling Sub Searches>\n<Start Sub Search 0 at level 1> a\n<End Calling Sub Searches>\n"]})
+    e = err(
+        {"main_calls": ["x\n<Calling Sub Searches>\n<Start Sub Search 0 at level 1> a\n<End Calling Sub Searches>\n"]}
+    )
     assert "truncated" in str(e) and e.offset == 2
     bad = json.loads(json.dumps(td))
     bad["main_calls"][0] = bad["main_calls"][0].replace("Sub Search 1 at", "Sub Search 5 at")
@@ -403,14 +452,19 @@ def test_convert_cli_bad_records_and_files(tmp_path, capsys):
 
     ok = {"id": "ok", "completion": MULTIVERSE}
     src = tmp_path / "in.jsonl"
-    src.write_bytes(b"\n".join([
-        json.dumps({"id": "deep", "completion": "<Parallel><Thread>" * 332}).encode(),
-        json.dumps({"id": "deep2", "completion": "<Parallel><Path>" * 2000}).encode(),
-        json.dumps({"id": "num", "completion": 7}).encode(),
-        b"\xff\xfe not utf-8",
-        b"[" * 100_000,
-        json.dumps(ok).encode(),
-    ]) + b"\n")
+    src.write_bytes(
+        b"\n".join(
+            [
+                json.dumps({"id": "deep", "completion": "<Parallel><Thread>" * 332}).encode(),
+                json.dumps({"id": "deep2", "completion": "<Parallel><Path>" * 2000}).encode(),
+                json.dumps({"id": "num", "completion": 7}).encode(),
+                b"\xff\xfe not utf-8",
+                b"[" * 100_000,
+                json.dumps(ok).encode(),
+            ]
+        )
+        + b"\n"
+    )
     out = tmp_path / "out.jsonl"
     assert main(["--from", "multiverse", "--input", str(src), "--out", str(out)]) == 0
     assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["ok"]
@@ -443,8 +497,11 @@ def test_docs_examples_are_what_the_converters_output():
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "dialects.md").read_text()
     checked = 0
-    for title, dialect in (("## Multiverse", "multiverse"), ("## Parallel-R1", "parallel_r1"),
-                           ("## ThreadWeaver", "threadweaver")):
+    for title, dialect in (
+        ("## Multiverse", "multiverse"),
+        ("## Parallel-R1", "parallel_r1"),
+        ("## ThreadWeaver", "threadweaver"),
+    ):
         section = doc.split(title, 1)[1].split("\n## ", 1)[0]
         blocks = re.findall(r"```\n(.*?)\n```", section, re.S)
         inp, out = blocks[0], blocks[1]

@@ -166,8 +166,9 @@ def test_packed_equals_join_definition(tiny_tokenizer, join, attn):
         assert [g.position_ids[i].item() for i in trained] == [n.pos for n in nodes if n.train]
         # no trained token sees more or less than its definition allows (by token identity and position)
         for i, n in zip(trained, [n for n in nodes if n.train]):
-            got = sorted((g.input_ids[j].item(), g.position_ids[j].item()) for j in torch.nonzero(g.visible(i))[:, 0]
-                         if j != i)
+            got = sorted(
+                (g.input_ids[j].item(), g.position_ids[j].item()) for j in torch.nonzero(g.visible(i))[:, 0] if j != i
+            )
             assert got == sorted((nodes[j].id, nodes[j].pos) for j in n.sees)
         assert len(g) == len(nodes)  # tree: every token stored once; concat: the re-read copies too
         saved += len(definition_nodes(prompt, items, "concat")) - len(g)
@@ -178,6 +179,9 @@ def test_packed_equals_join_definition(tiny_tokenizer, join, attn):
     batch = collate(graphs, pad_id=tok.pad_token_id)
     with torch.no_grad():
         packed = packed_logprobs(model, batch).double()
-    worst = max(abs(float(packed[b, i]) - r) for b, g in enumerate(graphs)
-                for i, r in zip(torch.nonzero(g.loss_mask).flatten().tolist(), refs[b]))
+    worst = max(
+        abs(float(packed[b, i]) - r)
+        for b, g in enumerate(graphs)
+        for i, r in zip(torch.nonzero(g.loss_mask).flatten().tolist(), refs[b])
+    )
     assert worst <= TOL, f"max abs diff {worst:.2e} > {TOL}"

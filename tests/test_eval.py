@@ -41,15 +41,34 @@ def workdir(tmp_path_factory, countdown_records):
     d = tmp_path_factory.mktemp("eval")
     data = d / "countdown3.jsonl"
     dg.write_jsonl(countdown_records, str(data))
-    corpus = [r["prompt"] + r["completion"] for r in countdown_records] * 2 + ["Solve the problem \\boxed{42} #### 1,234"]
+    corpus = [r["prompt"] + r["completion"] for r in countdown_records] * 2 + [
+        "Solve the problem \\boxed{42} #### 1,234"
+    ]
     build_tiny(corpus, d / "model", **TINY)
     return d
 
 
 def _bench(workdir: Path, out: str, mode: str, *extra: str) -> dict:
-    argv = ["--model", str(workdir / "model"), "--task", "countdown", "--data", str(workdir / "countdown3.jsonl"),
-            "--mode", mode, "--out", str(workdir / out), "--max-new-tokens", "12", "--batch-size", "3",
-            "--chunk-size", "3", "--no-progress", *extra]
+    argv = [
+        "--model",
+        str(workdir / "model"),
+        "--task",
+        "countdown",
+        "--data",
+        str(workdir / "countdown3.jsonl"),
+        "--mode",
+        mode,
+        "--out",
+        str(workdir / out),
+        "--max-new-tokens",
+        "12",
+        "--batch-size",
+        "3",
+        "--chunk-size",
+        "3",
+        "--no-progress",
+        *extra,
+    ]
     assert bm.main(argv) == 0
     return json.loads((workdir / out / "summary.json").read_text())
 
@@ -74,20 +93,41 @@ def test_benchmark_both_modes(workdir, two_runs, countdown_records):
         for r in rows:
             assert set(bm.ROW_FIELDS) - {"samples", "pass_at_k"} <= set(r), set(bm.ROW_FIELDS) - set(r)
             assert r["mode"] == mode and r["task"] == "countdown" and r["n_samples"] == 1
-            assert r["reference"] == {"nums": next(x["nums"] for x in countdown_records if x["id"] == r["id"]),
-                                      "target": next(x["target"] for x in countdown_records if x["id"] == r["id"])}
+            assert r["reference"] == {
+                "nums": next(x["nums"] for x in countdown_records if x["id"] == r["id"]),
+                "target": next(x["target"] for x in countdown_records if x["id"] == r["id"]),
+            }
             assert r["prompt"].startswith("Numbers: ")
             assert 1 <= r["total_tokens"] <= 12 and 1 <= r["critical_path"] <= r["total_tokens"]
             assert r["speedup"] == pytest.approx(r["total_tokens"] / r["critical_path"])
             assert isinstance(r["correct"], bool) and isinstance(r["format_valid"], bool)
             assert isinstance(r["completion"], str) and r["wall_clock_s"] >= 0
-            assert r["finish_reason"] in ("eos", "max_new_tokens", "unclosed_thread", "malformed", "max_depth",
-                                          "max_threads", "no_outlines", "eos_in_thread", "max_thread_tokens")
+            assert r["finish_reason"] in (
+                "eos",
+                "max_new_tokens",
+                "unclosed_thread",
+                "malformed",
+                "max_depth",
+                "max_threads",
+                "no_outlines",
+                "eos_in_thread",
+                "max_thread_tokens",
+            )
             if mode == "sequential":
                 assert r["critical_path"] == r["total_tokens"] and r["blocks"] == 0
-        for key in ("accuracy", "total_tokens_mean", "critical_path_mean", "speedup_mean_of_ratios",
-                    "speedup_ratio_of_means", "wall_clock_total_s", "wall_clock_per_problem_s",
-                    "format_valid_rate", "finish_reasons", "command", "model"):
+        for key in (
+            "accuracy",
+            "total_tokens_mean",
+            "critical_path_mean",
+            "speedup_mean_of_ratios",
+            "speedup_ratio_of_means",
+            "wall_clock_total_s",
+            "wall_clock_per_problem_s",
+            "format_valid_rate",
+            "finish_reasons",
+            "command",
+            "model",
+        ):
             assert key in summary, key
         assert summary["n_problems"] == 6 and summary["mode"] == mode
         assert summary["accuracy"] == sum(r["correct"] for r in rows) / 6
@@ -136,8 +176,9 @@ def test_resume_decodes_only_missing(workdir, two_runs, monkeypatch):
 
 
 def test_samples_and_pass_at_k(workdir):
-    s = _bench(workdir, "sampled", "parallel", "--samples", "3", "--temperature", "1.0", "--n", "2",
-               "--max-new-tokens", "6")
+    s = _bench(
+        workdir, "sampled", "parallel", "--samples", "3", "--temperature", "1.0", "--n", "2", "--max-new-tokens", "6"
+    )
     rows = _lines(workdir / "sampled" / "results.jsonl")
     assert len(rows) == 2 and s["n_samples"] == 6 and s["samples_per_problem"] == 3
     for r in rows:
@@ -189,7 +230,8 @@ def test_scoring_real_forks(workdir, countdown_records):
     assert summ["accuracy"] == 1.0 and summ["format_valid_rate"] == 1.0
     assert summ["speedup_mean_of_ratios"] == pytest.approx(sum(r["speedup"] for r in rows) / 2)
     assert summ["speedup_ratio_of_means"] == pytest.approx(
-        sum(r["total_tokens"] for r in rows) / sum(r["critical_path"] for r in rows))
+        sum(r["total_tokens"] for r in rows) / sum(r["critical_path"] for r in rows)
+    )
     assert summ["wall_clock_total_s"] == pytest.approx(1.0) and summ["wall_clock_per_problem_s"] == pytest.approx(0.5)
 
 
@@ -207,16 +249,32 @@ def test_math_benchmark_pipeline(workdir, tmp_path):
     pytest.importorskip("math_verify")
     data = tmp_path / "gsm.jsonl"
     with open(data, "w") as f:
-        for q, a in [("What is 2+2?", "2+2=4\n#### 4"), ("Half of 3?", "#### 1.5"),
-                     ("Cost?", "10*123.4=1234\n#### 1,234")]:
+        for q, a in [
+            ("What is 2+2?", "2+2=4\n#### 4"),
+            ("Half of 3?", "#### 1.5"),
+            ("Cost?", "10*123.4=1234\n#### 1,234"),
+        ]:
             f.write(json.dumps({"question": q, "answer": a}) + "\n")
     problems = ev.load_problems(str(data), "math")
     assert [p["reference"] for p in problems] == ["4", "1.5", "1,234"]
     assert [p["id"] for p in problems] == ["0", "1", "2"]
     assert "What is 2+2?" in problems[0]["prompt"] and "\\boxed{" in problems[0]["prompt"]
     out = tmp_path / "run"
-    argv = ["--model", str(workdir / "model"), "--task", "math", "--data", str(data), "--mode", "parallel",
-            "--out", str(out), "--max-new-tokens", "5", "--no-progress"]
+    argv = [
+        "--model",
+        str(workdir / "model"),
+        "--task",
+        "math",
+        "--data",
+        str(data),
+        "--mode",
+        "parallel",
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "5",
+        "--no-progress",
+    ]
     assert bm.main(argv) == 0
     s = json.loads((out / "summary.json").read_text())
     rows = _lines(out / "results.jsonl")
@@ -227,18 +285,23 @@ def test_math_benchmark_pipeline(workdir, tmp_path):
     from conftest import make_rollout
 
     def FakeRollout():
-        return make_rollout(completion="so 10 * 123.4 = \\boxed{\\$1,234}", total_tokens=10, critical_path=10,
-                            wall_s=0.1)
+        return make_rollout(
+            completion="so 10 * 123.4 = \\boxed{\\$1,234}", total_tokens=10, critical_path=10, wall_s=0.1
+        )
 
     from parallel_reason.format import Limits
     from parallel_reason.tasks import get_task
+
     sc = ev.score_sample(get_task("math"), problems[2], FakeRollout(), Limits())
     assert sc["correct"] and sc["answer"] == "\\$1,234"
     # a parquet source through datasets
     pytest.importorskip("pyarrow")
     import datasets
+
     pq = tmp_path / "math.parquet"
-    datasets.Dataset.from_list([{"problem": "1/2+1/4?", "solution": "It is $\\boxed{\\frac{3}{4}}$."}]).to_parquet(str(pq))
+    datasets.Dataset.from_list([{"problem": "1/2+1/4?", "solution": "It is $\\boxed{\\frac{3}{4}}$."}]).to_parquet(
+        str(pq)
+    )
     probs = ev.load_problems(str(pq), "math")
     assert probs[0]["reference"] == "\\frac{3}{4}" and "1/2+1/4?" in probs[0]["prompt"]
 
@@ -318,8 +381,12 @@ def test_compare_without_baseline_and_budget_curve(workdir, two_runs, tmp_path):
     assert "n/a" in res["markdown"] and "par#1" in res["markdown"]
     from eval.plots import budget_curve
 
-    samples = [{"correct": True, "critical_path": 5}, {"correct": False, "critical_path": 1},
-               {"correct": True, "critical_path": 10}, {"correct": True, "critical_path": 10}]
+    samples = [
+        {"correct": True, "critical_path": 5},
+        {"correct": False, "critical_path": 1},
+        {"correct": True, "critical_path": 10},
+        {"correct": True, "critical_path": 10},
+    ]
     assert budget_curve(samples, [0, 4, 5, 9, 10, 100]) == [0, 0, 0.25, 0.25, 0.75, 0.75]
     assert not math.isnan(sum(budget_curve([], [1, 2])))
 
@@ -328,10 +395,29 @@ def test_decode_and_score_is_the_library_piece(workdir):
     """parallel_reason.evaluate: problems decoded chunk by chunk, every rollout scored,
     seeds per problem (None when greedy), prompts rendered into problem["text"]."""
     p = bm.build_parser()
-    args = p.parse_args(["--model", str(workdir / "model"), "--task", "countdown", "--data",
-                         str(workdir / "countdown3.jsonl"), "--out", "unused", "--max-new-tokens", "6",
-                         "--batch-size", "2", "--chunk-size", "2", "--samples", "2", "--temperature", "1",
-                         "--no-progress"])
+    args = p.parse_args(
+        [
+            "--model",
+            str(workdir / "model"),
+            "--task",
+            "countdown",
+            "--data",
+            str(workdir / "countdown3.jsonl"),
+            "--out",
+            "unused",
+            "--max-new-tokens",
+            "6",
+            "--batch-size",
+            "2",
+            "--chunk-size",
+            "2",
+            "--samples",
+            "2",
+            "--temperature",
+            "1",
+            "--no-progress",
+        ]
+    )
     problems = ev.load_problems(args.data, args.task, n=3)
     runner = ev.load_runner(args, parallel=True)
     chunks = list(ev.decode_and_score(runner, problems, args, 2))

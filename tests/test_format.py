@@ -25,9 +25,11 @@ from parallel_reason.format import (
     validate,
 )
 
-GOOD = ("Plan first.\n<Parallel>\n<Outlines><Outline>1: left</Outline><Outline>2: right</Outline></Outlines>\n"
-        "<Thread>1: go left <Parallel>\n<Outlines><Outline>1: deep</Outline></Outlines>\n<Thread>1: deeper</Thread>\n"
-        "</Parallel> back</Thread>\n<Thread>2: go right</Thread>\n</Parallel>\nAnswer: 3")
+GOOD = (
+    "Plan first.\n<Parallel>\n<Outlines><Outline>1: left</Outline><Outline>2: right</Outline></Outlines>\n"
+    "<Thread>1: go left <Parallel>\n<Outlines><Outline>1: deep</Outline></Outlines>\n<Thread>1: deeper</Thread>\n"
+    "</Parallel> back</Thread>\n<Thread>2: go right</Thread>\n</Parallel>\nAnswer: 3"
+)
 
 
 def test_parse_structure():
@@ -57,23 +59,28 @@ def test_round_trip_keeps_unusual_whitespace():
 def test_make_block_renders_canonical():
     b = make_block([("try a", " body a"), ("try b", [" pre", make_block([("z", " zz")]), " post"])])
     text = render(Trajectory(["S", b, "\nE"]))
-    assert text == ("S<Parallel>\n<Outlines><Outline>1: try a</Outline><Outline>2: try b</Outline></Outlines>\n"
-                    "<Thread>1: body a</Thread>\n<Thread>2: pre<Parallel>\n<Outlines><Outline>1: z</Outline></Outlines>\n"
-                    "<Thread>1: zz</Thread>\n</Parallel> post</Thread>\n</Parallel>\nE")
+    assert text == (
+        "S<Parallel>\n<Outlines><Outline>1: try a</Outline><Outline>2: try b</Outline></Outlines>\n"
+        "<Thread>1: body a</Thread>\n<Thread>2: pre<Parallel>\n<Outlines><Outline>1: z</Outline></Outlines>\n"
+        "<Thread>1: zz</Thread>\n</Parallel> post</Thread>\n</Parallel>\nE"
+    )
     assert render(parse(text)) == text
 
 
-@pytest.mark.parametrize("mutate,code,where", [
-    (lambda s: s.replace("</Parallel>\nAnswer", "\nAnswer"), "unclosed", "Parallel"),
-    (lambda s: s.replace(" back</Thread>", " back"), "unexpected_tag", "<Thread> inside a thread"),
-    (lambda s: s.replace("<Outline>2: right</Outline>", ""), "count_mismatch", "1 outlines but 2 threads"),
-    (lambda s: s.replace("<Thread>2: go right", "<Thread>3: go right"), "numbering", "'2:'"),
-    (lambda s: s.replace("<Thread>2: go right", "<Thread> go right"), "numbering", "no header"),
-    (lambda s: s.replace("<Outline>2: right", "<Outline>two: right"), "numbering", "outline 2"),
-    (lambda s: s.replace("</Thread>\n<Thread>2", "</Thread>\noops<Thread>2"), "text_between", "oops"),
-    (lambda s: s + "</Thread>", "unexpected_tag", "</Thread>"),
-    (lambda s: s.replace("<Outlines><Outline>1: left", "<Outline>1: left"), "missing_outlines", "<Outlines>"),
-])
+@pytest.mark.parametrize(
+    "mutate,code,where",
+    [
+        (lambda s: s.replace("</Parallel>\nAnswer", "\nAnswer"), "unclosed", "Parallel"),
+        (lambda s: s.replace(" back</Thread>", " back"), "unexpected_tag", "<Thread> inside a thread"),
+        (lambda s: s.replace("<Outline>2: right</Outline>", ""), "count_mismatch", "1 outlines but 2 threads"),
+        (lambda s: s.replace("<Thread>2: go right", "<Thread>3: go right"), "numbering", "'2:'"),
+        (lambda s: s.replace("<Thread>2: go right", "<Thread> go right"), "numbering", "no header"),
+        (lambda s: s.replace("<Outline>2: right", "<Outline>two: right"), "numbering", "outline 2"),
+        (lambda s: s.replace("</Thread>\n<Thread>2", "</Thread>\noops<Thread>2"), "text_between", "oops"),
+        (lambda s: s + "</Thread>", "unexpected_tag", "</Thread>"),
+        (lambda s: s.replace("<Outlines><Outline>1: left", "<Outline>1: left"), "missing_outlines", "<Outlines>"),
+    ],
+)
 def test_errors_name_problem_and_offset(mutate, code, where):
     bad = mutate(GOOD)
     with pytest.raises(FormatError) as ei:
@@ -89,10 +96,10 @@ def test_errors_name_problem_and_offset(mutate, code, where):
 def test_error_offsets_point_at_the_defect():
     bad = GOOD + "</Thread>"
     (p,) = [p for p in validate(bad) if p.code == "unexpected_tag"]
-    assert bad[p.offset:].startswith("</Thread>")
+    assert bad[p.offset :].startswith("</Thread>")
     bad2 = GOOD.replace("<Thread>2: go right", "<Thread>3: go right")
     (p2,) = validate(bad2)
-    assert bad2[p2.offset:].startswith("<Thread>3:")
+    assert bad2[p2.offset :].startswith("<Thread>3:")
 
 
 def test_limits():
@@ -163,16 +170,19 @@ def test_deep_nesting_is_a_format_error_not_a_recursion_error():
     assert validate(_nested(MAX_NESTING)) == []  # the limit itself is fine
     assert render(parse(_nested(MAX_NESTING))) == _nested(MAX_NESTING)
     (p,) = [p for p in validate(_nested(MAX_NESTING + 1)) if p.code == "too_deep"]
-    assert _nested(MAX_NESTING + 1)[p.offset:].startswith("<Parallel>") and str(MAX_NESTING) in p.message
+    assert _nested(MAX_NESTING + 1)[p.offset :].startswith("<Parallel>") and str(MAX_NESTING) in p.message
 
 
-@pytest.mark.parametrize("flood", [
-    "</Thread>" * 100_000,  # outside any block
-    "<Parallel><Outlines></Outlines>" + "</Outline>x" * 100_000 + "</Parallel>",  # between threads
-    "<Parallel><Outlines>" + "<Outlines>z" * 100_000,  # inside <Outlines>
-    "<Parallel><Outlines><Outline>1: " + "<Outlines>" * 100_000,  # inside an outline
-    "<Parallel><Thread>" * 100 + "<Thread>" * 100_000,  # inside the deepest thread
-])
+@pytest.mark.parametrize(
+    "flood",
+    [
+        "</Thread>" * 100_000,  # outside any block
+        "<Parallel><Outlines></Outlines>" + "</Outline>x" * 100_000 + "</Parallel>",  # between threads
+        "<Parallel><Outlines>" + "<Outlines>z" * 100_000,  # inside <Outlines>
+        "<Parallel><Outlines><Outline>1: " + "<Outlines>" * 100_000,  # inside an outline
+        "<Parallel><Thread>" * 100 + "<Thread>" * 100_000,  # inside the deepest thread
+    ],
+)
 def test_stray_tags_parse_in_linear_time(flood):
     t0 = time.perf_counter()
     traj, problems = parse_lenient(flood)

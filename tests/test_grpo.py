@@ -114,9 +114,19 @@ def test_oracle_loss_and_gradient(tiny_tokenizer, norm, beta):
         with torch.no_grad():
             refs = [packed for packed in _packed_single(ref_model, graphs)]
     model.zero_grad()
-    loss, st = G.grpo_loss(model, graphs, adv, [g.sample_logprobs.double() for g in graphs], refs,
-                           epsilon_low=0.2, epsilon_high=0.28, beta=beta, normalization=norm, max_tokens=12,
-                           pad_id=tok.pad_token_id)
+    loss, st = G.grpo_loss(
+        model,
+        graphs,
+        adv,
+        [g.sample_logprobs.double() for g in graphs],
+        refs,
+        epsilon_low=0.2,
+        epsilon_high=0.28,
+        beta=beta,
+        normalization=norm,
+        max_tokens=12,
+        pad_id=tok.pad_token_id,
+    )
     loss.backward()
     g_new = grads(model)
 
@@ -135,7 +145,7 @@ def _packed_single(model, graphs):
 
     b = collate(graphs, pad_id=0)
     lp = packed_logprobs(model, b)
-    return [lp[i, :len(g)] for i, g in enumerate(graphs)]
+    return [lp[i, : len(g)] for i, g in enumerate(graphs)]
 
 
 def test_sample_logprobs_are_the_old_logprobs(tiny_tokenizer):
@@ -152,13 +162,26 @@ def _zero_reward(prompts, completions, **kw):
 
 def _trainer(tok, model, tmp_path, rows=None, reward_funcs=(_zero_reward,), **over):
     """A trainer on ``model``; ``reward_funcs=None`` uses the configured rewards."""
-    base = dict(num_generations=4, prompts_per_step=2, max_new_tokens=12, learning_rate=1e-2, max_steps=1,
-                output_dir=str(tmp_path), max_grad_norm=0.0, epsilon_low=0.2, epsilon_high=0.28,
-                report_to=["none"], save_final_model=False, num_samples_to_log=0, log_level="warning")
+    base = dict(
+        num_generations=4,
+        prompts_per_step=2,
+        max_new_tokens=12,
+        learning_rate=1e-2,
+        max_steps=1,
+        output_dir=str(tmp_path),
+        max_grad_norm=0.0,
+        epsilon_low=0.2,
+        epsilon_high=0.28,
+        report_to=["none"],
+        save_final_model=False,
+        num_samples_to_log=0,
+        log_level="warning",
+    )
     base.update(over)
     cfg = G.GRPOConfig(**base)
-    return G.GRPOTrainer(cfg, model=model, tokenizer=tok, train_rows=rows or [{"prompt": "x"}],
-                         reward_funcs=reward_funcs)
+    return G.GRPOTrainer(
+        cfg, model=model, tokenizer=tok, train_rows=rows or [{"prompt": "x"}], reward_funcs=reward_funcs
+    )
 
 
 @pytest.mark.parametrize("norm,beta", [("token", 0.0), ("sequence", 0.05), ("constant", 0.0)])
@@ -179,13 +202,32 @@ def test_oracle_iterations_match_reference_steps(tiny_tokenizer, tmp_path, norm,
     for _ in range(2):
         for sl in (slice(0, 4), slice(4, 8)):
             opt.zero_grad()
-            loss = reference_loss(ref_model, rollouts[sl], adv[sl], eps_low=0.2, eps_high=0.28, norm=norm,
-                                  max_tokens=12, beta=beta, ref_model=ref_init)
+            loss = reference_loss(
+                ref_model,
+                rollouts[sl],
+                adv[sl],
+                eps_low=0.2,
+                eps_high=0.28,
+                norm=norm,
+                max_tokens=12,
+                beta=beta,
+                ref_model=ref_init,
+            )
             loss.backward()
             opt.step()
 
-    tr = _trainer(tok, model, tmp_path, num_iterations=2, mini_batch_size=4, micro_batch_size=2,
-                  loss_normalization=norm, beta=beta, optim="sgd", learning_rate=LR)
+    tr = _trainer(
+        tok,
+        model,
+        tmp_path,
+        num_iterations=2,
+        mini_batch_size=4,
+        micro_batch_size=2,
+        loss_normalization=norm,
+        beta=beta,
+        optim="sgd",
+        learning_rate=LR,
+    )
     assert tr.cfg.optimizer_steps_per_step == 4 and tr.n_micro == 2
     batch = G.RolloutBatch(rollouts=rollouts, graphs=[r.graph for r in rollouts], rewards=rewards, advantages=adv)
     stats = tr.optimize(batch)
@@ -216,10 +258,10 @@ def test_advantages():
 
 
 NUMS, TARGET = [1, 2, 3, 4], 24
-GOOD = ("plan\n<Parallel>\n<Outlines><Outline>1: a</Outline><Outline>2: b</Outline></Outlines>\n"
-        "<Thread>1: x x x x</Thread>\n<Thread>2: y</Thread>\n</Parallel>\nAnswer: 1*2*3*4")
-
-
+GOOD = (
+    "plan\n<Parallel>\n<Outlines><Outline>1: a</Outline><Outline>2: b</Outline></Outlines>\n"
+    "<Thread>1: x x x x</Thread>\n<Thread>2: y</Thread>\n</Parallel>\nAnswer: 1*2*3*4"
+)
 
 
 def _replayed(tok, model):
@@ -230,12 +272,26 @@ def _replayed(tok, model):
 
     t = tag_token_ids(tok)
     eos = tok.eos_token_id
-    head = ([t["<Parallel>"]] + encode(tok, "\n") + [t["<Outlines>"], t["<Outline>"]] + encode(tok, "1: a")
-            + [t["</Outline>"], t["<Outline>"]] + encode(tok, "2: b") + [t["</Outline>"], t["</Outlines>"]])
-    eos_in_thread = [Run(encode(tok, "go\n")),
-                     TBlock(head=head, threads=[TThread(opener_ids(tok, 1), [Run(encode(tok, " x") + [eos])]),
-                                                TThread(opener_ids(tok, 2), [Run(encode(tok, " y") + [t["</Thread>"]])])],
-                            closer=closer_ids(tok))]
+    head = (
+        [t["<Parallel>"]]
+        + encode(tok, "\n")
+        + [t["<Outlines>"], t["<Outline>"]]
+        + encode(tok, "1: a")
+        + [t["</Outline>"], t["<Outline>"]]
+        + encode(tok, "2: b")
+        + [t["</Outline>"], t["</Outlines>"]]
+    )
+    eos_in_thread = [
+        Run(encode(tok, "go\n")),
+        TBlock(
+            head=head,
+            threads=[
+                TThread(opener_ids(tok, 1), [Run(encode(tok, " x") + [eos])]),
+                TThread(opener_ids(tok, 2), [Run(encode(tok, " y") + [t["</Thread>"]])]),
+            ],
+            closer=closer_ids(tok),
+        ),
+    ]
     stray = encode(tok, "a ") + [t["</Thread>"]] + encode(tok, " b")
     prompt = "Numbers: 1 2 3 4\nTarget: 24\n"
     big = Runner(model, tok, max_new_tokens=200, max_width=4, max_depth=2)
@@ -257,17 +313,32 @@ def test_malformed_eos_in_thread_and_truncation_flow(tiny_tokenizer, tmp_path, o
     reasons = [r.finish_reason for r in rollouts]
     assert reasons == ["eos", "eos_in_thread", "malformed", "unclosed_thread", "max_thread_tokens", "max_threads"]
 
-    tr = _trainer(tok, model, tmp_path, rows=[{"prompt": "p", "nums": NUMS, "target": TARGET}] * 2,
-                  reward_funcs=None, num_generations=3, prompts_per_step=2, micro_batch_size=2,
-                  rewards=["correctness", "acceleration", "format"], acceleration_factor=1.0, acceleration_clip=1.0,
-                  format_invalid=-1.0, format_truncated=-0.5, learning_rate=1e-3)
+    tr = _trainer(
+        tok,
+        model,
+        tmp_path,
+        rows=[{"prompt": "p", "nums": NUMS, "target": TARGET}] * 2,
+        reward_funcs=None,
+        num_generations=3,
+        prompts_per_step=2,
+        micro_batch_size=2,
+        rewards=["correctness", "acceleration", "format"],
+        acceleration_factor=1.0,
+        acceleration_clip=1.0,
+        format_invalid=-1.0,
+        format_truncated=-0.5,
+        learning_rate=1e-3,
+    )
     rows = [{"prompt": "p", "nums": NUMS, "target": TARGET}] * 2
     batch = tr.make_batch(rows, rollouts)
     c = batch.components
     assert c["correctness"] == [1.0, 0, 0, 0, 0, 0]
     r0 = rollouts[0]
     assert r0.critical_path < r0.total_tokens
-    assert c["acceleration"][0] == pytest.approx(1 - r0.critical_path / r0.total_tokens) and c["acceleration"][1:] == [0] * 5
+    assert (
+        c["acceleration"][0] == pytest.approx(1 - r0.critical_path / r0.total_tokens)
+        and c["acceleration"][1:] == [0] * 5
+    )
     assert c["format"] == [1.0, -1.0, -1.0, -0.5, -0.5, -1.0]
     assert torch.isfinite(batch.rewards).all() and torch.isfinite(batch.advantages).all()
     metrics = tr.rollout_metrics(batch)
@@ -291,7 +362,9 @@ def test_malformed_eos_in_thread_and_truncation_flow(tiny_tokenizer, tmp_path, o
 
     # loss: finite, with finite gradients; changing log-probs off the loss mask changes nothing
     old = [g.sample_logprobs for g in batch.graphs]
-    junk = [torch.where(g.loss_mask, g.sample_logprobs, torch.full_like(g.sample_logprobs, -50.0)) for g in batch.graphs]
+    junk = [
+        torch.where(g.loss_mask, g.sample_logprobs, torch.full_like(g.sample_logprobs, -50.0)) for g in batch.graphs
+    ]
     loss, st = G.grpo_loss(tr.model, batch.graphs, batch.advantages, old, pad_id=tok.pad_token_id)
     loss2, _ = G.grpo_loss(tr.model, batch.graphs, batch.advantages, junk, pad_id=tok.pad_token_id)
     assert torch.isfinite(loss) and float(loss.detach()) == float(loss2.detach())
@@ -329,9 +402,21 @@ def test_learns_a_reward(tiny_tokenizer, tmp_path, one_thread):
     reward rises from ~0.05 to ~1 within 25 steps of parallel-mode rollouts."""
     tok = tiny_tokenizer
     rows = [{"prompt": f"Numbers: {i} 2\nTarget: 3\n"} for i in range(8)]
-    tr = _trainer(tok, make_model(tok, seed=0), tmp_path, rows=rows, reward_funcs=[digit_reward(tok)],
-                  num_generations=8, prompts_per_step=2, max_new_tokens=8, learning_rate=1e-2, max_steps=25,
-                  max_grad_norm=1.0, seed=0, num_samples_to_log=2)
+    tr = _trainer(
+        tok,
+        make_model(tok, seed=0),
+        tmp_path,
+        rows=rows,
+        reward_funcs=[digit_reward(tok)],
+        num_generations=8,
+        prompts_per_step=2,
+        max_new_tokens=8,
+        learning_rate=1e-2,
+        max_steps=25,
+        max_grad_norm=1.0,
+        seed=0,
+        num_samples_to_log=2,
+    )
     result = tr.train()
     r = result.series("reward")
     assert len(r) == 25
@@ -344,10 +429,25 @@ def test_learns_a_reward(tiny_tokenizer, tmp_path, one_thread):
 
 def _resume_run(tok, out, **over):
     rows = [{"prompt": f"Numbers: {i} 2\nTarget: 3\n"} for i in range(5)]
-    return _trainer(tok, make_model(tok, seed=0), out, rows=rows, reward_funcs=[digit_reward(tok)],
-                    num_generations=4, prompts_per_step=2, max_new_tokens=6, learning_rate=5e-3, max_steps=4,
-                    save_steps=2, save_total_limit=3, lr_scheduler_type="linear", beta=0.02, seed=3,
-                    num_iterations=2, **over)
+    return _trainer(
+        tok,
+        make_model(tok, seed=0),
+        out,
+        rows=rows,
+        reward_funcs=[digit_reward(tok)],
+        num_generations=4,
+        prompts_per_step=2,
+        max_new_tokens=6,
+        learning_rate=5e-3,
+        max_steps=4,
+        save_steps=2,
+        save_total_limit=3,
+        lr_scheduler_type="linear",
+        beta=0.02,
+        seed=3,
+        num_iterations=2,
+        **over,
+    )
 
 
 def test_exact_resume(tiny_tokenizer, tmp_path, one_thread):
@@ -375,9 +475,21 @@ def test_lora_kl_to_base_and_final_model(tiny_tokenizer, tmp_path, one_thread):
     rows = [{"prompt": f"Numbers: {i} 2\nTarget: 3\n"} for i in range(4)]
     model = make_model(tok, seed=0)
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
-    tr = _trainer(tok, model, tmp_path, rows=rows, reward_funcs=[digit_reward(tok)], use_peft=True, beta=0.1,
-                  lora_r=4, lora_alpha=8, learning_rate=5e-2, max_steps=3, save_final_model=True,
-                  max_new_tokens=6)
+    tr = _trainer(
+        tok,
+        model,
+        tmp_path,
+        rows=rows,
+        reward_funcs=[digit_reward(tok)],
+        use_peft=True,
+        beta=0.1,
+        lora_r=4,
+        lora_alpha=8,
+        learning_rate=5e-2,
+        max_steps=3,
+        save_final_model=True,
+        max_new_tokens=6,
+    )
     assert tr.ref_mode == "disable_adapter" and tr.ref_model is None
     res = tr.train()
     kl = res.series("kl")
@@ -407,24 +519,59 @@ def test_recipe_runs_sequential_baseline(tiny_tokenizer, tmp_path, one_thread):
     tok.save_pretrained(mdir)
     data = tmp_path / "prompts.jsonl"
     probs = [([1, 2, 3, 4], 24), ([2, 3, 5, 7], 17), ([1, 1, 2, 9], 20)]
-    data.write_text("".join(json.dumps({"prompt": prompt(n, t), "nums": n, "target": t, "task": "countdown"}) + "\n"
-                            for n, t in probs))
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": prompt(n, t), "nums": n, "target": t, "task": "countdown"}) + "\n" for n, t in probs
+        )
+    )
     root = Path(__file__).resolve().parents[1]
     spec = importlib.util.spec_from_file_location("grpo_recipe", root / "recipes" / "grpo.py")
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
     out = tmp_path / "run"
-    rc = recipe.main(["--config", str(root / "configs/grpo/countdown_tiny.yaml"), "--model_name_or_path", str(mdir),
-                      "--train_data", str(data), "--eval_data", str(data), "--generate_data", "none",
-                      "--output_dir", str(out), "--max_steps", "2", "--num_generations", "2",
-                      "--prompts_per_step", "2", "--micro_batch_size", "2", "--max_new_tokens", "8",
-                      "--eval_steps", "0", "--save_steps", "1", "--parallel", "false", "--log_level", "warning",
-                      "--report_to", "tensorboard"])
+    rc = recipe.main(
+        [
+            "--config",
+            str(root / "configs/grpo/countdown_tiny.yaml"),
+            "--model_name_or_path",
+            str(mdir),
+            "--train_data",
+            str(data),
+            "--eval_data",
+            str(data),
+            "--generate_data",
+            "none",
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "2",
+            "--num_generations",
+            "2",
+            "--prompts_per_step",
+            "2",
+            "--micro_batch_size",
+            "2",
+            "--max_new_tokens",
+            "8",
+            "--eval_steps",
+            "0",
+            "--save_steps",
+            "1",
+            "--parallel",
+            "false",
+            "--log_level",
+            "warning",
+            "--report_to",
+            "tensorboard",
+        ]
+    )
     assert rc == 0
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [line for line in lines if "reward" in line]
     assert [line["step"] for line in train] == [1, 2]
-    assert all(line["rewards/acceleration"] == 0 and line["blocks_per_rollout"] == 0 and line["speedup"] == 1 for line in train)
+    assert all(
+        line["rewards/acceleration"] == 0 and line["blocks_per_rollout"] == 0 and line["speedup"] == 1 for line in train
+    )
     assert "eval/accuracy" in lines[0] and "eval/accuracy" in lines[-1]
     assert (out / "checkpoint-2" / "accelerate_state").is_dir() and (out / "final" / "README.md").exists()
     assert "Sequential GRPO baseline" in (out / "final" / "README.md").read_text()
@@ -458,10 +605,24 @@ def test_two_process_gloo_matches_single_process(tiny_tokenizer, tmp_path):
     data = tmp_path / "prompts.jsonl"
     probs = [([1, 2, 3, 4], 24), ([2, 3, 5, 7], 17), ([1, 1, 2, 9], 20), ([3, 3, 4, 8], 12)]
     data.write_text("".join(json.dumps({"prompt": prompt(n, t), "nums": n, "target": t}) + "\n" for n, t in probs))
-    common = dict(config=root / "configs/grpo/countdown_tiny.yaml", model_name_or_path=mdir, train_data=data,
-                  eval_data="none", generate_data="none", max_steps=3, num_generations=4, max_new_tokens=8,
-                  micro_batch_size=2, learning_rate=1e-2, rewards="[format]", reward_weights="[1.0]",
-                  format_invalid=-1.0, format_truncated=0.0, save_steps=0, log_level="warning")
+    common = dict(
+        config=root / "configs/grpo/countdown_tiny.yaml",
+        model_name_or_path=mdir,
+        train_data=data,
+        eval_data="none",
+        generate_data="none",
+        max_steps=3,
+        num_generations=4,
+        max_new_tokens=8,
+        micro_batch_size=2,
+        learning_rate=1e-2,
+        rewards="[format]",
+        reward_weights="[1.0]",
+        format_invalid=-1.0,
+        format_truncated=0.0,
+        save_steps=0,
+        log_level="warning",
+    )
 
     def args(**kw):
         out = []
@@ -469,20 +630,45 @@ def test_two_process_gloo_matches_single_process(tiny_tokenizer, tmp_path):
             out += [f"--{k}", str(v)]
         return out
 
-    env = dict(os.environ, WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
-               HF_HUB_OFFLINE="1", PYTHONPATH=str(root))
+    env = dict(
+        os.environ,
+        WANDB_MODE="offline",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        PYTHONPATH=str(root),
+    )
     two = tmp_path / "two"
     # torchrun: `accelerate launch --cpu --num_processes 2` starts a single process
     # without an MPI hostfile; torchrun's env (RANK, WORLD_SIZE, ...) gives accelerate MULTI_CPU (gloo)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        str(29500 + os.getpid() % 1000), str(root / "recipes" / "grpo.py"),
-                        *args(output_dir=two, prompts_per_step=1)],
-                       cwd=root, env={**env, "ACCELERATE_USE_CPU": "true"}, capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(29500 + os.getpid() % 1000),
+            str(root / "recipes" / "grpo.py"),
+            *args(output_dir=two, prompts_per_step=1),
+        ],
+        cwd=root,
+        env={**env, "ACCELERATE_USE_CPU": "true"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     one = tmp_path / "one"
-    r = subprocess.run([sys.executable, str(root / "recipes" / "grpo.py"), *args(output_dir=one, prompts_per_step=2)],
-                       cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, str(root / "recipes" / "grpo.py"), *args(output_dir=one, prompts_per_step=2)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     a = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()]

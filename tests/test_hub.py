@@ -74,11 +74,15 @@ class HubRecorder:
                 raise rec.fail_upload
             root = Path(kw["folder_path"])
             paths = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-            files = list(filter_repo_objects(paths, allow_patterns=kw.get("allow_patterns"),
-                                             ignore_patterns=kw.get("ignore_patterns")))
+            files = list(
+                filter_repo_objects(
+                    paths, allow_patterns=kw.get("allow_patterns"), ignore_patterns=kw.get("ignore_patterns")
+                )
+            )
             rec.uploaded = {"files": files, "readme": (root / "README.md").read_text(encoding="utf-8")}
-            return type("CommitInfo", (), {"commit_url": f"https://huggingface.co/{kw['repo_id']}/commit/abc",
-                                           "pr_url": None})()
+            return type(
+                "CommitInfo", (), {"commit_url": f"https://huggingface.co/{kw['repo_id']}/commit/abc", "pr_url": None}
+            )()
 
         monkeypatch.setattr(huggingface_hub.HfApi, "__init__", init)
         monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
@@ -100,8 +104,17 @@ def train_config() -> dict:
     """A real SFT config (as the trainer stores it in the card)."""
     from parallel_reason.sft import SFTConfig
 
-    return SFTConfig(output_dir="runs/sft/hub_test", max_steps=5, learning_rate=1.25e-3, generate_data="countdown",
-                     train_data="runs/data/countdown/train.parallel.jsonl").validate().to_dict()
+    return (
+        SFTConfig(
+            output_dir="runs/sft/hub_test",
+            max_steps=5,
+            learning_rate=1.25e-3,
+            generate_data="countdown",
+            train_data="runs/data/countdown/train.parallel.jsonl",
+        )
+        .validate()
+        .to_dict()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +122,22 @@ def saved_model(tmp_path_factory, tiny_tokenizer, train_config) -> Path:
     """A tiny model with the control tokens, saved by save_checkpoint with an SFT card."""
     d = tmp_path_factory.mktemp("hub") / "final"
     model = make_model(tiny_tokenizer, **TINY)
-    hub.save_checkpoint(model, tiny_tokenizer, d, {
-        "model_name": "tiny-hub-test", "stage": "sft", "base_model": "tiny", "mode": "parallel", "join": "concat",
-        "datasets": [train_config["train_data"]], "metrics": {"eval_loss": 1.5}, "config": train_config,
-        "extra": {"optimizer steps": 5}})
+    hub.save_checkpoint(
+        model,
+        tiny_tokenizer,
+        d,
+        {
+            "model_name": "tiny-hub-test",
+            "stage": "sft",
+            "base_model": "tiny",
+            "mode": "parallel",
+            "join": "concat",
+            "datasets": [train_config["train_data"]],
+            "metrics": {"eval_loss": 1.5},
+            "config": train_config,
+            "extra": {"optimizer steps": 5},
+        },
+    )
     return d
 
 
@@ -128,8 +153,27 @@ def eval_runs(saved_model, tmp_path_factory) -> tuple[Path, Path]:
     runs = []
     for mode in ("parallel", "sequential"):
         out = d / f"{mode[:3]}"
-        argv = ["--model", str(saved_model), "--task", "countdown", "--data", str(data), "--mode", mode, "--n", "2",
-                "--out", str(out), "--max-new-tokens", "8", "--batch-size", "2", "--no-progress", "--device", "cpu"]
+        argv = [
+            "--model",
+            str(saved_model),
+            "--task",
+            "countdown",
+            "--data",
+            str(data),
+            "--mode",
+            mode,
+            "--n",
+            "2",
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "8",
+            "--batch-size",
+            "2",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
         assert bm.main(argv) == 0
         runs.append(out)
     return runs[0], runs[1]
@@ -166,8 +210,9 @@ def test_push_uploads_checked_folder_and_full_card(model_dir, saved_model, eval_
     (model_dir / "trainer_state.json.tmp").write_text("{}")
     (model_dir / "generation_config.json").unlink()
 
-    res = hub.push(model_dir, "me/tiny-par", private=True, token=TOKEN, eval_dirs=[par, seq],
-                   commit_message="first upload")
+    res = hub.push(
+        model_dir, "me/tiny-par", private=True, token=TOKEN, eval_dirs=[par, seq], commit_message="first upload"
+    )
 
     assert recorder.tokens == [TOKEN]
     assert [n for n, _ in recorder.calls] == ["create_repo", "upload_folder"]
@@ -178,10 +223,19 @@ def test_push_uploads_checked_folder_and_full_card(model_dir, saved_model, eval_
     assert up["commit_message"] == "first upload" and up["revision"] is None and not up["create_pr"]
     files = recorder.uploaded["files"]
     assert files == res.files
-    assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-            "README.md"} <= set(files)
-    assert not [f for f in files if f.endswith((*hub.PICKLE_SUFFIXES, ".tmp")) or "optimizer" in f
-                or "checkpoint-" in f or "trainer_state" in f], files
+    assert {
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "README.md",
+    } <= set(files)
+    assert not [
+        f
+        for f in files
+        if f.endswith((*hub.PICKLE_SUFFIXES, ".tmp")) or "optimizer" in f or "checkpoint-" in f or "trainer_state" in f
+    ], files
     gen = json.loads((model_dir / "generation_config.json").read_text())  # written from config.json + tokenizer
     assert gen["eos_token_id"] is not None
     assert res.url.endswith("/commit/abc") and res.private is True
@@ -212,14 +266,27 @@ def test_push_uploads_checked_folder_and_full_card(model_dir, saved_model, eval_
     assert "accelerate launch recipes/sft.py --config config.yaml --push_to_hub false" in rep
     assert "python -m data_gen.countdown" in rep
     order = [t for t in hub.SECTION_ORDER if f"\n## {t}\n" in card]
-    assert order == ["Training", "Results", "Evaluation", "Control-token grammar", "Usage", "Notes", "Reproduce",
-                     "Training config"]
+    assert order == [
+        "Training",
+        "Results",
+        "Evaluation",
+        "Control-token grammar",
+        "Usage",
+        "Notes",
+        "Reproduce",
+        "Training config",
+    ]
     assert [card.index(f"\n## {t}\n") for t in order] == sorted(card.index(f"\n## {t}\n") for t in order)
     # (d) eval table: the values of the runs' summary.json
     ev = _section(card, "Evaluation")
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip().strip("|").split("|")]
-            for line in ev.splitlines() if line.startswith("| ") and not line.startswith("| run ")}
-    header = [c.strip() for c in next(line for line in ev.splitlines() if line.startswith("| run ")).strip("|").split("|")]
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in ev.splitlines()
+        if line.startswith("| ") and not line.startswith("| run ")
+    }
+    header = [
+        c.strip() for c in next(line for line in ev.splitlines() if line.startswith("| run ")).strip("|").split("|")
+    ]
     assert set(rows) == {"par", "seq"}
     for name, run in (("par", par), ("seq", seq)):
         s = json.loads((run / "summary.json").read_text())
@@ -286,10 +353,12 @@ def test_card_usage_snippet_names_real_apis_and_its_logic_runs(model_dir, tiny_t
                 assert hasattr(mod, alias.name), f"{node.module}.{alias.name}"
     calls = {ast.unparse(n.func): n for n in ast.walk(tree) if isinstance(n, ast.Call)}
     runner_call, gen_call = calls["Runner"], calls["runner.generate"]
-    inspect.signature(Runner).bind(*["x"] * len(runner_call.args),
-                                   **{k.arg: ast.literal_eval(k.value) for k in runner_call.keywords})
-    inspect.signature(Runner.generate).bind("self", ["p"],
-                                            **{k.arg: ast.literal_eval(k.value) for k in gen_call.keywords})
+    inspect.signature(Runner).bind(
+        *["x"] * len(runner_call.args), **{k.arg: ast.literal_eval(k.value) for k in runner_call.keywords}
+    )
+    inspect.signature(Runner.generate).bind(
+        "self", ["p"], **{k.arg: ast.literal_eval(k.value) for k in gen_call.keywords}
+    )
     task_name = ast.literal_eval(calls["get_task"].args[0])
     task = get_task(task_name)
     assert callable(task.prompt) and callable(task.extract_answer)
@@ -311,8 +380,9 @@ def test_card_usage_snippet_names_real_apis_and_its_logic_runs(model_dir, tiny_t
 
 def test_revision_and_pr(model_dir, recorder):
     hub.push(model_dir, "me/tiny-par", token=TOKEN, revision="v1")
-    assert recorder.named("create_branch") == [{"repo_id": "me/tiny-par", "branch": "v1", "exist_ok": True,
-                                                "repo_type": "model"}]
+    assert recorder.named("create_branch") == [
+        {"repo_id": "me/tiny-par", "branch": "v1", "exist_ok": True, "repo_type": "model"}
+    ]
     assert recorder.named("upload_folder")[0]["revision"] == "v1"
     assert recorder.named("create_repo")[0]["private"] is False
     recorder.calls.clear()
@@ -333,8 +403,13 @@ def test_peft_adapter_folder(tmp_path, tiny_tokenizer, recorder, monkeypatch):
     assert res.kind == "adapter"
     [up] = recorder.named("upload_folder")
     assert Path(up["folder_path"]) == final / "adapter"
-    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "README.md",
-            "generation_config.json"} <= set(recorder.uploaded["files"])
+    assert {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer.json",
+        "README.md",
+        "generation_config.json",
+    } <= set(recorder.uploaded["files"])
 
 
 def test_dry_run_prints_files_and_card_and_uploads_nothing(model_dir, recorder, capsys, monkeypatch):
@@ -396,20 +471,27 @@ def _tag_outside_embeddings(d: Path):
 
 def _missing_shard(d: Path):
     (d / "model.safetensors").rename(d / "model-00001-of-00002.safetensors")
-    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
-        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    (d / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}})
+    )
 
 
-@pytest.mark.parametrize("breaker,message", [
-    (_no_safetensors, r"no \*\.safetensors weights"),
-    (_pickle_weights, r"pytorch_model\.bin: pickled file \(\.bin\) refused"),
-    (_pickle_instead, r"pytorch_model\.bin: pickled file"),
-    (_tag_missing, r"control tag '</Thread>' as \d+ tokens .*, not one: add the tags"),
-    (_no_tokenizer, r"tokenizer files missing"),
-    (_no_config, r"no config\.json \(a model\) or adapter_config\.json"),
-    (_tag_outside_embeddings, r"control tag '<Parallel>' has token id \d+, outside the model's embeddings"),
-    (_missing_shard, r"model\.safetensors\.index\.json: shard\(s\) \['model-00002-of-00002\.safetensors'\] missing"),
-])
+@pytest.mark.parametrize(
+    "breaker,message",
+    [
+        (_no_safetensors, r"no \*\.safetensors weights"),
+        (_pickle_weights, r"pytorch_model\.bin: pickled file \(\.bin\) refused"),
+        (_pickle_instead, r"pytorch_model\.bin: pickled file"),
+        (_tag_missing, r"control tag '</Thread>' as \d+ tokens .*, not one: add the tags"),
+        (_no_tokenizer, r"tokenizer files missing"),
+        (_no_config, r"no config\.json \(a model\) or adapter_config\.json"),
+        (_tag_outside_embeddings, r"control tag '<Parallel>' has token id \d+, outside the model's embeddings"),
+        (
+            _missing_shard,
+            r"model\.safetensors\.index\.json: shard\(s\) \['model-00002-of-00002\.safetensors'\] missing",
+        ),
+    ],
+)
 def test_broken_folder_fails_before_upload(model_dir, recorder, breaker, message):
     breaker(model_dir)
     with pytest.raises(hub.PushError, match=message):
@@ -451,8 +533,12 @@ def test_token_reaches_hfapi_only(model_dir, recorder, capsys, caplog, monkeypat
     assert recorder.tokens == [TOKEN]
     monkeypatch.delenv("HF_TOKEN")
     monkeypatch.setenv("MY_HUB_TOKEN", TOKEN[::-1])
-    assert hub.main(["push", "--model", str(model_dir), "--repo-id", "me/tiny-par", "--token-env", "MY_HUB_TOKEN",
-                     "--private"]) == 0
+    assert (
+        hub.main(
+            ["push", "--model", str(model_dir), "--repo-id", "me/tiny-par", "--token-env", "MY_HUB_TOKEN", "--private"]
+        )
+        == 0
+    )
     assert recorder.tokens[-1] == TOKEN[::-1]
     assert hub.main(["push", "--model", str(model_dir), "--repo-id", "me/x", "--token-env", "UNSET_VAR_X"]) == 2
     monkeypatch.setenv("HF_TOKEN", TOKEN)
@@ -483,8 +569,9 @@ def test_config_fields_and_validation():
         assert "# push_to_hub: false" in path.read_text() and "# hub_model_id:" in path.read_text()
         cfg = mod.parse_args(["--config", str(path)])
         assert cfg.push_to_hub is False and cfg.hub_model_id is None
-        on = mod.parse_args(["--config", str(path), "--push_to_hub", "true", "--hub_model_id", "me/m",
-                             "--hub_private", "true"])
+        on = mod.parse_args(
+            ["--config", str(path), "--push_to_hub", "true", "--hub_model_id", "me/m", "--hub_private", "true"]
+        )
         assert on.push_to_hub is True and on.hub_model_id == "me/m" and on.hub_private is True
         with pytest.raises(ValueError, match="push_to_hub is true but hub_model_id is not set"):
             mod.parse_args(["--config", str(path), "--push_to_hub", "true"])
@@ -503,19 +590,42 @@ def test_sft_push_to_hub_pushes_final_once(tmp_path, recorder, monkeypatch, fres
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     rng = random.Random(3)
     data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"Numbers: {k} 2\nTarget: 5\n",
-                                        "completion": random_trajectory(rng, depth=1, max_width=2)}) + "\n"
-                            for k in range(4)))
-    cfg = sft.SFTConfig(train_data=str(data), output_dir=str(tmp_path / "run"), max_steps=1,
-                        per_device_train_batch_size=2, save_steps=0, eval_on_start=False, tiny_vocab_size=300,
-                        tiny_hidden_size=32, tiny_layers=1, tiny_heads=2, tiny_kv_heads=1, tiny_intermediate_size=64,
-                        disable_tqdm=True, log_level="warning", report_to=["none"], max_length=1024,
-                        push_to_hub=True, hub_model_id="me/sft-tiny", hub_private=True).validate()
+    data.write_text(
+        "".join(
+            json.dumps(
+                {"prompt": f"Numbers: {k} 2\nTarget: 5\n", "completion": random_trajectory(rng, depth=1, max_width=2)}
+            )
+            + "\n"
+            for k in range(4)
+        )
+    )
+    cfg = sft.SFTConfig(
+        train_data=str(data),
+        output_dir=str(tmp_path / "run"),
+        max_steps=1,
+        per_device_train_batch_size=2,
+        save_steps=0,
+        eval_on_start=False,
+        tiny_vocab_size=300,
+        tiny_hidden_size=32,
+        tiny_layers=1,
+        tiny_heads=2,
+        tiny_kv_heads=1,
+        tiny_intermediate_size=64,
+        disable_tqdm=True,
+        log_level="warning",
+        report_to=["none"],
+        max_length=1024,
+        push_to_hub=True,
+        hub_model_id="me/sft-tiny",
+        hub_private=True,
+    ).validate()
     res = sft.train(cfg)
     [up] = recorder.named("upload_folder")
     assert Path(up["folder_path"]) == Path(res.final_dir) == tmp_path / "run" / "final"
-    assert recorder.named("create_repo") == [{"repo_id": "me/sft-tiny", "private": True, "exist_ok": True,
-                                              "repo_type": "model"}]
+    assert recorder.named("create_repo") == [
+        {"repo_id": "me/sft-tiny", "private": True, "exist_ok": True, "repo_type": "model"}
+    ]
     assert "model.safetensors" in recorder.uploaded["files"]
     card = recorder.uploaded["readme"]
     assert 'path = "me/sft-tiny"' in card and "hub_model_id: me/sft-tiny" in card and "| stage | sft |" in card
@@ -532,12 +642,26 @@ def test_grpo_push_to_hub_pushes_final_once(tiny_tokenizer, tmp_path, recorder, 
     from parallel_reason import grpo
 
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    cfg = grpo.GRPOConfig(num_generations=2, prompts_per_step=1, max_new_tokens=4, max_steps=1,
-                          output_dir=str(tmp_path), report_to=["none"], save_final_model=True, num_samples_to_log=0,
-                          log_level="warning", push_to_hub=True, hub_model_id="me/grpo-tiny").validate()
-    tr = grpo.GRPOTrainer(cfg, model=make_model(tiny_tokenizer, **TINY), tokenizer=tiny_tokenizer,
-                          train_rows=[{"prompt": "Numbers: 1 2\nTarget: 3\n"}],
-                          reward_funcs=[lambda prompts, completions, **kw: [0.0] * len(completions)])
+    cfg = grpo.GRPOConfig(
+        num_generations=2,
+        prompts_per_step=1,
+        max_new_tokens=4,
+        max_steps=1,
+        output_dir=str(tmp_path),
+        report_to=["none"],
+        save_final_model=True,
+        num_samples_to_log=0,
+        log_level="warning",
+        push_to_hub=True,
+        hub_model_id="me/grpo-tiny",
+    ).validate()
+    tr = grpo.GRPOTrainer(
+        cfg,
+        model=make_model(tiny_tokenizer, **TINY),
+        tokenizer=tiny_tokenizer,
+        train_rows=[{"prompt": "Numbers: 1 2\nTarget: 3\n"}],
+        reward_funcs=[lambda prompts, completions, **kw: [0.0] * len(completions)],
+    )
     res = tr.train()
     [up] = recorder.named("upload_folder")
     assert Path(up["folder_path"]) == Path(res.final_dir) == tmp_path / "final"
@@ -549,21 +673,24 @@ def test_grpo_push_to_hub_pushes_final_once(tiny_tokenizer, tmp_path, recorder, 
 def test_failed_training_push_names_the_saved_model(model_dir, recorder, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     recorder.fail_upload = ConnectionError("hub unreachable")
-    with pytest.raises(RuntimeError, match=r"hub unreachable.*the model is saved; retry with: python -m "
-                                           r"parallel_reason\.hub push --model .*final --repo-id me/m --private"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"hub unreachable.*the model is saved; retry with: python -m "
+        r"parallel_reason\.hub push --model .*final --repo-id me/m --private",
+    ):
         hub.push_trained(model_dir, "me/m", private=True)
     assert (model_dir / "model.safetensors").exists()
 
 
-def test_failed_push_leaves_the_folder_as_it_was_and_never_echoes_the_token(model_dir, recorder, capsys,
-                                                                            monkeypatch):
+def test_failed_push_leaves_the_folder_as_it_was_and_never_echoes_the_token(model_dir, recorder, capsys, monkeypatch):
     """A server whose error body echoes the token: the message is redacted; the
     README (and a generation config written for the upload) are put back."""
     (model_dir / "generation_config.json").unlink()  # push writes one before uploading
     before = {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()}
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    recorder.fail_upload = RuntimeError(f'401 Unauthorized: {{"error": "invalid token {TOKEN}", '
-                                        f'"header": "Authorization: Bearer {TOKEN}"}}')
+    recorder.fail_upload = RuntimeError(
+        f'401 Unauthorized: {{"error": "invalid token {TOKEN}", "header": "Authorization: Bearer {TOKEN}"}}'
+    )
     assert hub.main(["push", "--model", str(model_dir), "--repo-id", "me/tiny-par"]) == 1
     err = capsys.readouterr().err
     assert "401 Unauthorized" in err and "[REDACTED]" in err and TOKEN not in err

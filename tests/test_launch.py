@@ -32,7 +32,9 @@ def test_ensure_data_main_generates_others_wait(monkeypatch, tmp_path):
 
 def test_generate_missing_skips_existing_files(tmp_path):
     (tmp_path / "have.jsonl").write_text("{}\n")
-    launch.generate_missing("countdown", [(str(tmp_path / "have.jsonl"), "train", 1, 0), (None, "val", 1, 0)], "parallel")
+    launch.generate_missing(
+        "countdown", [(str(tmp_path / "have.jsonl"), "train", 1, 0), (None, "val", 1, 0)], "parallel"
+    )
     launch.generate_missing(None, [(str(tmp_path / "missing.jsonl"), "train", 1, 0)], "parallel")
     assert not (tmp_path / "missing.jsonl").exists()
 

@@ -46,15 +46,18 @@ class Handler(BaseHTTPRequestHandler):
         srv = self.server
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         with srv.lock:
-            srv.requests.append({"t": time.monotonic(), "auth": self.headers.get("Authorization"), "body": body,
-                                 "path": self.path})
+            srv.requests.append(
+                {"t": time.monotonic(), "auth": self.headers.get("Authorization"), "body": body, "path": self.path}
+            )
             status, headers, delay = srv.script.pop(0) if srv.script else (200, {}, 0.0)
         if delay:
             time.sleep(delay)
         if status == 200:
             text = body["messages"][-1]["content"]
-            payload = {"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                       "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
+            payload = {
+                "choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+            }
         else:
             payload = {"error": {"message": f"status {status}, auth {self.headers.get('Authorization')}"}}
         data = json.dumps(payload).encode()
@@ -90,8 +93,10 @@ def test_503_with_retry_after_is_retried_after_the_wait(server):
     assert t[2] - t[1] < 0.25  # "0": only the (small) backoff
     # Retry-After is capped at backoff_max; an HTTP date is read too
     sleeps = []
-    server.script = [(503, {"Retry-After": "120"}, 0.0), (503, {"Retry-After": formatdate(time.time() + 30,
-                                                                                           usegmt=True)}, 0.0)]
+    server.script = [
+        (503, {"Retry-After": "120"}, 0.0),
+        (503, {"Retry-After": formatdate(time.time() + 30, usegmt=True)}, 0.0),
+    ]
     client = OpenAIClient(server.url, "m", backoff=0.01, backoff_max=0.5, seed=0, sleep=sleeps.append)
     assert client.complete("again").text == "again" and sleeps == [0.5, 0.5]
     assert 28 <= _retry_after(formatdate(time.time() + 30, usegmt=True)) <= 31
@@ -102,8 +107,11 @@ def test_timeout_is_retried_then_reported(server):
     server.script = [(200, {}, 1.0), (200, {}, 1.0)]
     client = OpenAIClient(server.url, "m", timeout=0.2, max_retries=1, sleep=lambda s: None)
     t0 = time.monotonic()
-    with pytest.raises(LLMError, match=r"request to http://127.0.0.1:\d+/v1/chat/completions failed: "
-                                       r"ReadTimeout.*gave up after 2 attempts") as ei:
+    with pytest.raises(
+        LLMError,
+        match=r"request to http://127.0.0.1:\d+/v1/chat/completions failed: "
+        r"ReadTimeout.*gave up after 2 attempts",
+    ) as ei:
         client.complete("slow")
     assert time.monotonic() - t0 < 0.9 and ei.value.retryable and ei.value.retries == 1
     assert len(server.requests) == 2

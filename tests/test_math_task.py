@@ -20,18 +20,24 @@ def test_registered():
     assert get_task("countdown").NAME == "countdown"
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("so the answer is \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}"),  # nested braces
-    ("\\boxed{\\frac{\\sqrt{3}}{2}} end", "\\frac{\\sqrt{3}}{2}"),
-    ("first \\boxed{1} then \\boxed{2} finally \\boxed{\\{3, 4\\}}", "\\{3, 4\\}"),  # last box, escaped braces
-    ("$\\boxed{ 42 }$", "42"),
-    ("\\fbox{7}", "7"),
-    ("\\boxed 5 is it", "5"),
-    ("the answer is 42", None),  # no box
-    ("\\boxed{}", None),  # empty box
-    ("\\boxed{1} and a truncated \\boxed{\\frac{1}{", "1"),  # unclosed box skipped
-    ("<Parallel>\n<Outlines><Outline>1: a</Outline></Outlines>\n<Thread>1: \\boxed{3}</Thread>\n</Parallel>\nso \\boxed{4}", "4"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("so the answer is \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}"),  # nested braces
+        ("\\boxed{\\frac{\\sqrt{3}}{2}} end", "\\frac{\\sqrt{3}}{2}"),
+        ("first \\boxed{1} then \\boxed{2} finally \\boxed{\\{3, 4\\}}", "\\{3, 4\\}"),  # last box, escaped braces
+        ("$\\boxed{ 42 }$", "42"),
+        ("\\fbox{7}", "7"),
+        ("\\boxed 5 is it", "5"),
+        ("the answer is 42", None),  # no box
+        ("\\boxed{}", None),  # empty box
+        ("\\boxed{1} and a truncated \\boxed{\\frac{1}{", "1"),  # unclosed box skipped
+        (
+            "<Parallel>\n<Outlines><Outline>1: a</Outline></Outlines>\n<Thread>1: \\boxed{3}</Thread>\n</Parallel>\nso \\boxed{4}",
+            "4",
+        ),
+    ],
+)
 def test_extract_boxed(text, expected):
     assert task.extract_answer(text) == expected
 
@@ -52,60 +58,69 @@ def test_reference_answer():
     assert task.reference_answer(72) == "72"
 
 
-@pytest.mark.parametrize("text,value", [
-    ("1,234", Fraction(1234)),
-    ("$1,234.50", Fraction(246900, 200)),
-    ("\\$18", Fraction(18)),
-    ("18 dollars", Fraction(18)),
-    ("5 \\text{ cm}", Fraction(5)),
-    ("12 km/h", Fraction(12)),
-    ("42.", Fraction(42)),
-    ("-3", Fraction(-3)),
-    ("2.50", Fraction(5, 2)),
-    ("30\\%", Fraction(30)),
-    ("90^\\circ", Fraction(90)),
-    ("5x", None),  # a variable is not a unit
-    ("1/2", None),
-    ("1,2", None),  # not a thousands separator: left to math-verify (a set/tuple)
-    ("\\frac{1}{2}", None),
-    ("x = 3", None),
-])
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ("1,234", Fraction(1234)),
+        ("$1,234.50", Fraction(246900, 200)),
+        ("\\$18", Fraction(18)),
+        ("18 dollars", Fraction(18)),
+        ("5 \\text{ cm}", Fraction(5)),
+        ("12 km/h", Fraction(12)),
+        ("42.", Fraction(42)),
+        ("-3", Fraction(-3)),
+        ("2.50", Fraction(5, 2)),
+        ("30\\%", Fraction(30)),
+        ("90^\\circ", Fraction(90)),
+        ("5x", None),  # a variable is not a unit
+        ("1/2", None),
+        ("1,2", None),  # not a thousands separator: left to math-verify (a set/tuple)
+        ("\\frac{1}{2}", None),
+        ("x = 3", None),
+    ],
+)
 def test_plain_number(text, value):
     assert task.plain_number(text) == value
 
 
-@pytest.mark.parametrize("answer,gold", [
-    ("\\frac{1}{2}", "\\dfrac{1}{2}"),  # \frac vs \dfrac
-    ("\\dfrac12", "0.5"),
-    ("1,234", "1234"),  # commas in numbers
-    ("\\$1,234", "#### 1234"),
-    ("18 \\text{ dollars}", "18"),  # units
-    ("5 cm", "5"),
-    ("42.", "42"),  # trailing period
-    ("2.50", "2.5"),
-    ("\\{1, 2\\}", "\\{2,1\\}"),  # sets
-    ("(0, 1]", "(0,1]"),  # intervals
-    ("[1, \\infty)", "[1,\\infty)"),
-    ("\\frac{\\sqrt{2}}{2}", "\\sqrt{2}/2"),
-    ("x = 3", "3"),
-    ("1 + x^2", "x^2+1"),
-])
+@pytest.mark.parametrize(
+    "answer,gold",
+    [
+        ("\\frac{1}{2}", "\\dfrac{1}{2}"),  # \frac vs \dfrac
+        ("\\dfrac12", "0.5"),
+        ("1,234", "1234"),  # commas in numbers
+        ("\\$1,234", "#### 1234"),
+        ("18 \\text{ dollars}", "18"),  # units
+        ("5 cm", "5"),
+        ("42.", "42"),  # trailing period
+        ("2.50", "2.5"),
+        ("\\{1, 2\\}", "\\{2,1\\}"),  # sets
+        ("(0, 1]", "(0,1]"),  # intervals
+        ("[1, \\infty)", "[1,\\infty)"),
+        ("\\frac{\\sqrt{2}}{2}", "\\sqrt{2}/2"),
+        ("x = 3", "3"),
+        ("1 + x^2", "x^2+1"),
+    ],
+)
 def test_equivalent(answer, gold):
     ok, how = task.is_equivalent(answer, task.reference_answer(gold))
     assert ok, how
 
 
-@pytest.mark.parametrize("answer,gold", [
-    ("[0, 1]", "(0,1]"),  # interval ends matter
-    ("\\{1, 3\\}", "\\{1,2\\}"),
-    ("5x", "5"),
-    ("1,234", "1.234"),
-    ("\\frac{1}{3}", "0.5"),
-    ("1235", "1,234"),
-    (None, "1"),
-    ("", "1"),
-    ("x" * 5000, "1"),
-])
+@pytest.mark.parametrize(
+    "answer,gold",
+    [
+        ("[0, 1]", "(0,1]"),  # interval ends matter
+        ("\\{1, 3\\}", "\\{1,2\\}"),
+        ("5x", "5"),
+        ("1,234", "1.234"),
+        ("\\frac{1}{3}", "0.5"),
+        ("1235", "1,234"),
+        (None, "1"),
+        ("", "1"),
+        ("x" * 5000, "1"),
+    ],
+)
 def test_not_equivalent(answer, gold):
     assert not task.is_equivalent(answer, gold)[0]
 
@@ -128,8 +143,15 @@ def test_verify_completions():
 
 def test_never_evals_and_never_raises(monkeypatch):
     monkeypatch.setattr(task, "TIMEOUT_SECONDS", 1)  # main thread: math-verify's own timeouts
-    for junk in ("\\boxed{9^{9^{9^{9}}}}", "\\boxed{__import__('os').system('echo hi')}", "\\boxed{{{{", "\\boxed{1/0}",
-                 "\\boxed{\\frac{1}{0}}", "}}}\\boxed", "\\boxed{" + "(" * 40 + "}"):
+    for junk in (
+        "\\boxed{9^{9^{9^{9}}}}",
+        "\\boxed{__import__('os').system('echo hi')}",
+        "\\boxed{{{{",
+        "\\boxed{1/0}",
+        "\\boxed{\\frac{1}{0}}",
+        "}}}\\boxed",
+        "\\boxed{" + "(" * 40 + "}",
+    ):
         v = task.verify(junk, "1")
         assert not v.ok
 

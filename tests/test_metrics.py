@@ -22,8 +22,10 @@ def words(piece) -> int:
     return len(piece.split()) if isinstance(piece, str) else len(piece)
 
 
-FLAT = ("a b\n<Parallel>\n<Outlines><Outline>1: p</Outline><Outline>2: q</Outline></Outlines>\n"
-        "<Thread>1: x x x</Thread>\n<Thread>2: y</Thread>\n</Parallel>\nz")
+FLAT = (
+    "a b\n<Parallel>\n<Outlines><Outline>1: p</Outline><Outline>2: q</Outline></Outlines>\n"
+    "<Thread>1: x x x</Thread>\n<Thread>2: y</Thread>\n</Parallel>\nz"
+)
 
 
 def test_flat_block_hand_computed():
@@ -36,10 +38,12 @@ def test_flat_block_hand_computed():
     assert parallel_ratio(FLAT, words) == pytest.approx(6 / 20)
 
 
-NESTED = ("s\n<Parallel>\n<Outlines><Outline>1:</Outline><Outline>2:</Outline></Outlines>\n"
-          "<Thread>1: a\n<Parallel>\n<Outlines><Outline>1:</Outline><Outline>2:</Outline></Outlines>\n"
-          "<Thread>1: b b b b</Thread>\n<Thread>2: c</Thread>\n</Parallel>\nd</Thread>\n"
-          "<Thread>2: e e e e e e e e</Thread>\n</Parallel>\nf")
+NESTED = (
+    "s\n<Parallel>\n<Outlines><Outline>1:</Outline><Outline>2:</Outline></Outlines>\n"
+    "<Thread>1: a\n<Parallel>\n<Outlines><Outline>1:</Outline><Outline>2:</Outline></Outlines>\n"
+    "<Thread>1: b b b b</Thread>\n<Thread>2: c</Thread>\n</Parallel>\nd</Thread>\n"
+    "<Thread>2: e e e e e e e e</Thread>\n</Parallel>\nf"
+)
 
 
 def test_nested_hand_computed():
@@ -63,6 +67,7 @@ def test_sequential_text_speedup_one():
 def test_from_ids_matches_text(tiny_tokenizer):
     from parallel_reason.layout import critical_path_count, linear_ids, sampled_count, tokenize_trajectory
     from parallel_reason.metrics import tokenizer_counter
+
     tok = tiny_tokenizer
     items = tokenize_trajectory(parse(NESTED), tok, eos=False)
     ids = linear_ids(items)

@@ -52,16 +52,33 @@ GOOD_PROMPT = {"prompt": "Numbers: 1 2 3\nTarget: 6\n", "nums": [1, 2, 3], "targ
 
 
 def _grpo(tmp_path, data, model, *extra) -> list[str]:
-    return ["--train_data", str(data), "--model_name_or_path", str(model), "--output_dir", str(tmp_path / "run"),
-            "--report_to", "none", "--log_level", "error", *extra]
+    return [
+        "--train_data",
+        str(data),
+        "--model_name_or_path",
+        str(model),
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--report_to",
+        "none",
+        "--log_level",
+        "error",
+        *extra,
+    ]
 
 
-@pytest.mark.parametrize("bad, words", [
-    ({"prompt": "p", "target": 6}, ["task 'countdown' needs", "['nums']", "the record has ['prompt', 'target']"]),
-    ({"nums": [1, 2, 3]}, ["needs the field(s) ['target']", "the record has ['nums']"]),
-    ({"prompt": "p", "nums": [2.5, 3, 4], "target": 6}, ["nums[0]", "2.5"]),
-    ({"prompt": "p", "nums": [1, 2, 3], "target": 6, "task": "math"}, ["task is 'math'", "config's task is 'countdown'"]),
-])
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        ({"prompt": "p", "target": 6}, ["task 'countdown' needs", "['nums']", "the record has ['prompt', 'target']"]),
+        ({"nums": [1, 2, 3]}, ["needs the field(s) ['target']", "the record has ['nums']"]),
+        ({"prompt": "p", "nums": [2.5, 3, 4], "target": 6}, ["nums[0]", "2.5"]),
+        (
+            {"prompt": "p", "nums": [1, 2, 3], "target": 6, "task": "math"},
+            ["task is 'math'", "config's task is 'countdown'"],
+        ),
+    ],
+)
 def test_grpo_refuses_a_bad_record_at_load(tmp_path, empty_model, fresh_accelerate, capsys, bad, words):
     """Drawn at step 11, such a record used to crash training with a message listing
     'nums' as present and naming no file."""
@@ -78,12 +95,15 @@ def test_grpo_task_flag_is_checked(tmp_path, empty_model, fresh_accelerate, caps
     _one_error(capsys.readouterr().err, "prompts.jsonl:1:", "task is 'countdown'", "config's task is 'math'")
 
 
-@pytest.mark.parametrize("model, words", [
-    ("runs/sft/countdown_tiny/final", ["no such folder", "run recipes/sft.py first"]),
-    ("/no/such/model", ["no such folder"]),
-    ("nobody/no-such-model", ["HF_HUB_OFFLINE", "not in the local cache"]),
-    ("not a repo id!", ["no such folder", "not a hub repo id"]),
-])
+@pytest.mark.parametrize(
+    "model, words",
+    [
+        ("runs/sft/countdown_tiny/final", ["no such folder", "run recipes/sft.py first"]),
+        ("/no/such/model", ["no such folder"]),
+        ("nobody/no-such-model", ["HF_HUB_OFFLINE", "not in the local cache"]),
+        ("not a repo id!", ["no such folder", "not a hub repo id"]),
+    ],
+)
 def test_grpo_model_path_is_checked_without_the_hub(tmp_path, hub_offline, capsys, model, words):
     data = _write(tmp_path / "prompts.jsonl", [GOOD_PROMPT])
     assert grpo_recipe.main(_grpo(tmp_path, data, model)) == 2
@@ -96,17 +116,20 @@ def test_grpo_model_path_is_checked_without_the_hub(tmp_path, hub_offline, capsy
 # SFT: flags, model paths and data files, before the model
 
 
-@pytest.mark.parametrize("extra, words", [
-    (["--learning_rate", "-1"], ["learning_rate must be a number >= 0, got -1"]),
-    (["--learning_rate", "nan"], ["learning_rate"]),
-    (["--torch_dtype", "foo"], ["torch_dtype", "'foo'"]),
-    (["--lr_scheduler_type", "cosinus"], ["lr_scheduler_type 'cosinus' is unknown"]),
-    (["--adam_beta2", "1.5"], ["adam_beta2 must be in [0, 1)"]),
-    (["--model_name_or_path", "/no/such/model"], ["model_name_or_path /no/such/model: no such folder"]),
-    (["--model_name_or_path", "runs/sft/x/final"], ["no such folder"]),
-    (["--model_name_or_path", "nobody/no-such-model"], ["HF_HUB_OFFLINE"]),
-    (["--tokenizer_name_or_path", "./tok"], ["tokenizer_name_or_path ./tok: no such folder"]),
-])
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--learning_rate", "-1"], ["learning_rate must be a number >= 0, got -1"]),
+        (["--learning_rate", "nan"], ["learning_rate"]),
+        (["--torch_dtype", "foo"], ["torch_dtype", "'foo'"]),
+        (["--lr_scheduler_type", "cosinus"], ["lr_scheduler_type 'cosinus' is unknown"]),
+        (["--adam_beta2", "1.5"], ["adam_beta2 must be in [0, 1)"]),
+        (["--model_name_or_path", "/no/such/model"], ["model_name_or_path /no/such/model: no such folder"]),
+        (["--model_name_or_path", "runs/sft/x/final"], ["no such folder"]),
+        (["--model_name_or_path", "nobody/no-such-model"], ["HF_HUB_OFFLINE"]),
+        (["--tokenizer_name_or_path", "./tok"], ["tokenizer_name_or_path ./tok: no such folder"]),
+    ],
+)
 def test_sft_flags_and_model_paths(tmp_path, hub_offline, fresh_accelerate, capsys, extra, words):
     data = _write(tmp_path / "train.jsonl", [{"prompt": "p", "completion": "c"}])
     argv = ["--train_data", str(data), "--output_dir", str(tmp_path / "run"), "--log_level", "error", *extra]
@@ -119,20 +142,38 @@ def test_sft_flags_and_model_paths(tmp_path, hub_offline, fresh_accelerate, caps
 
 def _deep(depth: int = 70) -> str:
     """Well-formed but for its depth: blocks nested ``depth`` levels."""
-    return "<Parallel>\n<Outlines><Outline>1: a</Outline></Outlines>\n<Thread>1:" * depth + " x" + \
-        "</Thread>\n</Parallel>" * depth
+    return (
+        "<Parallel>\n<Outlines><Outline>1: a</Outline></Outlines>\n<Thread>1:" * depth
+        + " x"
+        + "</Thread>\n</Parallel>" * depth
+    )
 
 
-@pytest.mark.parametrize("content, words", [
-    (None, ["train.jsonl: no such file"]),
-    (b'{"prompt": "p", "completion": "c"}\n{"prompt": "p", "completion": "\xff\xfe"}\n', ["train.jsonl:2: not UTF-8"]),
-    (b'{"prompt": "p", "completion": "c"}\n' + b"[" * 100_000 + b"\n", ["train.jsonl:2: JSON nested too deeply"]),
-    (b'{"prompt": "p", "completion": "c"}\n{"prompt": "p", "completion": "c"\n', ["train.jsonl:2: invalid JSON"]),
-    (json.dumps([{"prompt": "p", "completion": "c"}]).encode(), ["train.jsonl:1: expected a JSON object, got list"]),
-    ((json.dumps({"prompt": "p", "completion": "ok"}) + "\n" + json.dumps({"prompt": "p", "completion": _deep()})
-      + "\n").encode(), ["train.jsonl:2: completion is not a well-formed parallel trajectory",
-                         "nest blocks deeper than 64"]),
-])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (None, ["train.jsonl: no such file"]),
+        (
+            b'{"prompt": "p", "completion": "c"}\n{"prompt": "p", "completion": "\xff\xfe"}\n',
+            ["train.jsonl:2: not UTF-8"],
+        ),
+        (b'{"prompt": "p", "completion": "c"}\n' + b"[" * 100_000 + b"\n", ["train.jsonl:2: JSON nested too deeply"]),
+        (b'{"prompt": "p", "completion": "c"}\n{"prompt": "p", "completion": "c"\n', ["train.jsonl:2: invalid JSON"]),
+        (
+            json.dumps([{"prompt": "p", "completion": "c"}]).encode(),
+            ["train.jsonl:1: expected a JSON object, got list"],
+        ),
+        (
+            (
+                json.dumps({"prompt": "p", "completion": "ok"})
+                + "\n"
+                + json.dumps({"prompt": "p", "completion": _deep()})
+                + "\n"
+            ).encode(),
+            ["train.jsonl:2: completion is not a well-formed parallel trajectory", "nest blocks deeper than 64"],
+        ),
+    ],
+)
 def test_sft_data_file_errors_name_the_line(tmp_path, fresh_accelerate, capsys, content, words):
     data = tmp_path / "train.jsonl"
     if content is not None:
@@ -147,9 +188,15 @@ def test_init_tiny_model_data_errors(tmp_path, capsys):
     from recipes import init_tiny_model
 
     ok = json.dumps({"prompt": "p", "completion": "c"})
-    cases = [(None, "d.jsonl: no such file"), (f"{ok}\n{{\"prompt\": 3, \"completion\": \"c\"}}\n".encode(),
-             "d.jsonl:2: record needs string 'prompt' and 'completion'"), (b"\n\xff\n", "d.jsonl:2: not UTF-8"),
-             (b"\n\n", "no records in")]
+    cases = [
+        (None, "d.jsonl: no such file"),
+        (
+            f'{ok}\n{{"prompt": 3, "completion": "c"}}\n'.encode(),
+            "d.jsonl:2: record needs string 'prompt' and 'completion'",
+        ),
+        (b"\n\xff\n", "d.jsonl:2: not UTF-8"),
+        (b"\n\n", "no records in"),
+    ]
     for content, words in cases:
         data = tmp_path / "d.jsonl"
         data.unlink(missing_ok=True)
@@ -165,8 +212,18 @@ def test_init_tiny_model_data_errors(tmp_path, capsys):
 
 
 def _bench(tmp_path, model, data, *extra) -> list[str]:
-    return ["--model", str(model), "--task", "countdown", "--data", str(data), "--out", str(tmp_path / "out"),
-            "--no-progress", *extra]
+    return [
+        "--model",
+        str(model),
+        "--task",
+        "countdown",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "out"),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_benchmark_flags(tmp_path, empty_model, capsys, monkeypatch):
@@ -186,11 +243,14 @@ def test_benchmark_flags(tmp_path, empty_model, capsys, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("rows, words", [
-    ([GOOD_PROMPT, dict(GOOD_PROMPT, nums=[1, 2.5, 3])], ["test.jsonl:2:", "nums[1] must be an integer, got 2.5"]),
-    ([GOOD_PROMPT, dict(GOOD_PROMPT, target="six")], ["test.jsonl:2:", "'target' must be an integer"]),
-    ([{"prompt": "p", "target": 6}], ["test.jsonl:1:", "needs 'nums' and 'target'"]),
-])
+@pytest.mark.parametrize(
+    "rows, words",
+    [
+        ([GOOD_PROMPT, dict(GOOD_PROMPT, nums=[1, 2.5, 3])], ["test.jsonl:2:", "nums[1] must be an integer, got 2.5"]),
+        ([GOOD_PROMPT, dict(GOOD_PROMPT, target="six")], ["test.jsonl:2:", "'target' must be an integer"]),
+        ([{"prompt": "p", "target": 6}], ["test.jsonl:1:", "needs 'nums' and 'target'"]),
+    ],
+)
 def test_benchmark_bad_records(tmp_path, empty_model, capsys, rows, words):
     data = _write(tmp_path / "test.jsonl", rows)
     assert bm.main(_bench(tmp_path, empty_model, data)) == 2
@@ -221,8 +281,10 @@ def _run_dir(root: Path, name: str, mode: str, rows: list[dict]) -> Path:
     return d
 
 
-ROWS = [{"id": str(i), "prompt": f"p{i}", "correct": i % 2 == 0, "total_tokens": 10 + i, "critical_path": 5 + i}
-        for i in range(3)]
+ROWS = [
+    {"id": str(i), "prompt": f"p{i}", "correct": i % 2 == 0, "total_tokens": 10 + i, "critical_path": 5 + i}
+    for i in range(3)
+]
 
 
 def test_compare_reports_a_corrupt_summary(tmp_path, capsys):
@@ -254,10 +316,31 @@ def test_compare_warns_about_skipped_result_lines(tmp_path, capsys):
 # files (the parser's own fuzz is in test_format.py). Each call either succeeds, and
 # what it returns is usable downstream, or raises the project's InputError.
 
-MULTIVERSE = ("Plan.\n<Parallel><Goal><Outline>1: a</Outline><Outline>2: b</Outline></Goal>"
-              "<Path>1: x</Path><Path>2: y</Path><Conclusion>z</Conclusion></Parallel>\nAnswer: 3")
-ODD_VALUES = [None, True, 0, -3, 2.5, 1e308, float("nan"), 10 ** 30, "", "x", "12", "<Parallel><Thread>" * 40,
-              [], [1, "a"], [2, 3.0, 4], {}, {"role": 1}, [{"role": "user", "content": 3}], [[[[]]]]]
+MULTIVERSE = (
+    "Plan.\n<Parallel><Goal><Outline>1: a</Outline><Outline>2: b</Outline></Goal>"
+    "<Path>1: x</Path><Path>2: y</Path><Conclusion>z</Conclusion></Parallel>\nAnswer: 3"
+)
+ODD_VALUES = [
+    None,
+    True,
+    0,
+    -3,
+    2.5,
+    1e308,
+    float("nan"),
+    10**30,
+    "",
+    "x",
+    "12",
+    "<Parallel><Thread>" * 40,
+    [],
+    [1, "a"],
+    [2, 3.0, 4],
+    {},
+    {"role": 1},
+    [{"role": "user", "content": 3}],
+    [[[[]]]],
+]
 
 
 def _good_records(rng) -> list[dict]:
@@ -282,7 +365,7 @@ def _fuzz_file(rng, k: int) -> bytes:
     lines = [json.dumps(rng.choice(goods)) for _ in range(rng.randint(1, 6))]
     if kind == 1:  # truncated
         text = "\n".join(lines)
-        return text[:rng.randint(0, len(text))].encode()
+        return text[: rng.randint(0, len(text))].encode()
     if kind == 2:  # mixed up: schemas, merged or split lines, a list wrapper, BOM, CRLF, blank lines
         lines += [json.dumps(g) for g in goods]
         rng.shuffle(lines)
@@ -291,7 +374,7 @@ def _fuzz_file(rng, k: int) -> bytes:
         if trick == 0:
             lines[i] = lines[i] + lines[(i + 1) % len(lines)]
         elif trick == 1:
-            lines[i:i + 1] = [lines[i][:len(lines[i]) // 2], lines[i][len(lines[i]) // 2:]]
+            lines[i : i + 1] = [lines[i][: len(lines[i]) // 2], lines[i][len(lines[i]) // 2 :]]
         elif trick == 2:
             return json.dumps([json.loads(x) for x in lines], indent=rng.choice([None, 2])).encode()
         elif trick == 3:
@@ -311,8 +394,21 @@ def _fuzz_file(rng, k: int) -> bytes:
                     rec[key] = rng.choice(ODD_VALUES)
             out.append(json.dumps(rec))
         return "\n".join(out).encode()
-    return rng.choice([b"", b"\n\n", b"[]", b"{}", b"42", b'"text"', b"null", b'{"data": [1, 2]}',
-                       b"[" * 5000, b'{"a":' * 5000, json.dumps({"rows": goods}).encode()])
+    return rng.choice(
+        [
+            b"",
+            b"\n\n",
+            b"[]",
+            b"{}",
+            b"42",
+            b'"text"',
+            b"null",
+            b'{"data": [1, 2]}',
+            b"[" * 5000,
+            b'{"a":' * 5000,
+            json.dumps({"rows": goods}).encode(),
+        ]
+    )
 
 
 def _try(fn, *args):
@@ -392,8 +488,22 @@ def test_fuzz_cli_data_loading(tmp_path, empty_model, capsys):
         st.read_progress(path)
         # and two real CLIs end to end: a clear error (the model folder is empty) or a result
         if k % 5 == 0:
-            assert bm.main(["--model", str(empty_model), "--task", "countdown", "--data", str(path),
-                            "--out", str(d / "bench"), "--no-progress"]) == 2
+            assert (
+                bm.main(
+                    [
+                        "--model",
+                        str(empty_model),
+                        "--task",
+                        "countdown",
+                        "--data",
+                        str(path),
+                        "--out",
+                        str(d / "bench"),
+                        "--no-progress",
+                    ]
+                )
+                == 2
+            )
             _one_error(capsys.readouterr().err)
         rc = cv.main(["--from", "multiverse", "--input", str(path), "--out", str(d / "conv.jsonl")])
         assert rc in (0, 1) and (rc == 0) == (d / "conv.jsonl").exists()

@@ -33,12 +33,22 @@ def words(piece) -> int:
 
 # -- correctness ----------------------------------------------------------------
 
+
 def test_correctness_countdown():
     f = R.Correctness("countdown")
     assert f.__name__ == "correctness"
-    comps = [GOOD, WRONG, "no answer at all", "Answer: 1*2*3", "Answer: __import__('os')", "Answer: 4*3*2*1",
-             "<Parallel>\n<Outlines><Outline>1: a</Outline></Outlines>\n<Thread>1: x</Thread>\n</Parallel>\nAnswer: (1+3)*(2+4)",
-             "", "Answer: 1*2*3*4*", "Answer: " + "(" * 100 + "1"]
+    comps = [
+        GOOD,
+        WRONG,
+        "no answer at all",
+        "Answer: 1*2*3",
+        "Answer: __import__('os')",
+        "Answer: 4*3*2*1",
+        "<Parallel>\n<Outlines><Outline>1: a</Outline></Outlines>\n<Thread>1: x</Thread>\n</Parallel>\nAnswer: (1+3)*(2+4)",
+        "",
+        "Answer: 1*2*3*4*",
+        "Answer: " + "(" * 100 + "1",
+    ]
     assert f([""] * len(comps), comps, **kw(len(comps))) == [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0]
 
 
@@ -66,6 +76,7 @@ def test_verifier_never_evals(monkeypatch):
 
 # -- acceleration ---------------------------------------------------------------
 
+
 def test_acceleration_formula_hand_computed():
     assert R.acceleration_value(100, 60, factor=0.5, clip=0.5) == pytest.approx(0.5 * 0.4)
     assert R.acceleration_value(100, 60, factor=0.5, clip=0.2) == pytest.approx(0.5 * 0.2)  # clipped
@@ -76,10 +87,12 @@ def test_acceleration_formula_hand_computed():
 def test_acceleration_only_for_correct_answers_and_clip():
     f = R.Acceleration(factor=0.5, clip=0.3)
     assert f.__name__ == "acceleration"
-    ros = [FakeRollout(GOOD, total_tokens=100, critical_path=80),   # eta 0.2 -> 0.1
-           FakeRollout(GOOD, total_tokens=100, critical_path=40),   # eta 0.6 clipped to 0.3 -> 0.15
-           FakeRollout(WRONG, total_tokens=100, critical_path=40),  # wrong: 0
-           FakeRollout(GOOD, total_tokens=50, critical_path=50)]    # sequential: 0
+    ros = [
+        FakeRollout(GOOD, total_tokens=100, critical_path=80),  # eta 0.2 -> 0.1
+        FakeRollout(GOOD, total_tokens=100, critical_path=40),  # eta 0.6 clipped to 0.3 -> 0.15
+        FakeRollout(WRONG, total_tokens=100, critical_path=40),  # wrong: 0
+        FakeRollout(GOOD, total_tokens=50, critical_path=50),
+    ]  # sequential: 0
     out = f([""] * 4, [r.completion for r in ros], rollouts=ros, **kw(4))
     assert out == pytest.approx([0.1, 0.15, 0.0, 0.0])
 
@@ -87,11 +100,19 @@ def test_acceleration_only_for_correct_answers_and_clip():
 def test_acceleration_counts_the_token_tree():
     # sampled: run 3 + head 4 + thread bodies 5 and 2 + run 1 = 15; cp = 3 + 4 + 5 + 1 = 13.
     # runner-written openers / closer (ids 90..) count nowhere.
-    tree = [Run([1, 2, 3]), TBlock(head=[10, 11, 12, 13],
-                                    threads=[TThread(opener=[90, 91], body=[Run([4, 5, 6, 7, 8])]),
-                                             TThread(opener=[90, 92], body=[Run([9, 9])])],
-                                    closer=[93, 94]),
-            Run([95, 96], train=False), Run([7])]
+    tree = [
+        Run([1, 2, 3]),
+        TBlock(
+            head=[10, 11, 12, 13],
+            threads=[
+                TThread(opener=[90, 91], body=[Run([4, 5, 6, 7, 8])]),
+                TThread(opener=[90, 92], body=[Run([9, 9])]),
+            ],
+            closer=[93, 94],
+        ),
+        Run([95, 96], train=False),
+        Run([7]),
+    ]
     ro = FakeRollout(GOOD, tree)
     st = R.rollout_stats(ro)
     assert (st["total_tokens"], st["critical_path"], st["blocks"], st["threads"]) == (15, 13, 1, 2)
@@ -114,8 +135,10 @@ def test_acceleration_from_text_uses_metrics():
 
 # -- format -----------------------------------------------------------------------
 
-VALID_BLOCK = ("s\n<Parallel>\n<Outlines><Outline>1: p</Outline><Outline>2: q</Outline></Outlines>\n"
-               "<Thread>1: a</Thread>\n<Thread>2: b</Thread>\n</Parallel>\nAnswer: 1")
+VALID_BLOCK = (
+    "s\n<Parallel>\n<Outlines><Outline>1: p</Outline><Outline>2: q</Outline></Outlines>\n"
+    "<Thread>1: a</Thread>\n<Thread>2: b</Thread>\n</Parallel>\nAnswer: 1"
+)
 
 
 def test_format_reward_valid_invalid_truncated():
@@ -129,19 +152,34 @@ def test_format_reward_valid_invalid_truncated():
         "stray": "x </Thread> y",
         "numbering": VALID_BLOCK.replace("<Thread>2:", "<Thread>3:"),
         "too_wide": VALID_BLOCK.replace("</Outlines>", "<Outline>3: r</Outline></Outlines>").replace(
-            "\n</Parallel>", "\n<Thread>3: c</Thread>\n</Parallel>"),
+            "\n</Parallel>", "\n<Thread>3: c</Thread>\n</Parallel>"
+        ),
         "garbage": "<Parallel><Parallel></Outline><Thread>",
         "empty": "",
     }
-    expect = {"valid": 1.0, "no_block": 0.25, "unclosed": -1.0, "count_mismatch": -1.0, "stray": -1.0,
-              "numbering": -1.0, "too_wide": -1.0, "garbage": -1.0, "empty": 0.25}
+    expect = {
+        "valid": 1.0,
+        "no_block": 0.25,
+        "unclosed": -1.0,
+        "count_mismatch": -1.0,
+        "stray": -1.0,
+        "numbering": -1.0,
+        "too_wide": -1.0,
+        "garbage": -1.0,
+        "empty": 0.25,
+    }
     names = list(texts)
     out = f([""] * len(names), [texts[n] for n in names])
     assert dict(zip(names, out)) == expect
     # truncation (from the rollout) wins over everything
-    ros = [FakeRollout(VALID_BLOCK, finish_reason="length"), FakeRollout(texts["unclosed"], finish_reason="unclosed_thread"),
-           FakeRollout(VALID_BLOCK, finish_reason="max_new_tokens"), FakeRollout(VALID_BLOCK, finish_reason="eos"),
-           FakeRollout(VALID_BLOCK, finish_reason="eos_in_thread"), FakeRollout(VALID_BLOCK, finish_reason="malformed")]
+    ros = [
+        FakeRollout(VALID_BLOCK, finish_reason="length"),
+        FakeRollout(texts["unclosed"], finish_reason="unclosed_thread"),
+        FakeRollout(VALID_BLOCK, finish_reason="max_new_tokens"),
+        FakeRollout(VALID_BLOCK, finish_reason="eos"),
+        FakeRollout(VALID_BLOCK, finish_reason="eos_in_thread"),
+        FakeRollout(VALID_BLOCK, finish_reason="malformed"),
+    ]
     # the runner's own verdict on a grammar violation makes the rollout invalid whatever its text
     assert f([""] * 6, [r.completion for r in ros], rollouts=ros) == [-0.5, -0.5, -0.5, 1.0, -1.0, -1.0]
 
@@ -160,15 +198,31 @@ def test_format_reward_never_raises_on_fuzz():
 
 # -- building and combining -----------------------------------------------------------
 
+
 def test_build_and_score_components():
-    spec = R.RewardSpec(rewards=["correctness", "acceleration", "format"], reward_weights=[1.0, 2.0, 0.5],
-                        acceleration_factor=0.5, acceleration_clip=1.0)
+    spec = R.RewardSpec(
+        rewards=["correctness", "acceleration", "format"],
+        reward_weights=[1.0, 2.0, 0.5],
+        acceleration_factor=0.5,
+        acceleration_clip=1.0,
+    )
     funcs, weights = R.build_reward_funcs(spec)
     assert [R.reward_name(f) for f in funcs] == ["correctness", "acceleration", "format"]
-    ros = [FakeRollout(GOOD, total_tokens=10, critical_path=5), FakeRollout(WRONG, total_tokens=10, critical_path=5),
-           FakeRollout(GOOD, total_tokens=10, critical_path=5, finish_reason="length")]
-    total, parts = R.score(funcs, weights, [""] * 3, [r.completion for r in ros], rollouts=ros, **kw(3),
-                           completion_ids=[[1]] * 3, trainer_state=None)
+    ros = [
+        FakeRollout(GOOD, total_tokens=10, critical_path=5),
+        FakeRollout(WRONG, total_tokens=10, critical_path=5),
+        FakeRollout(GOOD, total_tokens=10, critical_path=5, finish_reason="length"),
+    ]
+    total, parts = R.score(
+        funcs,
+        weights,
+        [""] * 3,
+        [r.completion for r in ros],
+        rollouts=ros,
+        **kw(3),
+        completion_ids=[[1]] * 3,
+        trainer_state=None,
+    )
     assert parts["correctness"] == [1.0, 0.0, 1.0]
     assert parts["acceleration"] == pytest.approx([0.25, 0.0, 0.25])
     assert parts["format"] == [1.0, 1.0, 0.0]

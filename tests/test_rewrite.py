@@ -48,7 +48,9 @@ def distance_case(name: str, a: tuple[int, int], b: tuple[int, int], mode: str =
     dx, dy = b[0] - a[0], b[1] - a[1]
     dx2, dy2 = dx * dx, dy * dy
     s = dx2 + dy2
-    question = f"Point {P} is ({a[0]}, {a[1]}) and point {Q} is ({b[0]}, {b[1]}). What is the squared distance {P}{Q}^2?"
+    question = (
+        f"Point {P} is ({a[0]}, {a[1]}) and point {Q} is ({b[0]}, {b[1]}). What is the squared distance {P}{Q}^2?"
+    )
     steps = [
         f"We use {P}{Q}^2 = (dx)^2 + (dy)^2 and compute the two squares separately.",
         f"The horizontal difference is dx = {b[0]} - {a[0]} = {dx}, so (dx)^2 = {dx}*{dx} = {dx2}.",
@@ -77,8 +79,10 @@ def distance_case(name: str, a: tuple[int, int], b: tuple[int, int], mode: str =
         "outlines": {"outlines": ["Compute (dx)^2 from the x-coordinates.", "Compute (dy)^2 from the y-coordinates."]},
     }
     if mode == "fenced":
-        answers = {k: "Sure, here it is:\n```json\n" + json.dumps(v, indent=2) + "\n```\nHope this helps {}."
-                   for k, v in answers.items()}
+        answers = {
+            k: "Sure, here it is:\n```json\n" + json.dumps(v, indent=2) + "\n```\nHope this helps {}."
+            for k, v in answers.items()
+        }
     return row, answers
 
 
@@ -156,8 +160,15 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         with srv.lock:
             n = len(srv.requests) + 1
-            srv.requests.append({"n": n, "path": self.path, "auth": self.headers.get("Authorization"),
-                                 "hash": body_hash(body), "body": body})
+            srv.requests.append(
+                {
+                    "n": n,
+                    "path": self.path,
+                    "auth": self.headers.get("Authorization"),
+                    "hash": body_hash(body),
+                    "body": body,
+                }
+            )
         if srv.block_after is not None and n > srv.block_after:
             srv.blocked.set()
             srv.release.wait(30)
@@ -184,9 +195,16 @@ class _Handler(BaseHTTPRequestHandler):
             srv.answered.append(body_hash(body))
             srv.tokens[0] += pt
             srv.tokens[1] += ct
-        self._send(200, {"id": f"cmpl-{n}", "object": "chat.completion", "model": body.get("model"),
-                         "choices": [choice], "usage": {"prompt_tokens": pt, "completion_tokens": ct,
-                                                        "total_tokens": pt + ct}})
+        self._send(
+            200,
+            {
+                "id": f"cmpl-{n}",
+                "object": "chat.completion",
+                "model": body.get("model"),
+                "choices": [choice],
+                "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
+            },
+        )
 
 
 @pytest.fixture
@@ -201,8 +219,16 @@ def server():
 
 
 def make_llm(srv: ScriptedServer, cache, endpoint: str = "chat", **kw) -> LLM:
-    client = OpenAIClient(srv.url, "scripted-model", endpoint=endpoint, timeout=kw.pop("timeout", 5.0),
-                          backoff=0.01, backoff_max=0.05, seed=0, **kw)
+    client = OpenAIClient(
+        srv.url,
+        "scripted-model",
+        endpoint=endpoint,
+        timeout=kw.pop("timeout", 5.0),
+        backoff=0.01,
+        backoff_max=0.05,
+        seed=0,
+        **kw,
+    )
     return LLM(client, cache, price_prompt_per_1k=0.5, price_completion_per_1k=1.5)
 
 
@@ -243,8 +269,9 @@ def test_good_rewrite_passes_validation(server, tmp_path):
     assert u["cost"] == pytest.approx(server.tokens[0] / 1000 * 0.5 + server.tokens[1] / 1000 * 1.5)
     assert summary["metrics"]["n"] == 2 and summary["metrics"]["speedup_ratio_of_means"] > 1
     # a rerun is served from the cache: no request at all
-    summary2 = rw.run([r for r, _ in GOOD], make_llm(server, tmp_path / "cache"), rw.RewriteConfig(), out,
-                      progress=False)
+    summary2 = rw.run(
+        [r for r, _ in GOOD], make_llm(server, tmp_path / "cache"), rw.RewriteConfig(), out, progress=False
+    )
     assert len(server.requests) == 10 and summary2["usage"]["cached_calls"] == 10 and summary2["kept"] == 2
     assert read_jsonl(out) == recs
 
@@ -262,13 +289,15 @@ def test_bad_rewrites_are_rejected_with_reason(server, tmp_path):
     src_bad = dict(distance_case("OP", (1, 0), (11, 30))[0], answer="999")  # its own reasoning disagrees
     rows = [r for r, _ in cases.values()] + [src_bad, {"id": "empty", "question": "q?"}]
     out = tmp_path / "out.jsonl"
-    summary = rw.run(rows, make_llm(server, tmp_path / "cache"), rw.RewriteConfig(), out, concurrency=3,
-                     progress=False)
+    summary = rw.run(rows, make_llm(server, tmp_path / "cache"), rw.RewriteConfig(), out, concurrency=3, progress=False)
     assert read_jsonl(out) == [] and summary["rejected"] == 7
     rej = {r["id"]: r for r in read_jsonl(rw.rejected_path(out))}
     got = {k: rej[row["id"]] for k, (row, _) in cases.items()}
     assert got["changed"]["reason"] == "answer" and "'1370' differs from '1369'" in got["changed"]["message"]
-    assert got["leak_phrase"]["reason"] == "leak" and "thread 2 refers to another thread: 'thread 1'" in got["leak_phrase"]["message"]
+    assert (
+        got["leak_phrase"]["reason"] == "leak"
+        and "thread 2 refers to another thread: 'thread 1'" in got["leak_phrase"]["message"]
+    )
     assert got["leak_qty"]["reason"] == "leak"
     assert "thread 2 uses '400', first introduced in sibling thread 1" in got["leak_qty"]["message"]
     assert got["broken"]["reason"] == "grammar" and "</Thread>" in got["broken"]["message"]
@@ -281,8 +310,14 @@ def test_bad_rewrites_are_rejected_with_reason(server, tmp_path):
     asked = [r["body"]["messages"][-1]["content"] for r in server.requests]
     assert not any(src_bad["question"] in a for a in asked)
     assert sum(cases["bad_plan"][0]["question"] in a for a in asked) == 3
-    assert summary["reasons"] == {"leak": 2, "answer": 1, "grammar": 1, "plan": 1, "source_answer": 1,
-                                  "missing_field": 1}
+    assert summary["reasons"] == {
+        "leak": 2,
+        "answer": 1,
+        "grammar": 1,
+        "plan": 1,
+        "source_answer": 1,
+        "missing_field": 1,
+    }
 
 
 def test_unusable_json_is_reasked_then_rejected(server, tmp_path):
@@ -290,8 +325,12 @@ def test_unusable_json_is_reasked_then_rejected(server, tmp_path):
     ans = {**ans, "steps__retry": ans["steps"], "steps": "Sorry, I can only answer in prose."}
     server.add(fixed, ans)
     hopeless, ans2 = distance_case("AC", (0, 0), (9, 40))
-    ans2 = {**ans2, "dependencies": "{'1': []}", "plan": {"plan": [1, {"parallel": [[2], [3]]}, 4, 7]},
-            "plan__retry": {"plan": [1, {"parallel": [[2], ["three"]]}, 4]}}
+    ans2 = {
+        **ans2,
+        "dependencies": "{'1': []}",
+        "plan": {"plan": [1, {"parallel": [[2], [3]]}, 4, 7]},
+        "plan__retry": {"plan": [1, {"parallel": [[2], ["three"]]}, 4]},
+    }
     server.add(hopeless, ans2)
     out = tmp_path / "out.jsonl"
     rows = [fixed, dict(hopeless, id="h1"), 42]
@@ -303,8 +342,9 @@ def test_unusable_json_is_reasked_then_rejected(server, tmp_path):
     assert rej[1]["reason"] == "missing_field" and rej[1]["index"] == 2
     # with valid dependencies the plan is re-asked once, then rejected for its content
     ans2["dependencies"] = {"dependencies": {"1": [], "2": [1], "3": [1], "4": [2, 3]}}
-    summary = rw.run([dict(hopeless, id="h2")], make_llm(server, tmp_path / "cache"), rw.RewriteConfig(), out,
-                     progress=False)
+    summary = rw.run(
+        [dict(hopeless, id="h2")], make_llm(server, tmp_path / "cache"), rw.RewriteConfig(), out, progress=False
+    )
     rej = read_jsonl(rw.rejected_path(out))
     assert rej[0]["reason"] == "llm_schema" and "'three' is not a step number" in rej[0]["message"]
     assert summary["usage"]["calls"] == 4  # split, dependencies, plan, plan re-asked
@@ -314,8 +354,7 @@ def test_completions_endpoint(server, tmp_path):
     row, ans = GOOD[0]
     server.add(row, ans)
     out = tmp_path / "out.jsonl"
-    summary = rw.run([row], make_llm(server, None, endpoint="completions"), rw.RewriteConfig(), out,
-                     progress=False)
+    summary = rw.run([row], make_llm(server, None, endpoint="completions"), rw.RewriteConfig(), out, progress=False)
     assert summary["kept"] == 1
     assert {r["path"] for r in server.requests} == {"/v1/completions"}
     assert all("prompt" in r["body"] and "messages" not in r["body"] for r in server.requests)
@@ -333,7 +372,12 @@ def test_server_errors_and_timeouts_are_retried(server, tmp_path):
     assert summary["kept"] == 1, read_jsonl(rw.rejected_path(out))
     assert len(server.requests) == 9 and summary["usage"]["retries"] == 4 and summary["usage"]["calls"] == 5
     # the same request body was resent after each failure
-    assert server.requests[0]["hash"] == server.requests[1]["hash"] == server.requests[2]["hash"] == server.requests[3]["hash"]
+    assert (
+        server.requests[0]["hash"]
+        == server.requests[1]["hash"]
+        == server.requests[2]["hash"]
+        == server.requests[3]["hash"]
+    )
 
 
 def test_client_retry_policy(server):
@@ -347,7 +391,7 @@ def test_client_retry_policy(server):
     assert json.loads(c.text)["steps"] and client.retries == 3 and c.prompt_tokens > 0
     # exponential backoff with jitter, capped: each delay within [base/2, base]
     for k, d in enumerate(sleeps):
-        base = min(0.04, 0.01 * 2 ** k)
+        base = min(0.04, 0.01 * 2**k)
         assert base / 2 <= d <= base
     n0 = len(server.requests)
     server.fault = lambda n, body: "400"
@@ -362,16 +406,43 @@ def test_client_retry_policy(server):
 
 
 def _cli(srv: ScriptedServer, inp: Path, out: Path, cache: Path, *extra: str, env: dict | None = None):
-    cmd = [sys.executable, "-m", "data_gen.rewrite", "--input", str(inp), "--out", str(out), "--llm", srv.url,
-           "--model", "scripted-model", "--cache", str(cache), "--backoff", "0.01", "--backoff-max", "0.05",
-           "--timeout", "5", *extra]
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+    cmd = [
+        sys.executable,
+        "-m",
+        "data_gen.rewrite",
+        "--input",
+        str(inp),
+        "--out",
+        str(out),
+        "--llm",
+        srv.url,
+        "--model",
+        "scripted-model",
+        "--cache",
+        str(cache),
+        "--backoff",
+        "0.01",
+        "--backoff-max",
+        "0.05",
+        "--timeout",
+        "5",
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+    )
 
 
 def test_killed_run_resumes_without_repeating_completed_calls(server, tmp_path):
-    cases = [distance_case(n, a, b) for n, a, b in
-             (("QR", (0, 0), (10, 24)), ("ST", (1, 2), (13, 18)), ("UV", (3, 3), (23, 24)))]
+    cases = [
+        distance_case(n, a, b)
+        for n, a, b in (("QR", (0, 0), (10, 24)), ("ST", (1, 2), (13, 18)), ("UV", (3, 3), (23, 24)))
+    ]
     for row, ans in cases:
         server.add(row, ans)
     inp = tmp_path / "in.jsonl"
@@ -396,7 +467,7 @@ def test_killed_run_resumes_without_repeating_completed_calls(server, tmp_path):
     assert len(second) == 15 - 7  # only what was not completed, including the interrupted call
     assert not first_answered & {r["hash"] for r in second}  # no completed call repeated
     assert [r["id"] for r in read_jsonl(out)] == [r["id"] for r, _ in cases]
-    summary = json.loads(err[err.index("{"):])
+    summary = json.loads(err[err.index("{") :])
     assert summary["usage"]["cached_calls"] == 7 and summary["usage"]["calls"] == 8
 
 
@@ -410,8 +481,19 @@ def test_api_key_never_written_or_logged(server, tmp_path):
     inp = tmp_path / "in.jsonl"
     inp.write_text(json.dumps(good) + "\n" + json.dumps(leaky) + "\n")
     out, cache = tmp_path / "out.jsonl", tmp_path / "cache"
-    proc = _cli(server, inp, out, cache, "--api-key-env", "PR_TEST_KEY", "--log-level", "INFO",
-                "--concurrency", "1", env={"PR_TEST_KEY": SECRET})
+    proc = _cli(
+        server,
+        inp,
+        out,
+        cache,
+        "--api-key-env",
+        "PR_TEST_KEY",
+        "--log-level",
+        "INFO",
+        "--concurrency",
+        "1",
+        env={"PR_TEST_KEY": SECRET},
+    )
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     assert all(r["auth"] == f"Bearer {SECRET}" for r in server.requests)  # the key is used...
@@ -443,8 +525,23 @@ def test_every_call_failing_exits_non_zero_and_keys_in_the_url_stay_out(tmp_path
     inp.write_text("".join(json.dumps(r) + "\n" for r, _ in GOOD))
     out = tmp_path / "out.jsonl"
     llm = f"http://user:{user_key}@127.0.0.1:9/v1?api-key={query_key}"
-    rc = rw.main(["--input", str(inp), "--out", str(out), "--llm", llm, "--model", "m", "--max-retries", "0",
-                  "--concurrency", "1", "--no-progress"])
+    rc = rw.main(
+        [
+            "--input",
+            str(inp),
+            "--out",
+            str(out),
+            "--llm",
+            llm,
+            "--model",
+            "m",
+            "--max-retries",
+            "0",
+            "--concurrency",
+            "1",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and "error: every record failed on the LLM (2 records" in err
     assert seen and all(user_key in u for u in seen)  # the URL was used as given...
@@ -466,8 +563,9 @@ def test_every_call_failing_exits_non_zero_and_keys_in_the_url_stay_out(tmp_path
 def test_parse_json_answer():
     assert parse_json_answer('{"a": 1}') == {"a": 1}
     assert parse_json_answer('Here:\n```json\n{"a": {"b": "}"}}\n```') == {"a": {"b": "}"}}
-    assert parse_json_answer('prefix {not json} then {"plan": [1, {"parallel": [[2], [3]]}]} tail') == \
-        {"plan": [1, {"parallel": [[2], [3]]}]}
+    assert parse_json_answer('prefix {not json} then {"plan": [1, {"parallel": [[2], [3]]}]} tail') == {
+        "plan": [1, {"parallel": [[2], [3]]}]
+    }
     assert parse_json_answer("[1, 2]", expect=list) == [1, 2]
     for bad in ("", "no json here", "__import__('os').system('true')", "{'a': 1}", "[1, 2]"):
         with pytest.raises(JSONAnswerError, match="no JSON object"):
@@ -501,10 +599,12 @@ def test_plan_checks():
     assert plan[1].threads == [[2], [3, 4, 5]]  # nested blocks run sequentially in their thread
     ok = rw.parse_plan({"plan": [1, {"parallel": [[2], [3]]}, 4]}, 4)
     rw.check_plan(ok, deps, 4)
-    for plan, msg in [([1, {"parallel": [[2], [3]]}], "leaves out step(s) 4"),
-                      ([1, 2, 3, 4], "no parallel block"),
-                      ([1, {"parallel": [[2], [3]]}, 4, 4], "appears 2 times"),
-                      ([{"parallel": [[2], [3]]}, 1, 4], "depends on step 1, which comes later")]:
+    for plan, msg in [
+        ([1, {"parallel": [[2], [3]]}], "leaves out step(s) 4"),
+        ([1, 2, 3, 4], "no parallel block"),
+        ([1, {"parallel": [[2], [3]]}, 4, 4], "appears 2 times"),
+        ([{"parallel": [[2], [3]]}, 1, 4], "depends on step 1, which comes later"),
+    ]:
         with pytest.raises(rw.Reject, match=re.escape(msg)):
             rw.check_plan(rw.parse_plan({"plan": plan}, 4), deps, 4)
 
@@ -513,8 +613,15 @@ def test_leak_heuristic_and_balance():
     from parallel_reason.format import Trajectory, make_block, render
 
     def traj(t1: str, t2: str) -> str:
-        return render(Trajectory(["Let a = 12 and b = 15.\n", make_block([("first", " " + t1), ("second", " " + t2)]),
-                                  "\nDone: \\boxed{3}."]))
+        return render(
+            Trajectory(
+                [
+                    "Let a = 12 and b = 15.\n",
+                    make_block([("first", " " + t1), ("second", " " + t2)]),
+                    "\nDone: \\boxed{3}.",
+                ]
+            )
+        )
 
     q = "Given 12 and 15."
     ok = parse(traj("a squared is 144.", "b squared is 225, and 12 is given."))
@@ -536,7 +643,7 @@ def test_leak_heuristic_and_balance():
 def test_hf_client_local_model(tmp_path):
     from parallel_reason.tiny import build_tiny
 
-    corpus = ["alpha beta gamma delta 0 1 2 3 4 5 6 7 8 9 { } \" :"] * 20
+    corpus = ['alpha beta gamma delta 0 1 2 3 4 5 6 7 8 9 { } " :'] * 20
     build_tiny(corpus, tmp_path / "tiny", vocab_size=300)
     client = make_client(str(tmp_path / "tiny"))
     assert type(client).__name__ == "HFClient"
@@ -561,7 +668,12 @@ def test_task_checker_reads_answers():
     boxed = rw.Record("b", "q", "so \\boxed{\\frac{1}{2}}", None)  # no answer field: read from the reasoning
     assert rw.TaskChecker("math").reference(boxed) == "\\frac{1}{2}"
     assert rw.TaskChecker("math").check("x\n\\boxed{0.5}", boxed)[0]
-    cd = rw.Record("c", "Numbers: 3 5 2\nTarget: 16\n", "3+5=8 8*2=16\nAnswer: (3+5)*2", "(3+5)*2",
-                   {"nums": [3, 5, 2], "target": 16})
+    cd = rw.Record(
+        "c",
+        "Numbers: 3 5 2\nTarget: 16\n",
+        "3+5=8 8*2=16\nAnswer: (3+5)*2",
+        "(3+5)*2",
+        {"nums": [3, 5, 2], "target": 16},
+    )
     assert rw.TaskChecker("countdown").check(cd.reasoning, cd) == (True, "correct")
     assert not rw.TaskChecker("countdown").check("Answer: 3*5+2", cd)[0]

@@ -143,7 +143,7 @@ def worst_logprob_diff(model, rollouts, pad_id: int, chunk: int = 32) -> float:
     """Max |runner log-prob - packed_logprobs| over every sampled token."""
     worst = 0.0
     for k in range(0, len(rollouts), chunk):
-        graphs = [r.graph for r in rollouts[k:k + chunk]]
+        graphs = [r.graph for r in rollouts[k : k + chunk]]
         batch = collate(graphs, pad_id)
         with torch.no_grad():
             lp = packed_logprobs(model, batch)
@@ -163,7 +163,7 @@ def check_rollout(r, tok, max_new_tokens=None) -> None:
     assert int(g.loss_mask.sum()) == r.total_tokens == sampled_count(r.items) == sum(r.loss_mask)
     assert len(r.completion_ids) == len(r.logprobs) == len(r.sampler_logprobs) == len(r.loss_mask)
     assert g.sample_logprobs is not None and g.sample_logprobs.shape == g.input_ids.shape
-    assert g.input_ids[:g.prompt_len].tolist() == r.prompt_ids
+    assert g.input_ids[: g.prompt_len].tolist() == r.prompt_ids
     assert r.completion == tok.decode(r.completion_ids, skip_special_tokens=False)
     assert 0 < r.critical_path <= r.total_tokens or r.total_tokens == 0
     assert r.wall_s >= 0
@@ -178,8 +178,9 @@ def wide_trajectory(rng: random.Random, blocks: int, width: int, words: int = 8)
 
     parts = [random_text(rng, words, words)]
     for _ in range(blocks):
-        parts.append(make_block([(random_text(rng, 1, 2).strip(), random_text(rng, words, words))
-                                 for _ in range(width)]))
+        parts.append(
+            make_block([(random_text(rng, 1, 2).strip(), random_text(rng, words, words)) for _ in range(width)])
+        )
         parts.append("\n" + random_text(rng, words, words).lstrip())
     return render(Trajectory(parts))
 
@@ -199,8 +200,13 @@ def test_greedy_equals_model_generate(tok, arch, attn):
     model = make_model(tok, arch=arch, attn=attn, seed=2)
     hook = tag_bias_hook(model, tok, -1e4)  # the model never emits a tag
     try:
-        prompts = ["Numbers: 3 1 2\nTarget: 5\n", "alpha beta", "Search left right sum take 7 8 9 plan found none",
-                   "gamma", "check try 4 5 6"]
+        prompts = [
+            "Numbers: 3 1 2\nTarget: 5\n",
+            "alpha beta",
+            "Search left right sum take 7 8 9 plan found none",
+            "gamma",
+            "check try 4 5 6",
+        ]
         runner = Runner(model, tok, max_new_tokens=24, batch_size=2)  # 5 prompts through 2 rows: admission mid-run
         outs = runner.generate(prompts)
         tok.padding_side = "left"
@@ -212,9 +218,9 @@ def test_greedy_equals_model_generate(tok, arch, attn):
     assert len({len(r.prompt_ids) for r in outs}) > 1
     compared = 0
     for k, r in enumerate(outs):
-        ref = gen[k, enc["input_ids"].shape[1]:].tolist()
+        ref = gen[k, enc["input_ids"].shape[1] :].tolist()
         if tok.eos_token_id in ref:
-            ref = ref[:ref.index(tok.eos_token_id) + 1]
+            ref = ref[: ref.index(tok.eos_token_id) + 1]
         assert r.completion_ids == ref, f"prompt {k}"
         assert r.finish_reason == ("eos" if ref[-1] == tok.eos_token_id else "max_new_tokens")
         assert r.total_tokens == r.critical_path == len(ref)
@@ -266,8 +272,15 @@ def test_sampling_with_forks_is_consistent(tok, markov, join):
     outs = runner.generate(prompts, n=2, temperature=1.0, seed=11)
     assert len(outs) == 24 and [(r.prompt_index, r.sample_index) for r in outs][:3] == [(0, 0), (0, 1), (1, 0)]
     joined = [r for r in outs if any(isinstance(it, TBlock) and it.joined for it in r.items)]
-    nested = [r for r in outs for it in r.items if isinstance(it, TBlock)
-              for t in it.threads for x in t.body if isinstance(x, TBlock) and x.joined]
+    nested = [
+        r
+        for r in outs
+        for it in r.items
+        if isinstance(it, TBlock)
+        for t in it.threads
+        for x in t.body
+        if isinstance(x, TBlock) and x.joined
+    ]
     assert len(joined) >= 6, [r.finish_reason for r in outs]
     assert nested, "no nested joined block was sampled"
     assert any(r.speedup > 1.2 for r in outs)
@@ -300,8 +313,11 @@ def test_fuzz_200_prompts_temperature_1_5(tok, markov_fuzz):
     markov = markov_fuzz
     runner = Runner(markov, tok, max_new_tokens=64, max_thread_tokens=24, max_width=3, max_depth=2, batch_size=32)
     rng = random.Random(0)
-    prompts = [" ".join(rng.choice(["alpha", "beta", "7", "sum", "take", "\n", "Target:"])
-                        for _ in range(rng.randint(1, 12))) + "\n" for _ in range(200)]
+    prompts = [
+        " ".join(rng.choice(["alpha", "beta", "7", "sum", "take", "\n", "Target:"]) for _ in range(rng.randint(1, 12)))
+        + "\n"
+        for _ in range(200)
+    ]
     outs = runner.generate(prompts, temperature=1.5, seed=123)
     assert len(outs) == 200
     reasons = {}
@@ -321,14 +337,27 @@ def test_constrained_decoding_never_malformed(tok, markov_fuzz, model, join):
     stay the model's own (what the trainer computes), the sampler's are the constrained
     distribution's (never below the model's: the mass of banned tags moved to the rest)."""
     rng = random.Random(0)
-    prompts = [" ".join(rng.choice(["alpha", "beta", "7", "sum", "take", "\n", "Target:"])
-                        for _ in range(rng.randint(1, 12))) + "\n" for _ in range(64)]
+    prompts = [
+        " ".join(rng.choice(["alpha", "beta", "7", "sum", "take", "\n", "Target:"]) for _ in range(rng.randint(1, 12)))
+        + "\n"
+        for _ in range(64)
+    ]
     violations = {"malformed", "eos_in_thread", "no_outlines", "max_threads", "max_depth"}
     for m in (markov_fuzz, model):
-        free = Runner(m, tok, max_new_tokens=64, max_thread_tokens=24, max_width=3, max_depth=2, batch_size=32,
-                      join=join).generate(prompts, temperature=1.5, seed=5)
-        outs = Runner(m, tok, max_new_tokens=64, max_thread_tokens=24, max_width=3, max_depth=2, batch_size=32,
-                      join=join, constrained=True).generate(prompts, temperature=1.5, seed=5)
+        free = Runner(
+            m, tok, max_new_tokens=64, max_thread_tokens=24, max_width=3, max_depth=2, batch_size=32, join=join
+        ).generate(prompts, temperature=1.5, seed=5)
+        outs = Runner(
+            m,
+            tok,
+            max_new_tokens=64,
+            max_thread_tokens=24,
+            max_width=3,
+            max_depth=2,
+            batch_size=32,
+            join=join,
+            constrained=True,
+        ).generate(prompts, temperature=1.5, seed=5)
         if m is markov_fuzz:
             assert sum(r.finish_reason in violations for r in free) >= 10
             assert sum(r.forks for r in outs) >= 20
@@ -337,8 +366,9 @@ def test_constrained_decoding_never_malformed(tok, markov_fuzz, model, join):
             check_rollout(r, tok, 64)
         assert worst_logprob_diff(m, outs, tok.pad_token_id) <= TOL
     # at T=1 without filters the sampler's distribution is the model's renormalised over what is allowed
-    outs = Runner(markov_fuzz, tok, max_new_tokens=64, max_width=3, max_depth=2, batch_size=32, join=join,
-                  constrained=True).generate(prompts[:16], temperature=1.0, seed=1)
+    outs = Runner(
+        markov_fuzz, tok, max_new_tokens=64, max_width=3, max_depth=2, batch_size=32, join=join, constrained=True
+    ).generate(prompts[:16], temperature=1.0, seed=1)
     pairs = [(s, lp) for r in outs for s, lp in zip(r.sampler_logprobs, r.logprobs)]
     assert all(s >= lp - 1e-5 for s, lp in pairs) and any(s > lp + 1e-3 for s, lp in pairs)
 
@@ -349,8 +379,9 @@ def test_constrained_banned_sets(tok, model):
 
     T = tag_token_ids(tok)
     eos = tok.eos_token_id
-    st = RolloutState(Context(None, encode(tok, "x")), TagSet(tok), RunLimits(max_new_tokens=100, max_width=1,
-                                                                              max_depth=1))
+    st = RolloutState(
+        Context(None, encode(tok, "x")), TagSet(tok), RunLimits(max_new_tokens=100, max_width=1, max_depth=1)
+    )
     lane = st.main
     names = {v: k for k, v in T.items()}
 
@@ -380,20 +411,30 @@ def _tree(tok, text: str, eos: bool = True):
     return tokenize_trajectory(text, tok, eos=eos)
 
 
-BLOCK2 = ("<Parallel>\n<Outlines><Outline>1: a</Outline><Outline>2: b</Outline></Outlines>\n"
-          "<Thread>1: alpha beta gamma delta check try plan</Thread>\n<Thread>2: found none</Thread>\n</Parallel>\n done")
+BLOCK2 = (
+    "<Parallel>\n<Outlines><Outline>1: a</Outline><Outline>2: b</Outline></Outlines>\n"
+    "<Thread>1: alpha beta gamma delta check try plan</Thread>\n<Thread>2: found none</Thread>\n</Parallel>\n done"
+)
 
 
 def guard_cases(tok):
     T = tag_token_ids(tok)
     eos = tok.eos_token_id
     w = encode(tok, " alpha beta")
-    head1 = [T[PARALLEL_OPEN], T[OUTLINES_OPEN], T[OUTLINE_OPEN]] + encode(tok, "1: x") + [T[OUTLINE_CLOSE], T[OUTLINES_CLOSE]]
+    head1 = (
+        [T[PARALLEL_OPEN], T[OUTLINES_OPEN], T[OUTLINE_OPEN]]
+        + encode(tok, "1: x")
+        + [T[OUTLINE_CLOSE], T[OUTLINES_CLOSE]]
+    )
     eos_thread = [TBlock(head=head1, threads=[TThread(opener_ids(tok, 1), [Run(w + [eos])])])]
-    three = ("<Parallel>\n<Outlines><Outline>1: a</Outline><Outline>2: b</Outline><Outline>3: c</Outline></Outlines>\n"
-             "<Thread>1: x</Thread>\n<Thread>2: y</Thread>\n<Thread>3: z</Thread>\n</Parallel>\n")
-    nested = ("<Parallel>\n<Outlines><Outline>1: a</Outline></Outlines>\n<Thread>1: x<Parallel>\n<Outlines>"
-              "<Outline>1: b</Outline></Outlines>\n<Thread>1: y</Thread>\n</Parallel>\n</Thread>\n</Parallel>\n")
+    three = (
+        "<Parallel>\n<Outlines><Outline>1: a</Outline><Outline>2: b</Outline><Outline>3: c</Outline></Outlines>\n"
+        "<Thread>1: x</Thread>\n<Thread>2: y</Thread>\n<Thread>3: z</Thread>\n</Parallel>\n"
+    )
+    nested = (
+        "<Parallel>\n<Outlines><Outline>1: a</Outline></Outlines>\n<Thread>1: x<Parallel>\n<Outlines>"
+        "<Outline>1: b</Outline></Outlines>\n<Thread>1: y</Thread>\n</Parallel>\n</Thread>\n</Parallel>\n"
+    )
     return [
         # (reason, runner kwargs, completion)
         ("eos", {}, " alpha" + BLOCK2),
@@ -460,8 +501,12 @@ def test_scheduler_contexts_are_the_graph_without_a_model(tok):
     for _ in range(5):
         text = random_trajectory(rng, depth=2, max_width=4, p_block=0.9)
         prompt = encode(tok, "Numbers: 1 2\n")
-        st = RolloutState(Context(None, prompt), tags, RunLimits(max_new_tokens=10_000, max_width=4, max_depth=3),
-                          script=Script(tokenize_trajectory(text, tok)))
+        st = RolloutState(
+            Context(None, prompt),
+            tags,
+            RunLimits(max_new_tokens=10_000, max_width=4, max_depth=3),
+            script=Script(tokenize_trajectory(text, tok)),
+        )
         seen = Counter()
         while not st.finished:
             for lane in st.active_lanes():
@@ -475,8 +520,10 @@ def test_scheduler_contexts_are_the_graph_without_a_model(tok):
         assert r.finish_reason == "eos" and r.completion == text + tok.eos_token
         g = r.graph
         ids = g.input_ids.tolist()
-        want = Counter((tuple(ids[i] for i in g.ancestors(int(g.pred[n]))), ids[n])
-                       for n in torch.nonzero(g.loss_mask).flatten().tolist())
+        want = Counter(
+            (tuple(ids[i] for i in g.ancestors(int(g.pred[n]))), ids[n])
+            for n in torch.nonzero(g.loss_mask).flatten().tolist()
+        )
         assert seen == want
 
 
@@ -516,8 +563,9 @@ def test_fork_recomputes_nothing_and_prompt_is_shared(tok, model, join):
 def test_dead_slots_are_reclaimed(tok, model, join):
     rng = random.Random(5)
     texts = [wide_trajectory(rng, blocks=3, width=4) for _ in range(3)]
-    runner = Runner(model, tok, max_new_tokens=4096, max_width=4, max_depth=3, batch_size=3, compact_min_slots=16,
-                    join=join)
+    runner = Runner(
+        model, tok, max_new_tokens=4096, max_width=4, max_depth=3, batch_size=3, compact_min_slots=16, join=join
+    )
     outs = runner.replay(["Numbers: 1 2\n", "Target: 3\n", "x"], texts)
     assert runner.stats.compactions > 0
     assert worst_logprob_diff(model, outs, tok.pad_token_id) <= TOL
@@ -571,7 +619,7 @@ def restated(text: str) -> str:
                 threads = []
                 for o, t in zip(p.outlines, p.threads):
                     body = walk(t.parts)
-                    plan = o[len(t.header):]
+                    plan = o[len(t.header) :]
                     body = [plan + body[0]] if body and isinstance(body[0], str) else [plan, *body]
                     threads.append(Thread(header=t.header, parts=body))
                 out.append(Block(outlines=list(p.outlines), threads=threads))

@@ -49,8 +49,9 @@ def overfit(model, tok, records, max_steps: int = 400, lr: float = 3e-3, ambiguo
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     for step in range(1, max_steps + 1):  # noqa: B007 (returned after the loop)
-        logits = model(input_ids=b["input_ids"], attention_mask=mask, position_ids=b["position_ids"],
-                       use_cache=False).logits
+        logits = model(
+            input_ids=b["input_ids"], attention_mask=mask, position_ids=b["position_ids"], use_cache=False
+        ).logits
         lg = logits.gather(1, pred[:, :, None].expand(-1, -1, logits.shape[-1]))[sel]
         loss = F.cross_entropy(lg, tgt)
         opt.zero_grad()
@@ -95,8 +96,20 @@ def setup(tmp_path_factory):
 
 def _run(setup, out: str, *extra: str, model: str = "trained") -> dict:
     d = setup["dir"]
-    argv = ["--model", str(d / model), "--input", str(d / "problems.jsonl"), "--out", str(d / out),
-            "--max-new-tokens", "300", "--batch-size", "3", "--no-progress", *extra]
+    argv = [
+        "--model",
+        str(d / model),
+        "--input",
+        str(d / "problems.jsonl"),
+        "--out",
+        str(d / out),
+        "--max-new-tokens",
+        "300",
+        "--batch-size",
+        "3",
+        "--no-progress",
+        *extra,
+    ]
     assert st.main(argv) == 0
     return json.loads(st.side_paths(d / out)[1].read_text())
 
@@ -135,8 +148,12 @@ def test_greedy_keeps_memorized_traces_with_their_speedup(setup, capsys):
     assert stats["finish_reasons"] == {"eos": 3}
     assert stats["speedup_kept_mean"] == pytest.approx(sum(k["speedup"] for k in kept) / 2)
     assert stats["total_tokens_kept_mean"] == pytest.approx(sum(k["total_tokens"] for k in kept) / 2)
-    assert stats["retokenize"] == {"checked": 3, "mismatches": 0, "mismatches_kept": 0,
-                                   "mismatches_replacement_char": 0}
+    assert stats["retokenize"] == {
+        "checked": 3,
+        "mismatches": 0,
+        "mismatches_kept": 0,
+        "mismatches_replacement_char": 0,
+    }
     assert stats["decoded_this_run"] == 3 and stats["settings"]["min_speedup"] == 1.2
     progress, _ = st.side_paths(d / "greedy.jsonl")
     _, marks = st.read_progress(progress)
@@ -191,18 +208,39 @@ def test_sampling_dedupe_keep_policies_and_chunking(setup):
             if s["verdict"] in ("kept", "duplicate"):
                 assert s["correct"] and s["finish_reason"] == "eos" and s["speedup"] >= 1.2
             else:
-                assert s["verdict"] in ("incorrect", "no_answer", "malformed", "below_speedup", "no_block") \
-                    or s["verdict"].startswith("finish:")
+                assert s["verdict"] in ("incorrect", "no_answer", "malformed", "below_speedup", "no_block") or s[
+                    "verdict"
+                ].startswith("finish:")
 
 
 def test_untrained_model_rejects_without_crashing(setup):
-    stats = _run(setup, "random.jsonl", "--k", "3", "--temperature", "1.0", "--max-new-tokens", "40",
-                 "--min-speedup", "1.0", model="random")
+    stats = _run(
+        setup,
+        "random.jsonl",
+        "--k",
+        "3",
+        "--temperature",
+        "1.0",
+        "--max-new-tokens",
+        "40",
+        "--min-speedup",
+        "1.0",
+        model="random",
+    )
     assert stats["samples"] == 9 and stats["kept"] == 0 and stats["accuracy"] == 0.0
     assert sum(stats["reasons"].values()) == 9
     assert set(stats["reasons"]) <= {"malformed", "no_answer", "incorrect"} | {
-        f"finish:{r}" for r in ("max_new_tokens", "malformed", "eos_in_thread", "max_threads", "max_depth",
-                                "no_outlines", "unclosed_thread")}
+        f"finish:{r}"
+        for r in (
+            "max_new_tokens",
+            "malformed",
+            "eos_in_thread",
+            "max_threads",
+            "max_depth",
+            "no_outlines",
+            "unclosed_thread",
+        )
+    }
     # random token strings are not what the tokenizer makes of their text
     assert stats["retokenize"]["mismatches"] >= 1
 
@@ -264,8 +302,17 @@ def test_bad_input_names_the_record(setup, tmp_path, capsys):
     rows = [dict(p) for p in setup["problems"]]
     del rows[1]["target"]
     _write(tmp_path / "missing.jsonl", rows)
-    argv = ["--model", str(d / "trained"), "--out", str(tmp_path / "o.jsonl"), "--no-progress", "--k", "1",
-            "--temperature", "0"]
+    argv = [
+        "--model",
+        str(d / "trained"),
+        "--out",
+        str(tmp_path / "o.jsonl"),
+        "--no-progress",
+        "--k",
+        "1",
+        "--temperature",
+        "0",
+    ]
     assert st.main(argv + ["--input", str(tmp_path / "missing.jsonl")]) == 2
     err = capsys.readouterr().err
     assert "missing.jsonl:2" in err and "'target'" in err
@@ -290,8 +337,21 @@ def test_failed_start_does_not_block_the_corrected_rerun(setup, tmp_path, capsys
     empty = tmp_path / "not_a_model"
     empty.mkdir()
     out = tmp_path / "kept.jsonl"
-    argv = ["--input", str(d / "problems.jsonl"), "--out", str(out), "--k", "1", "--temperature", "0",
-            "--max-new-tokens", "300", "--batch-size", "3", "--no-progress"]
+    argv = [
+        "--input",
+        str(d / "problems.jsonl"),
+        "--out",
+        str(out),
+        "--k",
+        "1",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "300",
+        "--batch-size",
+        "3",
+        "--no-progress",
+    ]
     assert st.main(["--model", str(empty)] + argv) == 2
     assert f"--model {empty}: cannot be loaded" in capsys.readouterr().err
     assert st.main(["--model", str(tmp_path / "typo")] + argv) == 2  # refused before any file is touched
@@ -301,8 +361,18 @@ def test_failed_start_does_not_block_the_corrected_rerun(setup, tmp_path, capsys
 
 
 def _score(i, **kw):
-    s = {"sample_index": i, "finish_reason": "eos", "format_valid": True, "answer": "1+2", "correct": True,
-         "blocks": 1, "speedup": 1.5, "total_tokens": 30, "completion": f"c{i}", "retokenize_match": True}
+    s = {
+        "sample_index": i,
+        "finish_reason": "eos",
+        "format_valid": True,
+        "answer": "1+2",
+        "correct": True,
+        "blocks": 1,
+        "speedup": 1.5,
+        "total_tokens": 30,
+        "completion": f"c{i}",
+        "retokenize_match": True,
+    }
     s.update(kw)
     return s
 
@@ -322,15 +392,25 @@ def test_select_order_and_policies():
         _score(10, speedup=2.0, retokenize_match=False),
     ]
     v = st.select(scores, 1.2, keep="all")
-    assert v == ["finish:max_new_tokens", "malformed", "no_answer", "incorrect", "no_block", "below_speedup",
-                 "kept", "kept", "duplicate", "kept", "kept"]
+    assert v == [
+        "finish:max_new_tokens",
+        "malformed",
+        "no_answer",
+        "incorrect",
+        "no_block",
+        "below_speedup",
+        "kept",
+        "kept",
+        "duplicate",
+        "kept",
+        "kept",
+    ]
     v = st.select(scores, 1.2, keep="best", require_same_tokens=True)
     assert v[6:] == ["not_best", "kept", "duplicate", "not_best", "retokenize_mismatch"]
     v = st.select(scores, 1.2, keep="best")
     assert v[10] == "kept" and v[7] == "not_best"
     # min_speedup <= 1: trajectories without a block are kept
     assert st.select([_score(0, blocks=0, speedup=1.0)], 1.0) == ["kept"]
-
 
 
 def test_math_record_and_chat_prompt(tmp_path):
@@ -342,8 +422,10 @@ def test_math_record_and_chat_prompt(tmp_path):
     src = tmp_path / "math.jsonl"
     _write(src, [{"id": "m1", "question": "What is 6*7?", "answer": "#### 42"}])
     (p,) = load_problems(str(src), "math")
-    completion = "Two parts.<Parallel>\n<Outlines><Outline>1: a</Outline><Outline>2: b</Outline></Outlines>\n" \
-                 "<Thread>1: 6*7</Thread>\n<Thread>2: 42</Thread>\n</Parallel>\nSo \\boxed{42}"
+    completion = (
+        "Two parts.<Parallel>\n<Outlines><Outline>1: a</Outline><Outline>2: b</Outline></Outlines>\n"
+        "<Thread>1: 6*7</Thread>\n<Thread>2: 42</Thread>\n</Parallel>\nSo \\boxed{42}"
+    )
     score = _score(0, answer="42", completion=completion, threads=2, critical_path=20, total_tokens=30)
     rec = st.make_record("math", p, score, 7, "m", chat_template=True)
     assert rec["answer"] == "42" and rec["model_answer"] == "42" and rec["id"] == "m1/0"

@@ -25,8 +25,10 @@ from parallel_reason.runner import Runner  # noqa: E402
 from parallel_reason.runner.remote import RemoteFeatureError, RemoteRunner, parse_choice  # noqa: E402
 from parallel_reason.serve import ServeConfig, ServerThread, build_server  # noqa: E402
 
-CHAT = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-        "{% if add_generation_prompt %}assistant:{% endif %}")
+CHAT = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
 NAME = "tiny-markov"
 MAX = 48  # runner budget of the served model (max_tokens may not exceed it)
 
@@ -93,8 +95,9 @@ def test_openai_client_completions_chat_and_streaming(server, tok, model):
     assert [m.id for m in oc.models.list().data] == [NAME]
     p = prompts(1)[0]
     ref = reference(model, tok, [p], 24, temperature=0)[0]
-    r = oc.completions.create(model=NAME, prompt=p, max_tokens=24, temperature=0, logprobs=2,
-                              extra_body={"return_token_ids": True})
+    r = oc.completions.create(
+        model=NAME, prompt=p, max_tokens=24, temperature=0, logprobs=2, extra_body={"return_token_ids": True}
+    )
     c = r.choices[0]
     assert c.model_extra["token_ids"] == ref.completion_ids
     assert c.text == tok.decode([t for t in ref.completion_ids if t != tok.eos_token_id], skip_special_tokens=False)
@@ -103,8 +106,10 @@ def test_openai_client_completions_chat_and_streaming(server, tok, model):
     assert r.usage.model_extra["sampled_tokens"] == ref.total_tokens
     assert r.usage.model_extra["critical_path"] == ref.critical_path
     assert c.finish_reason == ("length" if ref.finish_reason in ("max_new_tokens", "unclosed_thread") else "stop")
-    streamed = "".join(ch.choices[0].text for ch in oc.completions.create(
-        model=NAME, prompt=p, max_tokens=24, temperature=0, stream=True))
+    streamed = "".join(
+        ch.choices[0].text
+        for ch in oc.completions.create(model=NAME, prompt=p, max_tokens=24, temperature=0, stream=True)
+    )
     assert streamed == c.text
 
     msgs = [{"role": "user", "content": "Numbers: 3 4"}]
@@ -114,8 +119,9 @@ def test_openai_client_completions_chat_and_streaming(server, tok, model):
     want = tok.decode([t for t in cref.completion_ids if t != tok.eos_token_id], skip_special_tokens=False)
     assert cr.choices[0].message.content == want
     parts = []
-    for ch in oc.chat.completions.create(model=NAME, messages=msgs, temperature=0, stream=True,
-                                         stream_options={"include_usage": True}):
+    for ch in oc.chat.completions.create(
+        model=NAME, messages=msgs, temperature=0, stream=True, stream_options={"include_usage": True}
+    ):
         if ch.choices and ch.choices[0].delta.content:
             parts.append(ch.choices[0].delta.content)
         if ch.usage is not None:
@@ -132,8 +138,14 @@ def test_concurrent_greedy_equals_in_process_runner(server, client, tok, model):
     out: dict = {}
 
     def ask(i):
-        body = {"model": NAME, "prompt": ps[i], "max_tokens": lens[i], "temperature": 0, "return_token_ids": True,
-                "stream": i % 3 == 0}
+        body = {
+            "model": NAME,
+            "prompt": ps[i],
+            "max_tokens": lens[i],
+            "temperature": 0,
+            "return_token_ids": True,
+            "stream": i % 3 == 0,
+        }
         if body["stream"]:
             with client.stream("POST", "/completions", json=body) as r:
                 text = ""
@@ -164,8 +176,15 @@ def test_concurrent_greedy_equals_in_process_runner(server, client, tok, model):
 
 def test_seeded_sampling_equals_runner_and_repeats(client, tok, model):
     ps = prompts(2, seed=2)
-    body = {"prompt": ps, "max_tokens": 32, "temperature": 1.0, "top_p": 0.9, "n": 3, "seed": 11,
-            "return_token_ids": True}
+    body = {
+        "prompt": ps,
+        "max_tokens": 32,
+        "temperature": 1.0,
+        "top_p": 0.9,
+        "n": 3,
+        "seed": 11,
+        "return_token_ids": True,
+    }
     a = client.post("/completions", json=body).json()
     b = client.post("/completions", json=body).json()
     ref = Runner(model, tok, max_new_tokens=32).generate(ps, n=3, temperature=1.0, top_p=0.9, seed=11)
@@ -203,15 +222,16 @@ def test_stop_strings_cut_the_text(client, tok, model):
     p = prompts(1, seed=3)[0]
     full = client.post("/completions", json={"prompt": p, "max_tokens": 32, "temperature": 0}).json()
     text = full["choices"][0]["text"]
-    stop = text[len(text) // 2:len(text) // 2 + 3]
-    cut = text[:text.find(stop)]
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    cut = text[: text.find(stop)]
     r = client.post("/completions", json={"prompt": p, "max_tokens": 32, "temperature": 0, "stop": stop}).json()
     assert r["choices"][0]["text"] == cut and r["choices"][0]["finish_reason"] == "stop"
     assert r["choices"][0]["stop_reason"] == stop
     body = {"prompt": p, "max_tokens": 32, "temperature": 0, "stop": [stop], "stream": True}
     with client.stream("POST", "/completions", json=body) as s:
-        got = "".join(json.loads(line[6:])["choices"][0]["text"] for line in s.iter_lines()
-                      if line.startswith("data: {"))
+        got = "".join(
+            json.loads(line[6:])["choices"][0]["text"] for line in s.iter_lines() if line.startswith("data: {")
+        )
     assert got == cut
 
 
@@ -246,8 +266,9 @@ def test_remote_engine_retries_with_backoff_then_fails_clearly():
     from parallel_reason.runner.remote import RemoteEngine, RemoteError
 
     calls = []
-    answer = {"choices": [{"token_ids": [7, 8], "logprobs": {"token_logprobs": [-0.5, -0.25]},
-                           "finish_reason": "length"}]}
+    answer = {
+        "choices": [{"token_ids": [7, 8], "logprobs": {"token_logprobs": [-0.5, -0.25]}, "finish_reason": "length"}]
+    }
 
     def handler(request):
         calls.append(json.loads(request.content))
@@ -271,22 +292,25 @@ def test_remote_engine_retries_with_backoff_then_fails_clearly():
 # ---------------------------------------------------------------------- bad requests and limits
 
 
-@pytest.mark.parametrize("body,param", [
-    (b"{not json", None),
-    (b"[1, 2]", None),
-    (json.dumps({"prompt": "x", "max_tokens": "a"}).encode(), "max_tokens"),
-    (json.dumps({"prompt": "x", "temperature": "hot"}).encode(), "temperature"),
-    (json.dumps({"prompt": "x", "n": 1.5}).encode(), "n"),
-    (json.dumps({"prompt": 5}).encode(), "prompt"),
-    (json.dumps({"max_tokens": 4}).encode(), "prompt"),
-    (json.dumps({"prompt": "x", "stream": "yes"}).encode(), "stream"),
-    (json.dumps({"prompt": "x", "max_tokens": MAX + 1}).encode(), "max_tokens"),
-    (json.dumps({"prompt": "x", "max_tokens": 0}).encode(), "max_tokens"),
-    (json.dumps({"prompt": [1, 10 ** 6]}).encode(), "prompt"),
-    (json.dumps({"prompt": "x", "n": 2, "temperature": 0}).encode(), "n"),
-    (json.dumps({"prompt": "x", "top_p": 0}).encode(), "top_p"),
-    (json.dumps({"prompt": "x", "echo": True}).encode(), "echo"),
-])
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        (b"{not json", None),
+        (b"[1, 2]", None),
+        (json.dumps({"prompt": "x", "max_tokens": "a"}).encode(), "max_tokens"),
+        (json.dumps({"prompt": "x", "temperature": "hot"}).encode(), "temperature"),
+        (json.dumps({"prompt": "x", "n": 1.5}).encode(), "n"),
+        (json.dumps({"prompt": 5}).encode(), "prompt"),
+        (json.dumps({"max_tokens": 4}).encode(), "prompt"),
+        (json.dumps({"prompt": "x", "stream": "yes"}).encode(), "stream"),
+        (json.dumps({"prompt": "x", "max_tokens": MAX + 1}).encode(), "max_tokens"),
+        (json.dumps({"prompt": "x", "max_tokens": 0}).encode(), "max_tokens"),
+        (json.dumps({"prompt": [1, 10**6]}).encode(), "prompt"),
+        (json.dumps({"prompt": "x", "n": 2, "temperature": 0}).encode(), "n"),
+        (json.dumps({"prompt": "x", "top_p": 0}).encode(), "top_p"),
+        (json.dumps({"prompt": "x", "echo": True}).encode(), "echo"),
+    ],
+)
 def test_bad_completion_requests_get_400_naming_the_field(client, body, param):
     r = client.post("/completions", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 400, r.text
@@ -345,8 +369,9 @@ def test_full_server_answers_429_and_disconnect_frees_rows(tok):
         wait_idle(engine)
         ok = c.post("/completions", json={"prompt": p, "max_tokens": 8, "temperature": 0}).json()
         ref = Runner(model, tok, max_new_tokens=8, parallel=False).generate([p], temperature=0)[0]
-        assert ok["choices"][0]["text"] == tok.decode([t for t in ref.completion_ids if t != tok.eos_token_id],
-                                                      skip_special_tokens=False)
+        assert ok["choices"][0]["text"] == tok.decode(
+            [t for t in ref.completion_ids if t != tok.eos_token_id], skip_special_tokens=False
+        )
 
 
 class _Boom(torch.nn.Module):
@@ -406,8 +431,13 @@ def _load(server, tok, model, clients: int, seed: int) -> None:
     def ask(i):
         try:
             with httpx.Client(base_url=server.url, timeout=120) as c:
-                body = {"prompt": ps[i], "max_tokens": lens[i], "temperature": 0, "return_token_ids": True,
-                        "stream": kinds[i] != "plain"}
+                body = {
+                    "prompt": ps[i],
+                    "max_tokens": lens[i],
+                    "temperature": 0,
+                    "return_token_ids": True,
+                    "stream": kinds[i] != "plain",
+                }
                 start.wait()
                 if kinds[i] == "plain":
                     ch = c.post("/completions", json=body).json()["choices"][0]
@@ -468,13 +498,29 @@ def test_benchmark_and_self_train_with_engine_url(tmp_path, capsys):
     recs = dg.generate(dg.GenConfig(n_numbers=3, split="test", seed=0), 4, progress=False)
     data = tmp_path / "cd.jsonl"
     dg.write_jsonl(recs, str(data))
-    build_tiny([r["prompt"] + r["completion"] for r in recs] * 2, tmp_path / "model", vocab_size=300,
-               hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate_size=64)
+    build_tiny(
+        [r["prompt"] + r["completion"] for r in recs] * 2,
+        tmp_path / "model",
+        vocab_size=300,
+        hidden_size=32,
+        layers=1,
+        heads=2,
+        kv_heads=1,
+        intermediate_size=64,
+    )
     tok, model = load_model(str(tmp_path / "model"), "auto", "cpu", "sdpa")
     app, _ = build_server(model, tok, ServeConfig(model_name="m"), max_new_tokens=64)
     # a remote server cannot mask tags per step: both sides decode unconstrained
-    common = ["--model", str(tmp_path / "model"), "--max-new-tokens", "16", "--batch-size", "2", "--no-progress",
-              "--no-constrained"]
+    common = [
+        "--model",
+        str(tmp_path / "model"),
+        "--max-new-tokens",
+        "16",
+        "--batch-size",
+        "2",
+        "--no-progress",
+        "--no-constrained",
+    ]
     with ServerThread(app) as s:
         bad = ["--model", str(tmp_path / "model"), "--task", "countdown", "--data", str(data), "--engine", s.url]
         # the default (constrained) and a tree join are refused before any work, in one line
@@ -484,17 +530,37 @@ def test_benchmark_and_self_train_with_engine_url(tmp_path, capsys):
         assert "linear prompt" in capsys.readouterr().err
         for engine in ([], ["--engine", s.url]):
             tag = "remote" if engine else "hf"
-            assert bm.main(common + ["--task", "countdown", "--data", str(data), "--out", str(tmp_path / tag),
-                                     *engine]) == 0
-            assert st.main(common + ["--input", str(data), "--out", str(tmp_path / f"st-{tag}.jsonl"), "--k", "2",
-                                     "--temperature", "0.8", *engine]) == 0
+            assert (
+                bm.main(common + ["--task", "countdown", "--data", str(data), "--out", str(tmp_path / tag), *engine])
+                == 0
+            )
+            assert (
+                st.main(
+                    common
+                    + [
+                        "--input",
+                        str(data),
+                        "--out",
+                        str(tmp_path / f"st-{tag}.jsonl"),
+                        "--k",
+                        "2",
+                        "--temperature",
+                        "0.8",
+                        *engine,
+                    ]
+                )
+                == 0
+            )
     keys = ("id", "completion", "finish_reason", "total_tokens", "critical_path")
-    rows = {t: [json.loads(x) for x in (tmp_path / t / "results.jsonl").read_text().splitlines()]
-            for t in ("hf", "remote")}
+    rows = {
+        t: [json.loads(x) for x in (tmp_path / t / "results.jsonl").read_text().splitlines()] for t in ("hf", "remote")
+    }
     assert [{k: r[k] for k in keys} for r in rows["hf"]] == [{k: r[k] for k in keys} for r in rows["remote"]]
     summary = json.loads((tmp_path / "remote" / "summary.json").read_text())
     assert summary["engine"] == s.url
     # self-train samples on the server (its own sampler: not the HF runner's draws); every problem is done
-    done = {t: [json.loads(x) for x in st.side_paths(tmp_path / f"st-{t}.jsonl")[0].read_text().splitlines()]
-            for t in ("hf", "remote")}
+    done = {
+        t: [json.loads(x) for x in st.side_paths(tmp_path / f"st-{t}.jsonl")[0].read_text().splitlines()]
+        for t in ("hf", "remote")
+    }
     assert sorted(m.get("id", "") for m in done["hf"]) == sorted(m.get("id", "") for m in done["remote"])

@@ -62,8 +62,13 @@ def _random_rows(n: int, seed: int, mode: str = "parallel") -> list[dict]:
     rows = []
     for k in range(n):
         text = random_trajectory(rng, depth=2, max_width=3, p_block=0.8)
-        rows.append({"id": f"r{seed}-{k}", "prompt": f"Numbers: {k % 10} {k % 7}\nTarget: {k % 13}\n",
-                     "completion": text if mode == "parallel" else strip_tags(text)})
+        rows.append(
+            {
+                "id": f"r{seed}-{k}",
+                "prompt": f"Numbers: {k % 10} {k % 7}\nTarget: {k % 13}\n",
+                "completion": text if mode == "parallel" else strip_tags(text),
+            }
+        )
     return rows
 
 
@@ -76,10 +81,31 @@ def data_dir(tmp_path_factory) -> Path:
     if have_gen:
         for split, n, name in (("train", 48, "train"), ("val", 12, "val")):
             for mode in ("parallel", "sequential"):
-                subprocess.run([sys.executable, "-m", "data_gen.countdown", "--n", str(n), "--seed", "0",
-                                "--split", split, "--numbers", "3", "--max-depth", "1", "--mode", mode,
-                                "--out", str(d / f"{name}.{mode}.jsonl"), "--no-progress"],
-                               check=True, cwd=ROOT, capture_output=True)
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "data_gen.countdown",
+                        "--n",
+                        str(n),
+                        "--seed",
+                        "0",
+                        "--split",
+                        split,
+                        "--numbers",
+                        "3",
+                        "--max-depth",
+                        "1",
+                        "--mode",
+                        mode,
+                        "--out",
+                        str(d / f"{name}.{mode}.jsonl"),
+                        "--no-progress",
+                    ],
+                    check=True,
+                    cwd=ROOT,
+                    capture_output=True,
+                )
     else:
         for name, n, seed in (("train", 48, 0), ("val", 12, 1)):
             for mode in ("parallel", "sequential"):
@@ -91,12 +117,28 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def _cfg(data_dir: Path, out: Path, **kw) -> sft.SFTConfig:
-    base = dict(train_data=str(data_dir / "small.jsonl"), eval_data=str(data_dir / "small_val.jsonl"),
-                output_dir=str(out), per_device_train_batch_size=2, per_device_eval_batch_size=4,
-                gradient_accumulation_steps=2, learning_rate=3e-3, lr_scheduler_type="linear", warmup_steps=1,
-                max_steps=6, logging_steps=1, eval_steps=3, save_steps=2, save_total_limit=None,
-                disable_tqdm=True, max_length=1024, seed=7, tiny_vocab_size=320, report_to=["none"],
-                log_level="warning")
+    base = dict(
+        train_data=str(data_dir / "small.jsonl"),
+        eval_data=str(data_dir / "small_val.jsonl"),
+        output_dir=str(out),
+        per_device_train_batch_size=2,
+        per_device_eval_batch_size=4,
+        gradient_accumulation_steps=2,
+        learning_rate=3e-3,
+        lr_scheduler_type="linear",
+        warmup_steps=1,
+        max_steps=6,
+        logging_steps=1,
+        eval_steps=3,
+        save_steps=2,
+        save_total_limit=None,
+        disable_tqdm=True,
+        max_length=1024,
+        seed=7,
+        tiny_vocab_size=320,
+        report_to=["none"],
+        log_level="warning",
+    )
     base.update(kw)
     return sft.SFTConfig(**base).validate()
 
@@ -116,11 +158,35 @@ def test_tiny_recipe_lowers_eval_loss_and_saves(data_dir, tmp_path):
     finally:
         sys.path.pop(0)
     out = tmp_path / "run"
-    rc = recipe_main(["--config", str(TINY_YAML), "--train_data", str(data_dir / "train.parallel.jsonl"),
-                      "--eval_data", str(data_dir / "val.parallel.jsonl"), "--output_dir", str(out),
-                      "--max_steps", "8", "--per_device_train_batch_size", "8", "--eval_steps", "4",
-                      "--save_steps", "4", "--save_total_limit", "1", "--logging_steps", "4",
-                      "--disable_tqdm", "--log_level", "warning", "--tiny_vocab_size", "320"])
+    rc = recipe_main(
+        [
+            "--config",
+            str(TINY_YAML),
+            "--train_data",
+            str(data_dir / "train.parallel.jsonl"),
+            "--eval_data",
+            str(data_dir / "val.parallel.jsonl"),
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "8",
+            "--per_device_train_batch_size",
+            "8",
+            "--eval_steps",
+            "4",
+            "--save_steps",
+            "4",
+            "--save_total_limit",
+            "1",
+            "--logging_steps",
+            "4",
+            "--disable_tqdm",
+            "--log_level",
+            "warning",
+            "--tiny_vocab_size",
+            "320",
+        ]
+    )
     assert rc == 0
     state = json.loads((out / "trainer_state.json").read_text())
     evals = [e["eval_loss"] for e in state["log_history"] if "eval_loss" in e]
@@ -152,7 +218,7 @@ def test_tiny_recipe_lowers_eval_loss_and_saves(data_dir, tmp_path):
     nll = tokens = 0.0
     with torch.no_grad():
         for i in range(0, len(graphs), 8):
-            b = collate(graphs[i:i + 8], tok.pad_token_id)
+            b = collate(graphs[i : i + 8], tok.pad_token_id)
             nll -= float(packed_logprobs(model.eval(), b).sum())
             tokens += float(b["loss_mask"].sum())
     assert abs(nll / tokens - evals[-1]) < 1e-4
@@ -199,8 +265,19 @@ def test_lora_run(data_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "lora"
-    res = sft.train(_cfg(data_dir, out, use_peft=True, lora_r=4, lora_alpha=8, max_steps=4, save_steps=2,
-                         save_total_limit=1, learning_rate=5e-3))
+    res = sft.train(
+        _cfg(
+            data_dir,
+            out,
+            use_peft=True,
+            lora_r=4,
+            lora_alpha=8,
+            max_steps=4,
+            save_steps=2,
+            save_total_limit=1,
+            learning_rate=5e-3,
+        )
+    )
     ev = res.eval_losses()
     assert ev[4] < ev[0]
     ck = out / "checkpoint-4"
@@ -223,8 +300,9 @@ def test_eager_and_gradient_checkpointing_match_sdpa(data_dir, tmp_path):
     a = sft.train(_cfg(data_dir, tmp_path / "sdpa", **kw)).losses()
     reset_accelerate()
     shutil.copytree(tmp_path / "sdpa" / "base_model", tmp_path / "eager" / "base_model")
-    b = sft.train(_cfg(data_dir, tmp_path / "eager", attn_implementation="eager", gradient_checkpointing=True,
-                       **kw)).losses()
+    b = sft.train(
+        _cfg(data_dir, tmp_path / "eager", attn_implementation="eager", gradient_checkpointing=True, **kw)
+    ).losses()
     assert a.keys() == b.keys() == {1, 2}
     assert all(abs(a[s] - b[s]) < 1e-4 for s in a), (a, b)
 
@@ -234,9 +312,19 @@ def test_sequential_mode_and_trackers(data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     report = [t for t in ("tensorboard", "wandb") if importlib.util.find_spec(t)] or ["none"]
-    res = sft.train(_cfg(data_dir, out, mode="sequential", train_data=str(data_dir / "train.sequential.jsonl"),
-                         eval_data=str(data_dir / "val.sequential.jsonl"), per_device_train_batch_size=4,
-                         max_steps=3, save_steps=0, report_to=report))
+    res = sft.train(
+        _cfg(
+            data_dir,
+            out,
+            mode="sequential",
+            train_data=str(data_dir / "train.sequential.jsonl"),
+            eval_data=str(data_dir / "val.sequential.jsonl"),
+            per_device_train_batch_size=4,
+            max_steps=3,
+            save_steps=0,
+            report_to=report,
+        )
+    )
     ev = res.eval_losses()
     assert ev[3] < ev[0]
     ex = load_examples(data_dir / "train.sequential.jsonl")
@@ -257,9 +345,26 @@ def test_sequential_mode_and_trackers(data_dir, tmp_path, monkeypatch):
 
 
 def test_config_parsing_overrides_and_errors(tmp_path, capsys):
-    cfg = sft.parse_args(["--config", str(TINY_YAML), "--learning_rate", "1e-4", "--max_steps=7", "--use_peft",
-                          "--lora_target_modules", "q_proj,v_proj", "--bf16", "false", "--max_train_samples", "none",
-                          "--report-to", "[tensorboard]", "--num_train_epochs", "2"])
+    cfg = sft.parse_args(
+        [
+            "--config",
+            str(TINY_YAML),
+            "--learning_rate",
+            "1e-4",
+            "--max_steps=7",
+            "--use_peft",
+            "--lora_target_modules",
+            "q_proj,v_proj",
+            "--bf16",
+            "false",
+            "--max_train_samples",
+            "none",
+            "--report-to",
+            "[tensorboard]",
+            "--num_train_epochs",
+            "2",
+        ]
+    )
     assert cfg.learning_rate == 1e-4 and isinstance(cfg.learning_rate, float)
     assert cfg.max_steps == 7 and cfg.use_peft is True and cfg.bf16 is False
     assert cfg.lora_target_modules == ["q_proj", "v_proj"] and cfg.report_to == ["tensorboard"]
@@ -303,7 +408,7 @@ def test_data_errors_name_file_line_and_problem(tmp_path, tiny_tokenizer):
     p.write_text('{"prompt": 3, "completion": "b"}\n')
     with pytest.raises(DataError, match=r"d.jsonl:1: field 'prompt' must be a string"):
         load_examples(p)
-    p.write_text('[1, 2]\n')
+    p.write_text("[1, 2]\n")
     with pytest.raises(DataError, match=r"d.jsonl:1: expected a JSON object"):
         load_examples(p)
     p.write_text(json.dumps({"prompt": "p", "completion": "x <Parallel>\n<Outlines></Outlines>\n<Thread>1: y"}) + "\n")
@@ -317,8 +422,9 @@ def test_data_errors_name_file_line_and_problem(tmp_path, tiny_tokenizer):
     # conversational records and datasets objects
     import datasets
 
-    ds = datasets.Dataset.from_list([{"messages": [{"role": "user", "content": "hi"},
-                                                   {"role": "assistant", "content": "yo"}]}])
+    ds = datasets.Dataset.from_list(
+        [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}]
+    )
     ex = load_examples(ds)
     assert ex[0].prompt == [{"role": "user", "content": "hi"}] and ex[0].completion == "yo"
     assert "row 0" in ex[0].origin
@@ -329,10 +435,12 @@ def test_data_errors_name_file_line_and_problem(tmp_path, tiny_tokenizer):
     import copy
 
     chat_tok = copy.deepcopy(tiny_tokenizer)
-    chat_tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
-                              "{% if add_generation_prompt %}<assistant>{% endif %}")
+    chat_tok.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
     (g,), _ = build_graphs(ex, chat_tok)
-    assert chat_tok.decode(g.input_ids[:g.prompt_len]) == "<user>hi\n<assistant>"
+    assert chat_tok.decode(g.input_ids[: g.prompt_len]) == "<user>hi\n<assistant>"
     # max_length drops and counts
     rows = _random_rows(10, 3)
     ex = load_examples(_write_jsonl(tmp_path / "r.jsonl", rows))
@@ -369,19 +477,42 @@ def test_batch_order_is_seeded_and_split_independent():
 
 
 def _launch(args: list[str], tmp_path: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
-               HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    env = dict(
+        os.environ,
+        WANDB_MODE="offline",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        PYTHONPATH=str(ROOT),
+    )
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _recipe_args(data_dir: Path, out: Path, **kw) -> list[str]:
-    base = dict(train_data=data_dir / "small.jsonl", eval_data=data_dir / "small_val.jsonl", output_dir=out,
-                per_device_train_batch_size=2, per_device_eval_batch_size=2, gradient_accumulation_steps=1,
-                learning_rate=3e-3, lr_scheduler_type="linear", warmup_steps=1, max_steps=4, logging_steps=1,
-                eval_steps=0, save_steps=2, save_total_limit=None, disable_tqdm=True, seed=7,
-                tiny_vocab_size=320, model_name_or_path="tiny", report_to="none", log_level="warning",
-                generate_data="none")
+    base = dict(
+        train_data=data_dir / "small.jsonl",
+        eval_data=data_dir / "small_val.jsonl",
+        output_dir=out,
+        per_device_train_batch_size=2,
+        per_device_eval_batch_size=2,
+        gradient_accumulation_steps=1,
+        learning_rate=3e-3,
+        lr_scheduler_type="linear",
+        warmup_steps=1,
+        max_steps=4,
+        logging_steps=1,
+        eval_steps=0,
+        save_steps=2,
+        save_total_limit=None,
+        disable_tqdm=True,
+        seed=7,
+        tiny_vocab_size=320,
+        model_name_or_path="tiny",
+        report_to="none",
+        log_level="warning",
+        generate_data="none",
+    )
     base.update(kw)
     args = [str(ROOT / "recipes" / "sft.py")]
     for k, v in base.items():
@@ -399,12 +530,30 @@ def test_two_process_gloo_matches_single_process(data_dir, tmp_path):
     parallel_reason.sft asks accelerate for CPU (gloo) since the host has no GPU."""
     two = tmp_path / "two"
     # the shipped DDP config (multi-GPU launcher), 2 processes instead of 8
-    r = _launch(["--config_file", str(ROOT / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2",
-                 *_recipe_args(data_dir, two)], tmp_path)
+    r = _launch(
+        [
+            "--config_file",
+            str(ROOT / "configs" / "accelerate" / "ddp.yaml"),
+            "--num_processes",
+            "2",
+            *_recipe_args(data_dir, two),
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     shutil.copytree(two / "base_model", tmp_path / "one" / "base_model")
-    one = sft.train(_cfg(data_dir, tmp_path / "one", per_device_train_batch_size=4, gradient_accumulation_steps=1,
-                         per_device_eval_batch_size=2, max_steps=4, eval_steps=0, save_steps=2))
+    one = sft.train(
+        _cfg(
+            data_dir,
+            tmp_path / "one",
+            per_device_train_batch_size=4,
+            gradient_accumulation_steps=1,
+            per_device_eval_batch_size=2,
+            max_steps=4,
+            eval_steps=0,
+            save_steps=2,
+        )
+    )
     st = json.loads((two / "trainer_state.json").read_text())
     assert st["num_processes"] == 2 and st["distributed_type"] == "MULTI_CPU"
     a = {e["step"]: e["loss"] for e in st["log_history"] if "loss" in e}
@@ -446,8 +595,16 @@ def test_zero_on_cpu(data_dir, tmp_path, stage):
         cut.mkdir()
         for name in ("base_model", "checkpoint-2"):
             shutil.copytree(out / name, cut / name)
-        r = _launch(["--config_file", str(acc_cfg), "--num_processes", "2",
-                     *_recipe_args(data_dir, cut, resume_from_checkpoint="auto")], tmp_path)
+        r = _launch(
+            [
+                "--config_file",
+                str(acc_cfg),
+                "--num_processes",
+                "2",
+                *_recipe_args(data_dir, cut, resume_from_checkpoint="auto"),
+            ],
+            tmp_path,
+        )
         assert r.returncode == 0, r.stderr[-6000:]
         st2 = json.loads((cut / "trainer_state.json").read_text())
         a = [e["loss"] for e in st["log_history"] if "loss" in e]
@@ -458,8 +615,18 @@ def test_zero_on_cpu(data_dir, tmp_path, stage):
     assert (out / "final" / "model.safetensors").exists()
     # same global batch as the DDP/single-process runs: same first-step loss (before any update)
     shutil.copytree(out / "base_model", tmp_path / "one" / "base_model")
-    one = sft.train(_cfg(data_dir, tmp_path / "one", per_device_train_batch_size=4, gradient_accumulation_steps=1,
-                         max_steps=4, eval_steps=0, save_steps=0, eval_data=None))
+    one = sft.train(
+        _cfg(
+            data_dir,
+            tmp_path / "one",
+            per_device_train_batch_size=4,
+            gradient_accumulation_steps=1,
+            max_steps=4,
+            eval_steps=0,
+            save_steps=0,
+            eval_data=None,
+        )
+    )
     b = one.losses()
     for s, x in enumerate(losses, 1):
         assert abs(x - b[s]) < 1e-4, (s, x, b[s])

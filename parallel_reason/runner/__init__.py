@@ -14,5 +14,15 @@ Usage::
 from .hf import BackendStats, HFBackend, Runner, filter_logits, model_join
 from .scheduler import FINISH_REASONS, Rollout, RolloutState, RunLimits, TagSet
 
-__all__ = ["Runner", "Rollout", "FINISH_REASONS", "RunLimits", "HFBackend", "BackendStats", "RolloutState",
-           "TagSet", "filter_logits", "model_join"]
+__all__ = [
+    "Runner",
+    "Rollout",
+    "FINISH_REASONS",
+    "RunLimits",
+    "HFBackend",
+    "BackendStats",
+    "RolloutState",
+    "TagSet",
+    "filter_logits",
+    "model_join",
+]

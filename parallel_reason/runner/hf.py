@@ -70,11 +70,11 @@ def _slab_classes():
                 cap = max(64, 2 * need)
                 k = key_states.new_empty((*self._k.shape[:2], cap, self._k.shape[3]))
                 v = value_states.new_empty((*self._v.shape[:2], cap, self._v.shape[3]))
-                k[:, :, :self.n] = self._k[:, :, :self.n]
-                v[:, :, :self.n] = self._v[:, :, :self.n]
+                k[:, :, : self.n] = self._k[:, :, : self.n]
+                v[:, :, : self.n] = self._v[:, :, : self.n]
                 self._k, self._v = k, v
-            self._k[:, :, self.n:need] = key_states
-            self._v[:, :, self.n:need] = value_states
+            self._k[:, :, self.n : need] = key_states
+            self._v[:, :, self.n : need] = value_states
             self.n = need
             self.keys, self.values = self._k[:, :, :need], self._v[:, :, :need]
             return self.keys, self.values
@@ -121,8 +121,9 @@ class HFBackend:
         self.config = inner.config
         impl = attn_implementation_of(inner)
         if impl not in ("sdpa", "eager"):
-            raise ValueError(f"the HF runner needs attn_implementation 'sdpa' or 'eager' (custom 4D masks), "
-                             f"got {impl!r}")
+            raise ValueError(
+                f"the HF runner needs attn_implementation 'sdpa' or 'eager' (custom 4D masks), got {impl!r}"
+            )
         text_cfg = self.config.get_text_config(decoder=True) if hasattr(self.config, "get_text_config") else self.config
         layer_types = getattr(text_cfg, "layer_types", None) or []
         bad = sorted({t for t in layer_types if t != "full_attention"})
@@ -172,8 +173,10 @@ class HFBackend:
             for ro in row.rollouts:
                 ro.start()
         for layer in self._layers():
-            layer.set(torch.cat([layer.keys, layer.keys.new_zeros(R, *layer.keys.shape[1:])]),
-                      torch.cat([layer.values, layer.values.new_zeros(R, *layer.values.shape[1:])]))
+            layer.set(
+                torch.cat([layer.keys, layer.keys.new_zeros(R, *layer.keys.shape[1:])]),
+                torch.cat([layer.values, layer.values.new_zeros(R, *layer.values.shape[1:])]),
+            )
         self.kseg = torch.cat([self.kseg, self.kseg.new_zeros(R, T)])
         self.anc = torch.cat([self.anc, self.anc.new_zeros(R, *self.anc.shape[1:])])
         self.rows.extend(rows)
@@ -224,7 +227,7 @@ class HFBackend:
         for par in c.joins + ((c.parent,) if c.parent is not None and c.parent.handle is None else ()):
             self._feed(b, row, par, ids, pos, seg, touched)
         s = c.handle if c.handle is not None else self._new_seg(b, row, c)
-        new = c.tokens[c.done:]
+        new = c.tokens[c.done :]
         ids += new
         pos.extend(range(c.start + c.done, c.start + len(c.tokens)))
         seg += [s] * len(new)
@@ -291,8 +294,9 @@ class HFBackend:
             logits = outs[0][:, 0].float()  # one lane per row (ordinary decoding)
         elif want and len(groups) == 1:
             dev = self.device
-            logits = outs[0][torch.tensor([b for b, _ in want], device=dev),
-                             torch.tensor([j for _, j in want], device=dev)].float()
+            logits = outs[0][
+                torch.tensor([b for b, _ in want], device=dev), torch.tensor([j for _, j in want], device=dev)
+            ].float()
         elif want:
             where = {b: (k, r) for k, g in enumerate(groups) for r, b in enumerate(g)}
             logits = torch.stack([outs[where[b][0]][where[b][1], j] for b, j in want]).float()
@@ -334,8 +338,9 @@ class HFBackend:
         dev = self.device
         N = max(len(rows_ids[b]) for b in idx)
         M = max(max(len(rows_keep[b]) for b in idx), 1)
-        inp = torch.tensor([rows_ids[b] + [self.pad_id] * (N - len(rows_ids[b])) for b in idx], dtype=torch.long,
-                           device=dev)
+        inp = torch.tensor(
+            [rows_ids[b] + [self.pad_id] * (N - len(rows_ids[b])) for b in idx], dtype=torch.long, device=dev
+        )
         posT = torch.tensor([rows_pos[b] + [0] * (N - len(rows_pos[b])) for b in idx], dtype=torch.long, device=dev)
         qseg = torch.tensor([rows_seg[b] + [0] * (N - len(rows_seg[b])) for b in idx], dtype=torch.long, device=dev)
         G = len(idx)
@@ -370,10 +375,17 @@ class HFBackend:
         if M == 1 and all(rows_keep[b] == [N - 1] for b in idx):
             ltk = 1  # every row wants its last position: plain slicing
         else:
-            ltk = torch.tensor([rows_keep[b] + [0] * (M - len(rows_keep[b])) for b in idx], dtype=torch.long,
-                               device=dev)
-        out = self.model(input_ids=inp, attention_mask=mask, position_ids=posT, use_cache=True, logits_to_keep=ltk,
-                         **{_cache_kwarg(self.model): cache})
+            ltk = torch.tensor(
+                [rows_keep[b] + [0] * (M - len(rows_keep[b])) for b in idx], dtype=torch.long, device=dev
+            )
+        out = self.model(
+            input_ids=inp,
+            attention_mask=mask,
+            position_ids=posT,
+            use_cache=True,
+            logits_to_keep=ltk,
+            **{_cache_kwarg(self.model): cache},
+        )
         new_cache = out.get("cache", None) if "cache" in out else out.get("past_key_values", None)
         self._cache_out = new_cache if new_cache is not None else cache
         return out.logits, qseg
@@ -388,8 +400,11 @@ class HFBackend:
         res = []
         for g in groups:
             it = torch.tensor(g, device=dev)
-            sub = self._new_cache([(layer.keys.index_select(0, it), layer.values.index_select(0, it)) for layer in old]) \
-                if old else None
+            sub = (
+                self._new_cache([(layer.keys.index_select(0, it), layer.values.index_select(0, it)) for layer in old])
+                if old
+                else None
+            )
             logits, qseg = self._forward(g, rows_ids, rows_pos, rows_seg, rows_keep, sub)
             res.append((it, logits, qseg, self._cache_out))
         W = T + sum(q.shape[1] for _, _, q, _ in res)
@@ -397,7 +412,7 @@ class HFBackend:
         kseg[:, :T] = self.kseg
         off = T
         for it, _, qseg, _ in res:
-            kseg[it, off:off + qseg.shape[1]] = qseg
+            kseg[it, off : off + qseg.shape[1]] = qseg
             off += qseg.shape[1]
         merged = []
         for li in range(len(res[0][3].layers)):
@@ -410,7 +425,7 @@ class HFBackend:
                 off = T
                 for it, _, qseg, c in res:
                     w = qseg.shape[1]
-                    full[it, :, off:off + w] = getattr(c.layers[li], name)[:, :, T:]
+                    full[it, :, off : off + w] = getattr(c.layers[li], name)[:, :, T:]
                     off += w
                 kv.append(full)
             merged.append(tuple(kv))
@@ -462,8 +477,10 @@ class HFBackend:
         self.kseg = ks
         for layer in self._layers():
             k, v = layer.keys, layer.values
-            layer.set(k.gather(2, order[:, None, :, None].expand(B, k.shape[1], T2, k.shape[3])),
-                      v.gather(2, order[:, None, :, None].expand(B, v.shape[1], T2, v.shape[3])))
+            layer.set(
+                k.gather(2, order[:, None, :, None].expand(B, k.shape[1], T2, k.shape[3])),
+                v.gather(2, order[:, None, :, None].expand(B, v.shape[1], T2, v.shape[3])),
+            )
         self.stats.compactions += 1
 
 
@@ -510,8 +527,10 @@ def constrain(logits: torch.Tensor, banned: Sequence[Sequence[int]]) -> torch.Te
         return logits
     cols = [i for ids in banned for i in ids]
     dev = logits.device
-    return logits.index_put((torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)),
-                            torch.tensor(float("-inf"), device=dev, dtype=logits.dtype))
+    return logits.index_put(
+        (torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)),
+        torch.tensor(float("-inf"), device=dev, dtype=logits.dtype),
+    )
 
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -566,10 +585,22 @@ class Runner:
     ``logprobs`` stay the model's own, the ``sampler_logprobs`` are the constrained ones.
     """
 
-    def __init__(self, model, tokenizer, max_new_tokens: int = 512, max_thread_tokens: int | None = None,
-                 max_width: int | None = 8, max_depth: int | None = 2, join: str | None = None,
-                 batch_size: int = 8, parallel: bool = True, compact_min_slots: int = 128,
-                 compact_ratio: float = 0.75, thread_header: str | None = None, constrained: bool = False):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        max_new_tokens: int = 512,
+        max_thread_tokens: int | None = None,
+        max_width: int | None = 8,
+        max_depth: int | None = 2,
+        join: str | None = None,
+        batch_size: int = 8,
+        parallel: bool = True,
+        compact_min_slots: int = 128,
+        compact_ratio: float = 0.75,
+        thread_header: str | None = None,
+        constrained: bool = False,
+    ):
         join = check_join(join) if join is not None else model_join(model)  # default: as the model was trained
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -581,8 +612,9 @@ class Runner:
         self.batch_size = batch_size
         self.parallel = parallel
         self.constrained = constrained  # mask the tags that would make the text malformed
-        self.limits = RunLimits(max_new_tokens=max_new_tokens, max_thread_tokens=max_thread_tokens,
-                             max_width=max_width, max_depth=max_depth)
+        self.limits = RunLimits(
+            max_new_tokens=max_new_tokens, max_thread_tokens=max_thread_tokens, max_width=max_width, max_depth=max_depth
+        )
         # the header mode a model was trained with travels in its config (SFT writes it)
         self.thread_header = thread_header or model_thread_header(model)
         self.tags = TagSet(tokenizer, self.thread_header)
@@ -598,8 +630,15 @@ class Runner:
         return ids
 
     # ------------------------------------------------------------------ API
-    def generate(self, prompts: Sequence[str] | Sequence[Sequence[int]], n: int = 1, temperature: float = 0.0,
-                 top_p: float = 1.0, top_k: int = 0, seed: int | Sequence[int] = 0) -> list[Rollout]:
+    def generate(
+        self,
+        prompts: Sequence[str] | Sequence[Sequence[int]],
+        n: int = 1,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | Sequence[int] = 0,
+    ) -> list[Rollout]:
         """Sample ``n`` rollouts per prompt (flattened in prompt order). ``temperature=0``
         is greedy. ``seed`` is one int (prompt ``i`` uses ``seed + i``) or one per prompt."""
         if n < 1:
@@ -636,8 +675,9 @@ class Runner:
 
         return self._run(rows, choose)
 
-    def replay(self, prompts: Sequence[str] | Sequence[Sequence[int]], completions: Sequence,
-               eos: bool = True) -> list[Rollout]:
+    def replay(
+        self, prompts: Sequence[str] | Sequence[Sequence[int]], completions: Sequence, eos: bool = True
+    ) -> list[Rollout]:
         """Force given completions through the same machinery, recording the log-probs
         of the forced tokens. A completion is text (a well-formed trajectory, tokenized
         with ``layout.tokenize_trajectory``; ``eos`` appends EOS), a token tree
@@ -658,8 +698,11 @@ class Runner:
                 ids = linear_ids(items)
                 items = [Run(ids, True)] if ids else []
             ctx = Context(None, self._prompt_ids(p))
-            rows.append(Row(ctx, [RolloutState(ctx, self.tags, self.limits, self.parallel, Script(items), i, 0,
-                                                 join=self.join)]))
+            rows.append(
+                Row(
+                    ctx, [RolloutState(ctx, self.tags, self.limits, self.parallel, Script(items), i, 0, join=self.join)]
+                )
+            )
 
         def choose(lanes: list[Lane], logits: torch.Tensor) -> None:
             forced = []
@@ -680,8 +723,9 @@ class Runner:
 
         return self._run(rows, choose)
 
-    def new_row(self, prompt, n: int, temperature: float, seed: int, index: int = 0,
-                limits: RunLimits | None = None) -> Row:
+    def new_row(
+        self, prompt, n: int, temperature: float, seed: int, index: int = 0, limits: RunLimits | None = None
+    ) -> Row:
         """One prompt and its ``n`` rollouts (sampled ones get generators seeded with
         ``rollout_seed(seed, j)``); ``limits`` defaults to the runner's."""
         ctx = Context(None, self._prompt_ids(prompt))
@@ -691,8 +735,9 @@ class Runner:
             if temperature > 0:
                 g = torch.Generator(device=self.backend.device)
                 g.manual_seed(rollout_seed(seed, j))
-            rs.append(RolloutState(ctx, self.tags, limits or self.limits, self.parallel, None, index, j, g,
-                                   join=self.join))
+            rs.append(
+                RolloutState(ctx, self.tags, limits or self.limits, self.parallel, None, index, j, g, join=self.join)
+            )
         return Row(ctx, rs)
 
     # ------------------------------------------------------------------ loop

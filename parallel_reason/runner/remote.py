@@ -63,18 +63,29 @@ class RemoteEngine:
 
     RETRY_STATUS = (408, 429, 500, 502, 503, 504)
 
-    def __init__(self, url: str, model: str | None = None, api_key: str | None = None, timeout: float = 120.0,
-                 retries: int = 5, backoff: float = 0.5, max_connections: int = 64, transport=None):
+    def __init__(
+        self,
+        url: str,
+        model: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        retries: int = 5,
+        backoff: float = 0.5,
+        max_connections: int = 64,
+        transport=None,
+    ):
         import httpx2 as httpx
 
         self._httpx = httpx
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.Client(base_url=self.url, headers=headers,
-                                   timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-                                   limits=httpx.Limits(max_connections=max_connections,
-                                                       max_keepalive_connections=max_connections),
-                                   transport=transport)
+        self.client = httpx.Client(
+            base_url=self.url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            transport=transport,
+        )
         self.retries = retries
         self.backoff = backoff
         self.stats = RemoteStats()
@@ -93,13 +104,14 @@ class RemoteEngine:
         """One call with retries; the decoded JSON answer."""
         httpx = self._httpx
         for attempt in range(self.retries + 1):
-            wait_s = self.backoff * 2 ** attempt * (0.5 + random.random())
+            wait_s = self.backoff * 2**attempt * (0.5 + random.random())
             try:
                 r = self.client.request(method, path, json=body)
             except (httpx.TransportError, httpx.TimeoutException) as e:
                 if attempt == self.retries:
-                    raise RemoteError(f"{self.url}{path}: {type(e).__name__}: {e} "
-                                      f"(after {self.retries} retries)") from None
+                    raise RemoteError(
+                        f"{self.url}{path}: {type(e).__name__}: {e} (after {self.retries} retries)"
+                    ) from None
             else:
                 if r.status_code < 400:
                     return r.json()
@@ -112,11 +124,27 @@ class RemoteEngine:
             time.sleep(wait_s)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def complete(self, prompt: list[int], max_tokens: int, stop_ids: Sequence[int], temperature: float,
-                 top_p: float, top_k: int, seed: int | None) -> tuple[list[int], list[float], str | None]:
+    def complete(
+        self,
+        prompt: list[int],
+        max_tokens: int,
+        stop_ids: Sequence[int],
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        seed: int | None,
+    ) -> tuple[list[int], list[float], str | None]:
         """Decode up to ``max_tokens`` tokens after ``prompt``; (ids, log-probs, finish reason)."""
-        body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature,
-                "top_p": top_p, "logprobs": 1, "return_tokens_as_token_ids": True, "skip_special_tokens": False}
+        body = {
+            "model": self.model,
+            "prompt": prompt,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "logprobs": 1,
+            "return_tokens_as_token_ids": True,
+            "skip_special_tokens": False,
+        }
         if stop_ids:
             body["stop_token_ids"] = list(stop_ids)
         if top_k > 0:
@@ -136,8 +164,10 @@ class RemoteEngine:
         except RemoteFeatureError:
             raise
         except RemoteError as e:
-            raise RemoteFeatureError(f"the server rejected a token-id prompt with stop_token_ids and logprobs "
-                                     f"(needed by the remote backend): {e}") from None
+            raise RemoteFeatureError(
+                f"the server rejected a token-id prompt with stop_token_ids and logprobs "
+                f"(needed by the remote backend): {e}"
+            ) from None
         if not ids:
             raise RemoteFeatureError("the server returned no tokens for a 2-token probe")
 
@@ -164,12 +194,15 @@ def parse_choice(ans: dict) -> tuple[list[int], list[float], str | None]:
     if ids is None and lp.get("tokens") is not None:
         toks = lp["tokens"]
         if not all(isinstance(t, str) and t.startswith("token_id:") for t in toks):
-            raise RemoteFeatureError("the server returned token strings, not ids: it needs vLLM's "
-                                     "return_tokens_as_token_ids (or choice.token_ids)")
+            raise RemoteFeatureError(
+                "the server returned token strings, not ids: it needs vLLM's "
+                "return_tokens_as_token_ids (or choice.token_ids)"
+            )
         ids = [int(t.split(":", 1)[1]) for t in toks]
     if ids is None:
-        raise RemoteFeatureError("the server returned no token ids (needs choice.token_ids or "
-                                 "return_tokens_as_token_ids with logprobs)")
+        raise RemoteFeatureError(
+            "the server returned no token ids (needs choice.token_ids or return_tokens_as_token_ids with logprobs)"
+        )
     if lps is None or len(lps) != len(ids):
         raise RemoteFeatureError("the server returned no per-token log-probs (needs logprobs on completions)")
     return [int(t) for t in ids], [float(x) if x is not None else 0.0 for x in lps], ch.get("finish_reason")
@@ -187,16 +220,33 @@ class RemoteRunner:
     tokens). ``batch_size`` prompts are decoded at once, every live lane of each one a
     request in flight; ``chunk`` is the ``max_tokens`` of one request."""
 
-    def __init__(self, tokenizer, engine: str, model: str | None = None, max_new_tokens: int = 512,
-                 max_thread_tokens: int | None = None, max_width: int | None = 8, max_depth: int | None = 2,
-                 join: str | None = None, batch_size: int = 8, parallel: bool = True, thread_header: str = "index",
-                 chunk: int = 16, api_key: str | None = None, timeout: float = 120.0, retries: int = 5,
-                 max_inflight: int = 64, check: bool = True):
+    def __init__(
+        self,
+        tokenizer,
+        engine: str,
+        model: str | None = None,
+        max_new_tokens: int = 512,
+        max_thread_tokens: int | None = None,
+        max_width: int | None = 8,
+        max_depth: int | None = 2,
+        join: str | None = None,
+        batch_size: int = 8,
+        parallel: bool = True,
+        thread_header: str = "index",
+        chunk: int = 16,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        retries: int = 5,
+        max_inflight: int = 64,
+        check: bool = True,
+    ):
         join = check_join(join or "concat")
         if join != "concat":  # a completions server reads one linear prompt per request
-            raise ValueError(f"join mode {join!r} needs an engine that attends to several threads at once; a remote "
-                             "completions server reads one linear prompt per request: use join concat there, or "
-                             "the HF runner")
+            raise ValueError(
+                f"join mode {join!r} needs an engine that attends to several threads at once; a remote "
+                "completions server reads one linear prompt per request: use join concat there, or "
+                "the HF runner"
+            )
         if batch_size < 1 or max_new_tokens < 1 or chunk < 1:
             raise ValueError("batch_size, max_new_tokens and chunk must be >= 1")
         self.tokenizer = tokenizer
@@ -204,14 +254,18 @@ class RemoteRunner:
         self.batch_size = batch_size
         self.parallel = parallel
         self.chunk = chunk
-        self.limits = RunLimits(max_new_tokens=max_new_tokens, max_thread_tokens=max_thread_tokens,
-                                max_width=max_width, max_depth=max_depth)
+        self.limits = RunLimits(
+            max_new_tokens=max_new_tokens, max_thread_tokens=max_thread_tokens, max_width=max_width, max_depth=max_depth
+        )
         self.thread_header = thread_header
         self.tags = TagSet(tokenizer, thread_header)
         self.max_inflight = max_inflight
         self.engine = RemoteEngine(engine, model, api_key, timeout, retries, max_connections=max_inflight)
-        self.stop_ids = self.tags.stop_ids if parallel else ((tokenizer.eos_token_id,) if tokenizer.eos_token_id
-                                                             is not None else ())
+        self.stop_ids = (
+            self.tags.stop_ids
+            if parallel
+            else ((tokenizer.eos_token_id,) if tokenizer.eos_token_id is not None else ())
+        )
         if check:
             self.engine.check(self.stop_ids, encode(tokenizer, "Hello") or [0])
         self.stats = RemoteStats()
@@ -222,8 +276,15 @@ class RemoteRunner:
             raise ValueError("empty prompt: the first token needs a context")
         return ids
 
-    def generate(self, prompts, n: int = 1, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
-                 seed: int | Sequence[int] = 0) -> list:
+    def generate(
+        self,
+        prompts,
+        n: int = 1,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | Sequence[int] = 0,
+    ) -> list:
         """Like :meth:`Runner.generate`."""
         if n < 1:
             raise ValueError("n must be >= 1")
@@ -264,7 +325,7 @@ class RemoteRunner:
                         live.append(row)
                     for row in live:
                         for ro in row.rollouts:
-                            for lane in ([] if ro.finished else ro.active_lanes()):
+                            for lane in [] if ro.finished else ro.active_lanes():
                                 if lane not in busy and len(inflight) < self.max_inflight:
                                     busy.add(lane)
                                     inflight[self._submit(pool, lane, sampling, lane in single)] = lane
@@ -288,8 +349,9 @@ class RemoteRunner:
         budget = ro.lane_budget(lane)
         seed = request_seed(ro.seed, lane, len(prompt)) if temperature > 0 else None
         n = 1 if one else max(1, min(self.chunk, budget))
-        return pool.submit(self.engine.complete, prompt, n, () if one else self.stop_ids, temperature, top_p,
-                           top_k, seed)
+        return pool.submit(
+            self.engine.complete, prompt, n, () if one else self.stop_ids, temperature, top_p, top_k, seed
+        )
 
     @staticmethod
     def _feed(lane, ids, lps, finish, temperature: float, single: set) -> None:
@@ -326,5 +388,13 @@ def join_of(path: str) -> str:
     return check_join(mode) if mode is not None else "concat"
 
 
-__all__ = ["RemoteEngine", "RemoteError", "RemoteFeatureError", "RemoteRunner", "RemoteStats", "parse_choice",
-           "join_of", "thread_header_of"]
+__all__ = [
+    "RemoteEngine",
+    "RemoteError",
+    "RemoteFeatureError",
+    "RemoteRunner",
+    "RemoteStats",
+    "parse_choice",
+    "join_of",
+    "thread_header_of",
+]

@@ -133,8 +133,23 @@ class _Fork:
 class Lane:
     """A sampling chain: the main sequence (``thread is None``) or one thread."""
 
-    __slots__ = ("rollout", "depth", "ctx", "owns_ctx", "items", "state", "phase", "block", "head",
-                 "count", "thread", "fork", "script", "number", "pending")
+    __slots__ = (
+        "rollout",
+        "depth",
+        "ctx",
+        "owns_ctx",
+        "items",
+        "state",
+        "phase",
+        "block",
+        "head",
+        "count",
+        "thread",
+        "fork",
+        "script",
+        "number",
+        "pending",
+    )
 
     def __init__(self, rollout, depth, ctx, owns_ctx, items, thread=None, fork=None, script=None, number=0):
         self.rollout = rollout
@@ -173,8 +188,10 @@ class Script:
             it = self.items[self.i]
             if isinstance(it, Run):
                 if not it.train:
-                    raise ValueError("replay: a runner-written Run (train=False) cannot be forced; "
-                                     "openers and closers are written by the runner itself")
+                    raise ValueError(
+                        "replay: a runner-written Run (train=False) cannot be forced; "
+                        "openers and closers are written by the runner itself"
+                    )
                 ids = it.ids
             else:
                 ids = it.head
@@ -202,9 +219,18 @@ class Script:
 class RolloutState:
     """State of one rollout; see the module docstring for the state machine."""
 
-    def __init__(self, prompt_ctx: Context, tags: TagSet, limits: RunLimits, parallel: bool = True,
-                 script: Script | None = None, prompt_index: int = 0, sample_index: int = 0, generator=None,
-                 join: str = "concat"):
+    def __init__(
+        self,
+        prompt_ctx: Context,
+        tags: TagSet,
+        limits: RunLimits,
+        parallel: bool = True,
+        script: Script | None = None,
+        prompt_index: int = 0,
+        sample_index: int = 0,
+        generator=None,
+        join: str = "concat",
+    ):
         self.prompt_ctx = prompt_ctx
         self.join = join
         self.prompt_ids = list(prompt_ctx.tokens)
@@ -323,15 +349,22 @@ class RolloutState:
         if self.finished:
             return
         lim = self.limits
-        if lane.is_thread and lane.state != ENDED and lim.max_thread_tokens is not None \
-                and lane.count >= lim.max_thread_tokens:
-            self.finish("max_thread_tokens", f"thread {lane.number} at depth {lane.depth} sampled "
-                        f"{lane.count} tokens without </Thread>")
+        if (
+            lane.is_thread
+            and lane.state != ENDED
+            and lim.max_thread_tokens is not None
+            and lane.count >= lim.max_thread_tokens
+        ):
+            self.finish(
+                "max_thread_tokens",
+                f"thread {lane.number} at depth {lane.depth} sampled {lane.count} tokens without </Thread>",
+            )
         elif self.sampled >= lim.max_new_tokens:
             open_threads = sum(1 for lane in self.lanes if lane.is_thread)
             if open_threads:
-                self.finish("unclosed_thread", f"budget of {lim.max_new_tokens} tokens spent with "
-                            f"{open_threads} thread(s) open")
+                self.finish(
+                    "unclosed_thread", f"budget of {lim.max_new_tokens} tokens spent with {open_threads} thread(s) open"
+                )
             else:
                 self.finish("max_new_tokens", f"budget of {lim.max_new_tokens} tokens spent")
 
@@ -432,11 +465,19 @@ class RolloutState:
         pos = self.lanes.index(lane) + 1
         children = []
         for i in range(1, k + 1):
-            th = TThread(opener=list(self.tags.opener(i, outlines[i - 1] if outlines else None)), body=[],
-                         closed=False)
+            th = TThread(opener=list(self.tags.opener(i, outlines[i - 1] if outlines else None)), body=[], closed=False)
             block.threads.append(th)
-            child = Lane(self, lane.depth + 1, Context(lane.ctx, th.opener), True, th.body, thread=th,
-                         fork=fork, script=scripts[i - 1], number=i)
+            child = Lane(
+                self,
+                lane.depth + 1,
+                Context(lane.ctx, th.opener),
+                True,
+                th.body,
+                thread=th,
+                fork=fork,
+                script=scripts[i - 1],
+                number=i,
+            )
             children.append(child)
         fork.children = children
         fork.alive = k

@@ -19,8 +19,9 @@ from .engine import Engine, Job, Sampling  # noqa: E402
 __all__ = ["Engine", "Job", "Sampling", "ServeConfig", "create_app", "build_server", "main"]
 
 
-def build_server(model, tokenizer, config: ServeConfig | None = None, max_rows: int = 32, admit_wait: int = 8,
-                 **runner_kw):
+def build_server(
+    model, tokenizer, config: ServeConfig | None = None, max_rows: int = 32, admit_wait: int = 8, **runner_kw
+):
     """An ASGI app (and its engine) serving ``model``; ``runner_kw`` go to :class:`Runner`."""
     from ..runner import Runner
 

@@ -74,8 +74,13 @@ class BodyLimit:
 
 async def _send_error(send, err: ApiError) -> None:
     body = json.dumps(err.body()).encode()
-    await send({"type": "http.response.start", "status": err.status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": err.status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -102,15 +107,30 @@ def create_app(engine: Engine, config: ServeConfig | None = None):
     async def health():
         if not engine.alive:
             return JSONResponse({"status": "error", "error": str(engine.error or "engine not running")}, 503)
-        return {"status": "ok", "requests_in_flight": engine.jobs, "decode_steps": engine.steps,
-                "decode_row_steps": engine.row_steps,
-                "decode_step_s": round(engine.step_s, 3), "decode_busy_s": round(engine.busy_s, 3)}
+        return {
+            "status": "ok",
+            "requests_in_flight": engine.jobs,
+            "decode_steps": engine.steps,
+            "decode_row_steps": engine.row_steps,
+            "decode_step_s": round(engine.step_s, 3),
+            "decode_busy_s": round(engine.busy_s, 3),
+        }
 
     @app.get("/v1/models")
     async def models(request: Request):
         api.auth(request)
-        return {"object": "list", "data": [{"id": cfg.model_name, "object": "model", "created": api.created,
-                                            "owned_by": "parallel-reason", "max_model_len": api.max_len}]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": cfg.model_name,
+                    "object": "model",
+                    "created": api.created,
+                    "owned_by": "parallel-reason",
+                    "max_model_len": api.max_len,
+                }
+            ],
+        }
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -147,27 +167,41 @@ class _Api:
         req: Any = parse_body(await request.body(), cls)
         chat = cls is ChatRequest
         if req.model is not None and req.model != self.cfg.model_name:
-            raise ApiError(404, f"model {req.model!r} is not served here (serving {self.cfg.model_name!r})",
-                           "model", "not_found_error")
+            raise ApiError(
+                404,
+                f"model {req.model!r} is not served here (serving {self.cfg.model_name!r})",
+                "model",
+                "not_found_error",
+            )
         prompts = self._prompts(req, chat)
         job = self._job(req, prompts, chat)
         if self.engine.jobs >= self.cfg.max_concurrent:
-            raise ApiError(429, f"server is full ({self.cfg.max_concurrent} requests in flight); retry later",
-                           kind="rate_limit_error")
+            raise ApiError(
+                429,
+                f"server is full ({self.cfg.max_concurrent} requests in flight); retry later",
+                kind="rate_limit_error",
+            )
         try:
             self.engine.submit(job)
         except RuntimeError as e:
             raise ApiError(503, str(e), kind="server_error") from None
-        meta = {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex, "created": int(time.time()),
-                "model": self.cfg.model_name}
+        meta = {
+            "id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex,
+            "created": int(time.time()),
+            "model": self.cfg.model_name,
+        }
         out = ChoiceOutput(self.runner, job, req, chat)
         if req.stream:
             from .stream import sse_response
 
             return sse_response(self.engine, job, out, meta, req)
         await self._wait(job, request)
-        return {**meta, "object": "chat.completion" if chat else "text_completion",
-                "choices": [out.choice(ro) for ro in job.rollouts], "usage": usage_of(job, out)}
+        return {
+            **meta,
+            "object": "chat.completion" if chat else "text_completion",
+            "choices": [out.choice(ro) for ro in job.rollouts],
+            "usage": usage_of(job, out),
+        }
 
     async def _wait(self, job: Job, request) -> None:
         while True:
@@ -187,8 +221,7 @@ class _Api:
     def _prompts(self, req, chat: bool) -> list[list[int]]:
         if chat:
             if getattr(self.tok, "chat_template", None) is None:
-                raise ApiError(400, "this model's tokenizer has no chat template; use /v1/completions",
-                               "messages")
+                raise ApiError(400, "this model's tokenizer has no chat template; use /v1/completions", "messages")
             msgs = [{"role": m.role, "content": m.text()} for m in req.messages]
             try:
                 text = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
@@ -230,11 +263,21 @@ class _Api:
         if len(stop) > 16 or any(not s for s in stop):
             raise ApiError(400, "stop: up to 16 non-empty strings", "stop")
         k = (req.top_logprobs or 0) if chat else (req.logprobs or 0)
-        sp = Sampling(temperature=req.temperature, top_p=req.top_p, top_k=max(req.top_k, 0), top_logprobs=k,
-                      stop=stop, stop_token_ids=frozenset(req.stop_token_ids or ()))
+        sp = Sampling(
+            temperature=req.temperature,
+            top_p=req.top_p,
+            top_k=max(req.top_k, 0),
+            top_logprobs=k,
+            stop=stop,
+            stop_token_ids=frozenset(req.stop_token_ids or ()),
+        )
         base = self.runner.limits
-        limits = RunLimits(max_new_tokens=mt, max_thread_tokens=base.max_thread_tokens, max_width=base.max_width,
-                           max_depth=base.max_depth)
+        limits = RunLimits(
+            max_new_tokens=mt,
+            max_thread_tokens=base.max_thread_tokens,
+            max_width=base.max_width,
+            max_depth=base.max_depth,
+        )
         seed = req.seed if req.seed is not None else secrets.randbits(31)
         rows = [self.runner.new_row(p, req.n, req.temperature, seed + i, i, limits) for i, p in enumerate(prompts)]
         return Job(rows, sp, req.stream, asyncio.get_running_loop())

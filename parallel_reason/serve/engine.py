@@ -67,12 +67,12 @@ class Track:
             final = ro.finished or self.item < len(items) - 1
             if isinstance(it, Run):
                 box = it if it.train else None
-                out.extend((t, box, k) for k, t in enumerate(it.ids[self.pos:], self.pos))
+                out.extend((t, box, k) for k, t in enumerate(it.ids[self.pos :], self.pos))
                 self.pos = len(it.ids)
             else:
                 ents: list = []
                 linear_entries([it], ents, stable=not final)
-                out.extend(ents[self.pos:])
+                out.extend(ents[self.pos :])
                 self.pos = len(ents)
             if not final:
                 break
@@ -359,7 +359,7 @@ class Engine:
         stops = tr.job.sampling.stop
         ids = tr.recent + [e[0] for e in new if e[0] != self.eos]
         text = self.tokenizer.decode(ids, skip_special_tokens=False)
-        tr.recent = ids[-(max(len(s) for s in stops) + 2):]  # a token is at least one character
+        tr.recent = ids[-(max(len(s) for s in stops) + 2) :]  # a token is at least one character
         if not any(s in text for s in stops):
             return
         entries: list = []

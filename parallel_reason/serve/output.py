@@ -6,8 +6,13 @@ from ..layout import Run, critical_path_count, sampled_count
 from .engine import linear_entries
 
 #: the runner's finish reasons as OpenAI's (the runner's own is in ``choice.parallel``)
-_FINISH = {"eos": "stop", "stop": "stop", "max_new_tokens": "length", "unclosed_thread": "length",
-           "max_thread_tokens": "length"}
+_FINISH = {
+    "eos": "stop",
+    "stop": "stop",
+    "max_new_tokens": "length",
+    "unclosed_thread": "length",
+    "max_thread_tokens": "length",
+}
 
 
 def finish_reason_of(reason: str | None) -> str | None:
@@ -69,9 +74,17 @@ class ChoiceOutput:
             for t, box, k in entries:
                 s = self.piece(t)
                 alts = tops.get((id(box), k), []) if box is not None else []
-                content.append({"token": s, "logprob": logprob_of(box, k), "bytes": list(s.encode()),
-                                "top_logprobs": [{"token": self.piece(a), "logprob": v,
-                                                  "bytes": list(self.piece(a).encode())} for a, v in alts]})
+                content.append(
+                    {
+                        "token": s,
+                        "logprob": logprob_of(box, k),
+                        "bytes": list(s.encode()),
+                        "top_logprobs": [
+                            {"token": self.piece(a), "logprob": v, "bytes": list(self.piece(a).encode())}
+                            for a, v in alts
+                        ],
+                    }
+                )
             return {"content": content}
         toks, lps, top, offs = [], [], [], []
         for t, box, k in entries:
@@ -86,10 +99,16 @@ class ChoiceOutput:
 
     def extras(self, ro, entries) -> dict:
         """Our fields of a choice: the runner's finish reason and the token counts."""
-        out = {"stop_reason": ro.track.stop_reason,
-               "parallel": {"finish_reason": ro.finish_reason, "detail": ro.detail,
-                            "sampled_tokens": sampled_count(ro.items),
-                            "critical_path": critical_path_count(ro.items), "forks": ro.forks}}
+        out = {
+            "stop_reason": ro.track.stop_reason,
+            "parallel": {
+                "finish_reason": ro.finish_reason,
+                "detail": ro.detail,
+                "sampled_tokens": sampled_count(ro.items),
+                "critical_path": critical_path_count(ro.items),
+                "forks": ro.forks,
+            },
+        }
         if self.req.return_token_ids:
             out["token_ids"] = [e[0] for e in entries]
             out["prompt_token_ids"] = list(ro.prompt_ids)
@@ -102,8 +121,7 @@ class ChoiceOutput:
         i = ro.track.index
         lp = self.logprobs(ro, entries)
         if self.chat:
-            body = {"index": i, "message": {"role": "assistant", "content": text}, "logprobs": lp,
-                    "finish_reason": fr}
+            body = {"index": i, "message": {"role": "assistant", "content": text}, "logprobs": lp, "finish_reason": fr}
         else:
             body = {"index": i, "text": text, "logprobs": lp, "finish_reason": fr}
         return body | self.extras(ro, entries)
@@ -119,5 +137,10 @@ def usage_of(job, out: ChoiceOutput) -> dict:
         completion += len(entries)
         sampled += sampled_count(ro.items)
         critical += critical_path_count(ro.items)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "sampled_tokens": sampled, "critical_path": critical}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "sampled_tokens": sampled,
+        "critical_path": critical,
+    }

@@ -15,7 +15,7 @@ def held_back(text: str, stops) -> str:
     partial UTF-8 character and a suffix that could be the start of a stop string."""
     hits = [p for s in stops if (p := text.find(s)) >= 0]
     if hits:
-        return text[:min(hits)]
+        return text[: min(hits)]
     if text.endswith("\ufffd"):
         text = text.rstrip("\ufffd")
     cut = len(text)
@@ -47,9 +47,9 @@ class _ChoiceStream:
     def text(self, out, new) -> str:
         self.ids.extend(e[0] for e in new)
         p0 = max(0, self.k - self.CONTEXT)
-        ctx = out.text(self.ids[p0:self.k])
+        ctx = out.text(self.ids[p0 : self.k])
         whole = out.text(self.ids[p0:])
-        tail = whole[len(ctx):] if whole.startswith(ctx) else out.text(self.ids)[len(self.base):]
+        tail = whole[len(ctx) :] if whole.startswith(ctx) else out.text(self.ids)[len(self.base) :]
         full = self.base + tail
         if tail and not tail.endswith("\ufffd"):
             self.base, self.k = full, len(self.ids)
@@ -67,8 +67,11 @@ def sse_response(engine, job, out: ChoiceOutput, meta: dict, req):
             finally:
                 engine.cancel(job)
 
-    return _Stream(_events(engine, job, out, meta, req), media_type="text/event-stream",
-                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return _Stream(
+        _events(engine, job, out, meta, req),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 def _chunk(out: ChoiceOutput, meta: dict, index: int, text: str, lp, finish, first: bool, extra=None) -> str:
@@ -100,7 +103,7 @@ async def _events(engine, job, out: ChoiceOutput, meta: dict, req):
                     st = states[ev[1]]
                     text = held_back(st.text(out, ev[2]), stops)
                     if len(text) > len(st.sent) and text.startswith(st.sent):
-                        new, n0 = text[len(st.sent):], len(st.sent)
+                        new, n0 = text[len(st.sent) :], len(st.sent)
                         st.sent = text
                         lp = out.logprobs(job.rollouts[ev[1]], ev[2], n0)
                         yield _chunk(out, meta, ev[1], new, lp, None, st.first)
@@ -109,14 +112,26 @@ async def _events(engine, job, out: ChoiceOutput, meta: dict, req):
                     ro = job.rollouts[ev[1]]
                     st = states[ev[1]]
                     text, entries = out.final(ro)
-                    new = text[len(st.sent):] if text.startswith(st.sent) else ""
+                    new = text[len(st.sent) :] if text.startswith(st.sent) else ""
                     st.sent += new
-                    yield _chunk(out, meta, ev[1], new, None, finish_reason_of(ro.finish_reason), st.first,
-                                 out.extras(ro, entries))
+                    yield _chunk(
+                        out,
+                        meta,
+                        ev[1],
+                        new,
+                        None,
+                        finish_reason_of(ro.finish_reason),
+                        st.first,
+                        out.extras(ro, entries),
+                    )
                 elif kind == "done":
                     if (req.stream_options or {}).get("include_usage"):
-                        body = {**meta, "object": "chat.completion.chunk" if out.chat else "text_completion",
-                                "choices": [], "usage": usage_of(job, out)}
+                        body = {
+                            **meta,
+                            "object": "chat.completion.chunk" if out.chat else "text_completion",
+                            "choices": [],
+                            "usage": usage_of(job, out),
+                        }
                         yield "data: " + json.dumps(body) + "\n\n"
                     yield "data: [DONE]\n\n"
                     return

@@ -89,8 +89,11 @@ def join_expr(left: str, left_op: str, op: str, right: str, right_op: str) -> st
     the top operator of an operand ("" for a literal)."""
     if op in "*/" and left_op in ("+", "-"):
         left = f"({left})"
-    if (op == "-" and right_op in ("+", "-")) or (op == "*" and right_op in ("+", "-")) \
-            or (op == "/" and right_op != ""):
+    if (
+        (op == "-" and right_op in ("+", "-"))
+        or (op == "*" and right_op in ("+", "-"))
+        or (op == "/" and right_op != "")
+    ):
         right = f"({right})"
     return f"{left}{op}{right}"
 
@@ -159,9 +162,12 @@ def check_problem(nums, target) -> CountdownProblem:
     return CountdownProblem(nums, _integer(target, "'target'"))
 
 
-def make_problem(rng: random.Random, n_numbers: int = N_NUMBERS,
-                 num_range: tuple[int, int] = NUM_RANGE,
-                 target_range: tuple[int, int] = TARGET_RANGE) -> CountdownProblem:
+def make_problem(
+    rng: random.Random,
+    n_numbers: int = N_NUMBERS,
+    num_range: tuple[int, int] = NUM_RANGE,
+    target_range: tuple[int, int] = TARGET_RANGE,
+) -> CountdownProblem:
     """Sample ``n_numbers`` numbers uniformly in ``num_range`` and a target uniformly
     among the values in ``target_range`` reachable from them (resampling the
     numbers when there is none). Returns ``(nums, target)``."""
@@ -195,7 +201,7 @@ def extract_answer(completion: str) -> str | None:
     at = text.rfind(ANSWER_PREFIX)
     if at < 0:
         return None
-    line = text[at + len(ANSWER_PREFIX):].split("\n", 1)[0].strip()
+    line = text[at + len(ANSWER_PREFIX) :].split("\n", 1)[0].strip()
     return line or None
 
 
@@ -247,8 +253,7 @@ def _tokenize(s: str) -> list[tuple[str, object, int]]:
             toks.append(("op", c, i))
             i += 1
         else:
-            raise _Reject(f"character {c!r} at position {i} is not allowed "
-                          f"(only digits, + - * / ( ) and spaces)")
+            raise _Reject(f"character {c!r} at position {i} is not allowed (only digits, + - * / ( ) and spaces)")
     return toks
 
 
@@ -374,7 +379,7 @@ def verify(answer_or_completion: str | None, nums: Sequence[int], target: int) -
         return Verdict(False, "empty answer")
     before, tag = split_at_first_tag(expr)
     if tag:
-        return Verdict(False, f"the answer holds the control tag {tag[:tag.index('>') + 1]} at position {len(before)}")
+        return Verdict(False, f"the answer holds the control tag {tag[: tag.index('>') + 1]} at position {len(before)}")
     if len(expr) > MAX_ANSWER_CHARS:
         return Verdict(False, f"answer is {len(expr)} characters long, over the limit of {MAX_ANSWER_CHARS}")
     try:
@@ -401,6 +406,17 @@ def reward(completion: str, nums: Sequence[int], target: int) -> float:
 
 
 __all__ = [
-    "NAME", "CountdownProblem", "Verdict", "check_problem", "combine", "extract_answer", "join_expr", "make_problem",
-    "prompt", "reachable", "reward", "solve", "verify",
+    "NAME",
+    "CountdownProblem",
+    "Verdict",
+    "check_problem",
+    "combine",
+    "extract_answer",
+    "join_expr",
+    "make_problem",
+    "prompt",
+    "reachable",
+    "reward",
+    "solve",
+    "verify",
 ]

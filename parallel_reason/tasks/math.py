@@ -86,7 +86,7 @@ def _braced(text: str, start: int) -> tuple[str, int] | None:
         elif c == "}":
             depth -= 1
             if depth == 0:
-                return text[start + 1:i], i + 1
+                return text[start + 1 : i], i + 1
         i += 1
     return None
 
@@ -242,8 +242,7 @@ def mv_parse(answer: str) -> list:
     if not answer or len(answer) > MAX_ANSWER_CHARS:
         return []
     try:
-        return _mv().parse(f"\\boxed{{{answer}}}", extraction_config=_configs(),
-                           parsing_timeout=_timeout())
+        return _mv().parse(f"\\boxed{{{answer}}}", extraction_config=_configs(), parsing_timeout=_timeout())
     except Exception as e:  # parse failures and timeouts are "no answer", never a crash
         log.debug("math-verify could not parse %r: %s", answer[:100], e)
         return []
@@ -291,7 +290,12 @@ class _Worker:
 
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "parallel_reason.tasks.math", "--worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, encoding="utf-8", bufsize=1)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            bufsize=1,
+        )
         if self._readline(WORKER_START_SECONDS) != "ready":
             self.stop()
             raise RuntimeError("the math-verify helper process did not start")
@@ -379,8 +383,12 @@ def is_equivalent(answer: str | None, gold: str) -> tuple[bool, str]:
             return False, f"number {answer!r} differs from {gold!r}"
     if answer == gold:
         return True, "string"
-    if (not _in_main_thread() and THREAD_GUARD == "process" and TIMEOUT_SECONDS is not None
-            and hasattr(signal, "SIGALRM")):
+    if (
+        not _in_main_thread()
+        and THREAD_GUARD == "process"
+        and TIMEOUT_SECONDS is not None
+        and hasattr(signal, "SIGALRM")
+    ):
         return _WORKER.call(answer, gold)
     return _mv_equivalent(answer, gold)
 
@@ -413,9 +421,21 @@ def reward(completion: str, answer) -> float:
 
 
 __all__ = [
-    "NAME", "PATTERNS", "PROMPT_TEMPLATE", "Verdict", "boxed_answers", "extract_answer", "extract_boxed",
-    "is_equivalent", "last_boxed", "mv_parse", "plain_number", "prompt", "reference_answer",
-    "reward", "verify",
+    "NAME",
+    "PATTERNS",
+    "PROMPT_TEMPLATE",
+    "Verdict",
+    "boxed_answers",
+    "extract_answer",
+    "extract_boxed",
+    "is_equivalent",
+    "last_boxed",
+    "mv_parse",
+    "plain_number",
+    "prompt",
+    "reference_answer",
+    "reward",
+    "verify",
 ]
 
 
