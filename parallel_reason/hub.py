@@ -1,8 +1,8 @@
 """Saving trained models and publishing them on the Hugging Face Hub.
 
-:func:`save_checkpoint` writes every model folder (safetensors weights, tokenizer,
-generation config, a ``README.md`` card from :func:`render_model_card`); :func:`push`
-checks a folder, refreshes its card and uploads it::
+:func:`render_model_card` writes the ``README.md`` card of every model folder (the
+folders themselves are written by :func:`parallel_reason.training.save_model`);
+:func:`push` checks a folder, refreshes its card and uploads it::
 
     python -m parallel_reason.hub push --model runs/sft/countdown_qwen/final --repo-id me/countdown-par [--eval RUN_DIR ...] [--dry-run]
 
@@ -30,7 +30,6 @@ from .inputs import InputError
 from .llm import redact
 from .metrics import markdown_table
 from .tokens import load_tokenizer
-from .wrappers import is_peft, unwrap_model
 
 log = logging.getLogger(__name__)
 
@@ -385,63 +384,6 @@ def _plain(obj):
     return str(obj)
 
 
-def save_checkpoint(
-    model,
-    tokenizer,
-    out_dir: str | os.PathLike,
-    card: dict | None = None,
-    state_dict: dict | None = None,
-    merge_peft: bool = False,
-    max_shard_size: str = "5GB",
-) -> Path:
-    """Write ``out_dir``: weights as safetensors, tokenizer, generation config and a
-    ``README.md`` model card (see :func:`render_model_card`). Returns ``out_dir``.
-
-    ``merge_peft`` merges a PEFT adapter into the base weights *in place* (use it for
-    the final model; intermediate checkpoints keep the adapter only)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model = unwrap_model(model)
-    if is_peft(model):
-        if merge_peft:
-            if state_dict is not None:
-                model.load_state_dict(state_dict, strict=False)  # gathered weights (ZeRO-3/FSDP)
-            model = model.merge_and_unload()
-            state_dict = None
-        else:
-            model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
-            base = model.get_base_model()
-            _save_generation_config(base, out)
-            tokenizer.save_pretrained(out)
-            (out / CARD_NAME).write_text(render_model_card(card or {}, tokenizer), encoding="utf-8")
-            return out
-    use_cache = getattr(model.config, "use_cache", None)
-    model.config.use_cache = True  # trainers switch the KV cache off; the saved model decodes with it
-    try:
-        # keys of a gathered state dict (ZeRO-3/FSDP) match the unwrapped model's own names
-        model.save_pretrained(out, state_dict=state_dict, safe_serialization=True, max_shard_size=max_shard_size)
-    finally:
-        model.config.use_cache = use_cache
-    _save_generation_config(model, out)
-    tokenizer.save_pretrained(out)
-    (out / CARD_NAME).write_text(render_model_card(card or {}, tokenizer), encoding="utf-8")
-    return out
-
-
-def _save_generation_config(model, out: Path) -> None:
-    """Generation config with the tokenizer's EOS/pad ids (save_pretrained may skip it)."""
-    gc = getattr(model, "generation_config", None)
-    if gc is None:
-        from transformers import GenerationConfig
-
-        gc = GenerationConfig.from_model_config(model.config)
-    cfg = model.config
-    for key in ("eos_token_id", "pad_token_id", "bos_token_id"):
-        if getattr(gc, key, None) is None and getattr(cfg, key, None) is not None:
-            setattr(gc, key, getattr(cfg, key))
-    gc.save_pretrained(out)
-
-
 def read_card_config(path: str | os.PathLike) -> dict | None:
     """The training config stored in a model card (``## Training config`` YAML block)."""
     text = (
@@ -531,7 +473,7 @@ def refresh_model_card(
     tokenizer=None,
     model_name: str | None = None,
 ) -> str:
-    """The card ``text`` (as :func:`save_checkpoint` wrote it) brought up to date for
+    """The card ``text`` (as :func:`parallel_reason.training.save_model` wrote it) brought up to date for
     publishing: everything it holds is kept, and the sections this module writes are
     (re)rendered: ``Usage`` (runner snippet for ``repo_id``), ``Control-token grammar``
     (token ids of ``tokenizer``), ``Reproduce`` (from the stored training config) and,
@@ -731,7 +673,7 @@ def check_folder(model_dir: str | os.PathLike) -> FolderCheck:
         if f.endswith(PICKLE_SUFFIXES):
             raise PushError(
                 f"{root / f}: pickled file ({Path(f).suffix}) refused: pickles run code when loaded; "
-                "save weights as safetensors (parallel_reason.hub.save_checkpoint or "
+                "save weights as safetensors (parallel_reason.training.save_model or "
                 "save_pretrained(..., safe_serialization=True)) and remove it"
             )
     top = {f for f in files if "/" not in f}
@@ -870,7 +812,7 @@ def push(
     create_pr: bool = False,
     dry_run: bool = False,
 ) -> PushResult:
-    """Publish ``model_dir`` (as :func:`save_checkpoint` wrote it) to the model repo
+    """Publish ``model_dir`` (as :func:`parallel_reason.training.save_model` wrote it) to the model repo
     ``repo_id``.
 
     The folder is checked first (:func:`check_folder`), a missing
@@ -894,7 +836,7 @@ def push(
     old = card_path.read_text(encoding="utf-8") if card_path.is_file() else None
     if old is None or "## Training config" not in old:
         log.warning(
-            "%s: no model card with a training config (not saved by parallel_reason.hub.save_checkpoint?); "
+            "%s: no model card with a training config (not saved by parallel_reason.training.save_model?); "
             "the published card will have no training recipe",
             root,
         )

@@ -30,7 +30,7 @@ from .config import config_field, config_from_dict, parse_config
 from .files import write_json
 from .inputs import check_model_path
 from .layout import JOIN_MODES
-from .wrappers import is_peft
+from .wrappers import is_peft, unwrap_model
 
 log = logging.getLogger("parallel_reason.training")
 
@@ -440,6 +440,64 @@ def resolve_resume(cfg: TrainConfig) -> Path | None:
     return p
 
 
+def save_model(
+    model,
+    tokenizer,
+    out_dir: str | os.PathLike,
+    card: dict | None = None,
+    state_dict: dict | None = None,
+    merge_peft: bool = False,
+    max_shard_size: str = "5GB",
+) -> Path:
+    """Write ``out_dir``: weights as safetensors, tokenizer, generation config and a
+    ``README.md`` model card (:func:`parallel_reason.hub.render_model_card`). Returns
+    ``out_dir``.
+
+    ``merge_peft`` merges a PEFT adapter into the base weights *in place* (use it for
+    the final model; intermediate checkpoints keep the adapter only)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = unwrap_model(model)
+    if is_peft(model):
+        if merge_peft:
+            if state_dict is not None:
+                model.load_state_dict(state_dict, strict=False)  # gathered weights (ZeRO-3/FSDP)
+            model = model.merge_and_unload()
+            state_dict = None
+        else:
+            model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
+            base = model.get_base_model()
+            _save_generation_config(base, out)
+            tokenizer.save_pretrained(out)
+            (out / hub.CARD_NAME).write_text(hub.render_model_card(card or {}, tokenizer), encoding="utf-8")
+            return out
+    use_cache = getattr(model.config, "use_cache", None)
+    model.config.use_cache = True  # trainers switch the KV cache off; the saved model decodes with it
+    try:
+        # keys of a gathered state dict (ZeRO-3/FSDP) match the unwrapped model's own names
+        model.save_pretrained(out, state_dict=state_dict, safe_serialization=True, max_shard_size=max_shard_size)
+    finally:
+        model.config.use_cache = use_cache
+    _save_generation_config(model, out)
+    tokenizer.save_pretrained(out)
+    (out / hub.CARD_NAME).write_text(hub.render_model_card(card or {}, tokenizer), encoding="utf-8")
+    return out
+
+
+def _save_generation_config(model, out: Path) -> None:
+    """Generation config with the tokenizer's EOS/pad ids (save_pretrained may skip it)."""
+    gc = getattr(model, "generation_config", None)
+    if gc is None:
+        from transformers import GenerationConfig
+
+        gc = GenerationConfig.from_model_config(model.config)
+    cfg = model.config
+    for key in ("eos_token_id", "pad_token_id", "bos_token_id"):
+        if getattr(gc, key, None) is None and getattr(cfg, key, None) is not None:
+            setattr(gc, key, getattr(cfg, key))
+    gc.save_pretrained(out)
+
+
 # ---------------------------------------------------------------------------
 # The base trainer
 
@@ -609,9 +667,7 @@ class Trainer:
         acc.save_state(str(ckpt / ACCEL_STATE_DIR))
         sd = self._full_state_dict()
         if acc.is_main_process:
-            hub.save_checkpoint(
-                self.unwrapped, self.tokenizer, ckpt, self.card(self.checkpoint_metrics()), state_dict=sd
-            )
+            save_model(self.unwrapped, self.tokenizer, ckpt, self.card(self.checkpoint_metrics()), state_dict=sd)
             write_json(ckpt / STATE_NAME, self._state())
             self._rotate()
         acc.wait_for_everyone()
@@ -660,16 +716,14 @@ class Trainer:
             model = self.unwrapped
             card = self.card(metrics)
             if is_peft(model):
-                hub.save_checkpoint(model, self.tokenizer, final / "adapter", card, state_dict=sd)
+                save_model(model, self.tokenizer, final / "adapter", card, state_dict=sd)
                 zero3 = acc.distributed_type == DistributedType.DEEPSPEED and acc.state.deepspeed_plugin.zero_stage == 3
                 if self.cfg.merge_lora and not zero3:  # merge a copy: the trained model stays usable
-                    hub.save_checkpoint(
-                        copy.deepcopy(model), self.tokenizer, final, card, state_dict=sd, merge_peft=True
-                    )
+                    save_model(copy.deepcopy(model), self.tokenizer, final, card, state_dict=sd, merge_peft=True)
                 elif self.cfg.merge_lora:
                     log.warning("ZeRO-3: the adapter is saved in final/adapter but not merged (parameters are sharded)")
             else:
-                hub.save_checkpoint(model, self.tokenizer, final, card, state_dict=sd)
+                save_model(model, self.tokenizer, final, card, state_dict=sd)
             write_json(self.out / STATE_NAME, self._state())
         acc.wait_for_everyone()
         return final
@@ -730,6 +784,7 @@ __all__ = [
     "check_hub_fields",
     "exit_process",
     "run_main",
+    "save_model",
     "CHECKPOINT_PREFIX",
     "STATE_NAME",
     "ACCEL_STATE_DIR",

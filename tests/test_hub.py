@@ -30,6 +30,7 @@ from conftest import make_model, random_trajectory
 
 from parallel_reason import hub
 from parallel_reason.format import CONTROL_TAGS
+from parallel_reason.training import save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_TESTtokenDoNotLeak0123456789abcdef"
@@ -119,10 +120,10 @@ def train_config() -> dict:
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory, tiny_tokenizer, train_config) -> Path:
-    """A tiny model with the control tokens, saved by save_checkpoint with an SFT card."""
+    """A tiny model with the control tokens, saved by training.save_model with an SFT card."""
     d = tmp_path_factory.mktemp("hub") / "final"
     model = make_model(tiny_tokenizer, **TINY)
-    hub.save_checkpoint(
+    save_model(
         model,
         tiny_tokenizer,
         d,
@@ -242,7 +243,7 @@ def test_push_uploads_checked_folder_and_full_card(model_dir, saved_model, eval_
 
     card = recorder.uploaded["readme"]
     assert card == (model_dir / "README.md").read_text()
-    # what save_checkpoint wrote is kept
+    # what save_model wrote is kept
     assert card.startswith("---\n") and "# tiny-hub-test" in card and "| eval_loss | 1.5 |" in card
     assert "- optimizer steps: 5" in card
     # (b) control-token grammar with the real token ids
@@ -398,7 +399,7 @@ def test_peft_adapter_folder(tmp_path, tiny_tokenizer, recorder, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     model = get_peft_model(make_model(tiny_tokenizer, **TINY), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"]))
     final = tmp_path / "final"
-    hub.save_checkpoint(model, tiny_tokenizer, final / "adapter", {"stage": "sft", "config": {"mode": "parallel"}})
+    save_model(model, tiny_tokenizer, final / "adapter", {"stage": "sft", "config": {"mode": "parallel"}})
     res = hub.push_trained(final, "me/tiny-lora")
     assert res.kind == "adapter"
     [up] = recorder.named("upload_folder")
