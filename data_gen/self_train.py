@@ -28,7 +28,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from parallel_reason.data import DataError, read_records
-from parallel_reason.evaluate import add_runner_args, decode_and_score, load_problems, load_runner, parse_runner_args
+from parallel_reason.evaluate import (
+    RUNNER_KEYS,
+    add_runner_args,
+    decode_and_score,
+    load_problems,
+    load_runner,
+    parse_runner_args,
+)
 from parallel_reason.files import atomic_write
 from parallel_reason.finish import EOS, FINISH_REASONS
 from parallel_reason.inputs import reports_input_errors
@@ -69,16 +76,7 @@ CONFIG_KEYS = (
     "prompt_template",
     "chat_template",
     "k",
-    "temperature",
-    "top_p",
-    "top_k",
-    "seed",
-    "max_new_tokens",
-    "max_thread_tokens",
-    "max_width",
-    "max_depth",
-    "join",
-    "constrained",
+    *RUNNER_KEYS,
     "min_speedup",
     "keep",
     "require_same_tokens",

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from parallel_reason.eval_runs import RESULTS, SUMMARY, read_rows, samples_of
 from parallel_reason.evaluate import (
+    RUNNER_KEYS,
     SAMPLE_FIELDS,
     add_runner_args,
     decode_and_score,
@@ -75,16 +76,7 @@ CONFIG_KEYS = (
     "prompt_template",
     "chat_template",
     "samples",
-    "temperature",
-    "top_p",
-    "top_k",
-    "seed",
-    "max_new_tokens",
-    "max_thread_tokens",
-    "max_width",
-    "max_depth",
-    "join",
-    "constrained",
+    *RUNNER_KEYS,
 )
 
 
@@ -282,22 +274,7 @@ def run(args, argv: Sequence[str] | None = None) -> dict:
         "model": cfg["model"],
         "data": cfg["data"],
         "split": args.split,
-        "decoding": {
-            k: cfg[k]
-            for k in (
-                "samples",
-                "temperature",
-                "top_p",
-                "top_k",
-                "seed",
-                "max_new_tokens",
-                "max_thread_tokens",
-                "max_width",
-                "max_depth",
-                "join",
-                "constrained",
-            )
-        }
+        "decoding": {k: cfg[k] for k in ("samples", *RUNNER_KEYS)}
         | {"batch_size": args.batch_size, "parallel": args.mode == "parallel", "chat_template": args.chat_template},
         "sequential_mode": "Runner(parallel=False): control tags are ordinary tokens, no forks",
         "engine": getattr(args, "engine", None) or "hf",

@@ -305,6 +305,21 @@ def opt_int(text: str) -> int | None:
     return None if text.lower() in ("none", "") else int(text)
 
 
+#: the decoding settings of :func:`add_runner_args` that decide the samples
+RUNNER_KEYS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "max_new_tokens",
+    "max_thread_tokens",
+    "max_width",
+    "max_depth",
+    "join",
+    "constrained",
+)
+
+
 def add_runner_args(p: argparse.ArgumentParser, *, split: str, temperature: float, temperature_help: str) -> None:
     """The options :mod:`eval.benchmark` and :mod:`data_gen.self_train` share: the
     data source (``--split`` .. ``--chat-template``), decoding (``--temperature`` ..

@@ -19,10 +19,23 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..attention import float_mask
-from ..layout import Run, check_join, check_thread_header, encode, linear_ids, tokenize_trajectory
+from ..layout import Run, check_join, check_thread_header, linear_ids, tokenize_trajectory
 from ..logprobs import attn_implementation_of
 from ..wrappers import unwrap_model
-from .scheduler import ACTIVE, Context, Lane, Rollout, RolloutState, Row, RunLimits, Script, TagSet, to_rollout
+from .scheduler import (
+    ACTIVE,
+    Context,
+    Lane,
+    Rollout,
+    RolloutState,
+    Row,
+    RunLimits,
+    Script,
+    TagSet,
+    prompt_ids,
+    sample_seeds,
+    to_rollout,
+)
 
 
 @dataclass
@@ -623,12 +636,6 @@ class Runner:
         self.stats = BackendStats()
 
     # ------------------------------------------------------------------ inputs
-    def _prompt_ids(self, p) -> list[int]:
-        ids = encode(self.tokenizer, p) if isinstance(p, str) else [int(t) for t in p]
-        if not ids:
-            raise ValueError("empty prompt: the first token needs a context")
-        return ids
-
     # ------------------------------------------------------------------ API
     def generate(
         self,
@@ -641,13 +648,7 @@ class Runner:
     ) -> list[Rollout]:
         """Sample ``n`` rollouts per prompt (flattened in prompt order). ``temperature=0``
         is greedy. ``seed`` is one int (prompt ``i`` uses ``seed + i``) or one per prompt."""
-        if n < 1:
-            raise ValueError("n must be >= 1")
-        if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
-            raise ValueError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
-        seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
-        if len(seeds) != len(prompts):
-            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        seeds = sample_seeds(prompts, n, temperature, top_p, top_k, seed)
         rows = [self.new_row(p, n, temperature, seeds[i], i) for i, p in enumerate(prompts)]
 
         def choose(lanes: list[Lane], logits: torch.Tensor) -> None:
@@ -697,7 +698,7 @@ class Runner:
             if not self.parallel:
                 ids = linear_ids(items)
                 items = [Run(ids, True)] if ids else []
-            ctx = Context(None, self._prompt_ids(p))
+            ctx = Context(None, prompt_ids(self.tokenizer, p))
             rows.append(
                 Row(
                     ctx, [RolloutState(ctx, self.tags, self.limits, self.parallel, Script(items), i, 0, join=self.join)]
@@ -728,7 +729,7 @@ class Runner:
     ) -> Row:
         """One prompt and its ``n`` rollouts (sampled ones get generators seeded with
         ``rollout_seed(seed, j)``); ``limits`` defaults to the runner's."""
-        ctx = Context(None, self._prompt_ids(prompt))
+        ctx = Context(None, prompt_ids(self.tokenizer, prompt))
         rs = []
         for j in range(n):
             g = None

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from ..layout import check_join, check_thread_header, encode
 from .hf import rollout_seed
-from .scheduler import ACTIVE, Context, RolloutState, Row, RunLimits, TagSet, to_rollout
+from .scheduler import ACTIVE, Context, RolloutState, Row, RunLimits, TagSet, prompt_ids, sample_seeds, to_rollout
 
 
 class RemoteError(RuntimeError):
@@ -270,12 +270,6 @@ class RemoteRunner:
             self.engine.check(self.stop_ids, encode(tokenizer, "Hello") or [0])
         self.stats = RemoteStats()
 
-    def _prompt_ids(self, p) -> list[int]:
-        ids = encode(self.tokenizer, p) if isinstance(p, str) else [int(t) for t in p]
-        if not ids:
-            raise ValueError("empty prompt: the first token needs a context")
-        return ids
-
     def generate(
         self,
         prompts,
@@ -286,16 +280,10 @@ class RemoteRunner:
         seed: int | Sequence[int] = 0,
     ) -> list:
         """Like :meth:`Runner.generate`."""
-        if n < 1:
-            raise ValueError("n must be >= 1")
-        if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
-            raise ValueError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
-        seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
-        if len(seeds) != len(prompts):
-            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        seeds = sample_seeds(prompts, n, temperature, top_p, top_k, seed)
         rows = []
         for i, p in enumerate(prompts):
-            ctx = Context(None, self._prompt_ids(p))
+            ctx = Context(None, prompt_ids(self.tokenizer, p))
             rs = [RolloutState(ctx, self.tags, self.limits, self.parallel, None, i, j) for j in range(n)]
             for j, ro in enumerate(rs):
                 ro.seed = rollout_seed(seeds[i], j)

@@ -26,6 +26,7 @@ from ..layout import (
     check_thread_header,
     closer_ids,
     critical_path_count,
+    encode,
     linear_ids,
     opener_ids,
     sampled_count,
@@ -513,6 +514,29 @@ class RolloutState:
         parent.block = None
         parent.pending = None
         self.version += 1
+
+
+def prompt_ids(tokenizer, prompt) -> list[int]:
+    """Token ids of a prompt given as text or ids; an empty prompt is refused."""
+    ids = encode(tokenizer, prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+    if not ids:
+        raise ValueError("empty prompt: the first token needs a context")
+    return ids
+
+
+def sample_seeds(
+    prompts: Sequence, n: int, temperature: float, top_p: float, top_k: int, seed: int | Sequence[int]
+) -> list[int]:
+    """Check the sampling arguments of ``generate`` and return one seed per prompt
+    (``seed + i`` from one int, or the given list)."""
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+        raise ValueError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
+    seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
+    if len(seeds) != len(prompts):
+        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+    return seeds
 
 
 class Row:

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from ..runner.scheduler import RunLimits
+from ..runner.scheduler import RunLimits, prompt_ids
 from .engine import Engine, Job, Sampling
 from .output import ChoiceOutput, finish_reason_of, usage_of
 from .schema import ApiError, ChatRequest, CompletionRequest, parse_body
@@ -237,7 +237,7 @@ class _Api:
             raise ApiError(400, f"give 1 to {self.cfg.max_prompts} prompts", "messages" if chat else "prompt")
         out = []
         for p in prompts:
-            ids = self.runner._prompt_ids(p) if isinstance(p, str) and p else list(p)
+            ids = prompt_ids(self.runner.tokenizer, p) if isinstance(p, str) and p else list(p)
             if not ids:
                 raise ApiError(400, "empty prompt", "messages" if chat else "prompt")
             if any(t < 0 or t >= self.vocab for t in ids):
