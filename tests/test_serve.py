@@ -564,3 +564,15 @@ def test_benchmark_and_self_train_with_engine_url(tmp_path, capsys):
         for t in ("hf", "remote")
     }
     assert sorted(m.get("id", "") for m in done["hf"]) == sorted(m.get("id", "") for m in done["remote"])
+
+
+def test_cli_bad_model_or_device_is_one_line(tmp_path, capsys):
+    """``python -m parallel_reason.serve`` checks --model and --device before loading
+    anything: one ``error:`` line, exit status 2, no traceback."""
+    from parallel_reason.serve.cli import main
+
+    assert main(["--model", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --model") and "Traceback" not in err
+    assert main(["--model", str(tmp_path), "--device", "cuda:7"]) == 2
+    assert "--device" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import os
 from collections.abc import Sequence
 
 from ..evaluate import load_model, opt_int
+from ..inputs import check_device, check_model_path, reports_input_errors
 from ..layout import JOIN_MODES
 
 log = logging.getLogger("parallel_reason.serve")
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@reports_input_errors
 def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
@@ -62,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    check_model_path(args.model)  # before anything is loaded: one error line, exit status 2
+    check_device(args.device)
     tok, model = load_model(args.model, args.dtype, args.device, args.attn, args.trust_remote_code)
     cfg = ServeConfig(
         model_name=args.served_model_name or args.model,
