@@ -220,7 +220,7 @@ def load_runner(args, parallel: bool = True):
         parallel=parallel,
     )
     if getattr(args, "engine", None):
-        from .runner.remote import RemoteRunner, join_of, thread_header_of
+        from .runner.remote import RemoteError, RemoteRunner, join_of, thread_header_of
 
         if args.constrained:
             raise InputError("--engine: a remote server cannot mask tags at every step; add --no-constrained")
@@ -234,7 +234,7 @@ def load_runner(args, parallel: bool = True):
                 api_key=os.environ.get("OPENAI_API_KEY"),
                 **kw,
             )
-        except ValueError as e:
+        except (ValueError, RemoteError) as e:  # a bad combination, or a server that is down or lacks a feature
             raise InputError(f"--engine {args.engine}: {e}") from None
     tok, model = load_model(args.model, args.dtype, args.device, args.attn)
     return Runner(model, tok, join=args.join, constrained=args.constrained, **kw)
