@@ -49,8 +49,13 @@ $(DS_STAMP): $(STAMP)
 test-slow: $(DS_STAMP)
 	WANDB_MODE=offline $(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
+# every benchmark, each printing its ratios measured side by side (about 10 min on 2 cores)
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_sft.py
+	$(BIN)/python benchmarks/bench_sft.py --threads 1
+	$(BIN)/python benchmarks/bench_runner.py --joins concat,tree --repeats 5
+	$(BIN)/python benchmarks/bench_joins.py
+	$(BIN)/python benchmarks/bench_constrained.py --random --temperature 1.5
+	$(BIN)/python benchmarks/bench_serve.py
 
 clean:
 	rm -rf $(VENV) runs *.egg-info
