@@ -231,7 +231,7 @@ def load_runner(args, parallel: bool = True):
                 model=args.engine_model,
                 join=args.join or join_of(args.model),
                 thread_header=thread_header_of(args.model),
-                api_key=os.environ.get("OPENAI_API_KEY"),
+                api_key=os.environ.get(ENGINE_API_KEY_ENV),
                 **kw,
             )
         except (ValueError, RemoteError) as e:  # a bad combination, or a server that is down or lacks a feature
@@ -305,6 +305,9 @@ def opt_int(text: str) -> int | None:
     return None if text.lower() in ("none", "") else int(text)
 
 
+#: environment variable holding the API key sent to an ``--engine`` server
+ENGINE_API_KEY_ENV = "PR_ENGINE_API_KEY"
+
 #: the decoding settings of :func:`add_runner_args` that decide the samples
 RUNNER_KEYS = (
     "temperature",
@@ -359,7 +362,8 @@ def add_runner_args(p: argparse.ArgumentParser, *, split: str, temperature: floa
         default=None,
         metavar="URL",
         help="decode on an OpenAI-compatible server (vLLM, SGLang, parallel_reason.serve), e.g. "
-        "http://localhost:8000/v1; --model then only gives the tokenizer (API key: $OPENAI_API_KEY)",
+        "http://localhost:8000/v1; --model then only gives the tokenizer (API key: $PR_ENGINE_API_KEY, "
+        "not $OPENAI_API_KEY, so a real OpenAI key never goes to another server)",
     )
     p.add_argument("--engine-model", default=None, help="model name on --engine (default: the server's first)")
     p.add_argument(

@@ -220,6 +220,8 @@ class PackedSFTTrainer(Trainer):
     """The accelerate loop; see the module docstring. ``train_examples`` /
     ``eval_examples`` override the config's data sources (tests, notebooks)."""
 
+    merge_copy = False  # the final save is the last use of the model: merge LoRA in place
+
     def __init__(
         self,
         cfg: SFTConfig,

@@ -510,6 +510,8 @@ class Trainer:
 
     #: files of ``output_dir`` (besides checkpoints and ``final``) a fresh start deletes
     run_files: tuple[str, ...] = ()
+    #: the final LoRA merge works on a copy of the model (True) or in place (False)
+    merge_copy: bool = True
     #: the run's tokenizer, set by the subclass (saved with every checkpoint)
     tokenizer: Any
 
@@ -718,8 +720,10 @@ class Trainer:
             if is_peft(model):
                 save_model(model, self.tokenizer, final / "adapter", card, state_dict=sd)
                 zero3 = acc.distributed_type == DistributedType.DEEPSPEED and acc.state.deepspeed_plugin.zero_stage == 3
-                if self.cfg.merge_lora and not zero3:  # merge a copy: the trained model stays usable
-                    save_model(copy.deepcopy(model), self.tokenizer, final, card, state_dict=sd, merge_peft=True)
+                if self.cfg.merge_lora and not zero3:
+                    # a copy when the trainer still uses the model afterwards (GRPO), else in place (memory)
+                    merged = copy.deepcopy(model) if self.merge_copy else model
+                    save_model(merged, self.tokenizer, final, card, state_dict=sd, merge_peft=True)
                 elif self.cfg.merge_lora:
                     log.warning("ZeRO-3: the adapter is saved in final/adapter but not merged (parameters are sharded)")
             else:

@@ -576,3 +576,42 @@ def test_cli_bad_model_or_device_is_one_line(tmp_path, capsys):
     assert err.startswith("error: --model") and "Traceback" not in err
     assert main(["--model", str(tmp_path), "--device", "cuda:7"]) == 2
     assert "--device" in capsys.readouterr().err
+
+
+def test_streamed_logprobs_equal_the_completion(client):
+    """Streamed chunks carry a log-prob entry for every token, including tokens whose
+    text was held back (a partial character, EOS): the same entries as the completion."""
+    body = {"prompt": prompts(3, seed=2), "max_tokens": MAX, "temperature": 1.0, "n": 2, "seed": 3, "logprobs": 1}
+    full = client.post("/completions", json=body).json()
+    got: dict[int, list] = {}
+    with client.stream("POST", "/completions", json=body | {"stream": True}) as s:
+        for line in s.iter_lines():
+            if line.startswith("data: {"):
+                ch = json.loads(line[6:])["choices"][0]
+                if ch["logprobs"]:
+                    got.setdefault(ch["index"], []).extend(ch["logprobs"]["token_logprobs"])
+    for c in full["choices"]:
+        assert got[c["index"]] == pytest.approx(c["logprobs"]["token_logprobs"], abs=1e-6)
+
+
+def test_chat_without_max_tokens_fits_the_model(tok, model):
+    """A chat request without max_tokens gets what the model's positions leave (not a 400)."""
+    from fastapi.testclient import TestClient
+
+    app, _ = build_server(model, tok, ServeConfig(model_name=NAME, max_tokens_limit=10**6), max_new_tokens=8)
+    with TestClient(app) as c:
+        r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "temperature": 0})
+    assert r.status_code == 200, r.text
+
+
+def test_remote_backend_on_a_constrained_server_equals_hf_backend(tok, model):
+    """Engine requests (stop token ids) are decoded unconstrained by a constrained server:
+    the remote runner still gets the HF backend's greedy rollouts."""
+    cfg = ServeConfig(model_name=NAME, max_tokens_limit=MAX)
+    app, _ = build_server(model, tok, cfg, max_rows=8, max_new_tokens=MAX, constrained=True)
+    ps = prompts(6, seed=4)
+    ref = reference(model, tok, ps, 40, temperature=0)
+    with ServerThread(app) as s:
+        outs = RemoteRunner(tok, engine=s.url, max_new_tokens=40, batch_size=3).generate(ps, temperature=0)
+    assert [o.completion_ids for o in outs] == [r.completion_ids for r in ref]
+    assert sum(o.forks for o in outs) >= 1

@@ -249,8 +249,10 @@ class _Api:
         cfg = self.cfg
         mt = (req.max_completion_tokens or req.max_tokens) if chat else req.max_tokens
         param = "max_tokens" if not chat or req.max_completion_tokens is None else "max_completion_tokens"
-        if mt is None:
+        if mt is None:  # chat: as much as the model's positions leave (at most the limit)
             mt = cfg.max_tokens_limit if chat else min(cfg.default_max_tokens, cfg.max_tokens_limit)
+            if chat and self.max_len is not None:
+                mt = max(1, min(mt, self.max_len - max(len(p) for p in prompts)))
         if mt > cfg.max_tokens_limit:
             raise ApiError(400, f"{param} must be <= {cfg.max_tokens_limit}", param)
         if self.max_len is not None and max(len(p) for p in prompts) + mt > self.max_len:

@@ -272,7 +272,13 @@ class Engine:
         filters and per-rollout generators as ``Runner.generate``), then advance."""
         lp_all = torch.log_softmax(logits, -1)
         if self.runner.constrained:  # the served model never samples a tag that breaks the grammar
-            logits = constrain(logits, [lane.rollout.banned(lane) for lane in lanes])
+            # a request with stop token ids comes from an engine client (a remote runner
+            # decoding one thread or head at a time): its grammar state is the client's
+            # to know, so such requests are decoded unconstrained
+            banned = [
+                [] if lane.rollout.track.job.sampling.stop_token_ids else lane.rollout.banned(lane) for lane in lanes
+            ]
+            logits = constrain(logits, banned)
         toks = logits.argmax(-1)
         slp = torch.zeros(len(lanes), dtype=lp_all.dtype, device=logits.device)
         groups: dict = {}

@@ -33,7 +33,7 @@ class _ChoiceStream:
     few tokens of context before them (tokenizers that drop a leading space at the
     start of a text would otherwise lose it) and the context's text is taken off."""
 
-    __slots__ = ("ids", "k", "base", "sent", "first")
+    __slots__ = ("ids", "k", "base", "sent", "first", "pending", "n_sent")
 
     CONTEXT = 4
 
@@ -43,6 +43,8 @@ class _ChoiceStream:
         self.base = ""
         self.sent = ""  # text sent so far
         self.first = True
+        self.pending: list = []  # token entries whose log-probs are not sent yet (their text was held back)
+        self.n_sent = 0  # token entries whose log-probs were sent
 
     def text(self, out, new) -> str:
         self.ids.extend(e[0] for e in new)
@@ -101,11 +103,14 @@ async def _events(engine, job, out: ChoiceOutput, meta: dict, req):
                 kind = ev[0]
                 if kind == "tokens":
                     st = states[ev[1]]
+                    st.pending += ev[2]
                     text = held_back(st.text(out, ev[2]), stops)
                     if len(text) > len(st.sent) and text.startswith(st.sent):
                         new, n0 = text[len(st.sent) :], len(st.sent)
                         st.sent = text
-                        lp = out.logprobs(job.rollouts[ev[1]], ev[2], n0)
+                        lp = out.logprobs(job.rollouts[ev[1]], st.pending, n0)
+                        st.n_sent += len(st.pending)
+                        st.pending = []
                         yield _chunk(out, meta, ev[1], new, lp, None, st.first)
                         st.first = False
                 elif kind == "finish":
@@ -113,13 +118,16 @@ async def _events(engine, job, out: ChoiceOutput, meta: dict, req):
                     st = states[ev[1]]
                     text, entries = out.final(ro)
                     new = text[len(st.sent) :] if text.startswith(st.sent) else ""
+                    n0 = len(st.sent)
                     st.sent += new
+                    rest = st.pending[: max(0, len(entries) - st.n_sent)]  # not what a stop string cut off
+                    st.pending = []
                     yield _chunk(
                         out,
                         meta,
                         ev[1],
                         new,
-                        None,
+                        out.logprobs(ro, rest, n0) if rest else None,
                         finish_reason_of(ro.finish_reason),
                         st.first,
                         out.extras(ro, entries),
