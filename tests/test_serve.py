@@ -400,6 +400,28 @@ def test_a_failing_step_fails_its_batch_and_the_server_goes_on(tok, model):
         wait_idle(engine)
 
 
+def test_a_failing_admission_fails_its_request_and_the_server_goes_on(tok, model):
+    """The backend cannot take a request's rows (say, out of memory while the cache
+    grows): that request gets a 500, the engine stays alive and serves the next one."""
+    app, engine = build_server(model, tok, ServeConfig(model_name=NAME), max_new_tokens=8)
+    be = engine.runner.backend
+    real, calls = be.add, []
+
+    def add(rows):
+        calls.append(len(rows))
+        if len(calls) == 1:
+            raise RuntimeError("out of memory (simulated)")
+        return real(rows)
+
+    be.add = add
+    with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=30) as c:
+        r = c.post("/completions", json={"prompt": "Numbers: 2\n", "max_tokens": 4})
+        assert r.status_code == 500 and "out of memory" in r.json()["error"]["message"]
+        ok = c.post("/completions", json={"prompt": "Numbers: 1\n", "max_tokens": 4, "temperature": 0})
+        assert ok.status_code == 200 and engine.alive
+        wait_idle(engine)
+
+
 def test_api_key_is_required_and_never_logged(tok, model, caplog):
     key = "sk-test-0123456789"
     app, _ = build_server(model, tok, ServeConfig(model_name=NAME, api_key=key), max_new_tokens=8)

@@ -195,10 +195,13 @@ class Engine:
                             self._cv.wait()
                         if self._stop:
                             break
-                        self._admit(be)
-                    try:
+                        admitted = self._take(be)
+                    try:  # outside the lock: request handlers never wait for a cache copy
+                        for job in admitted:
+                            self._active.append(job)
+                            be.add(job.rows)
                         self._step(be)
-                    except Exception as e:  # noqa: BLE001 - fail the batch, keep serving
+                    except Exception as e:  # noqa: BLE001 - fail the batch (and what it admitted), keep serving
                         log.exception("decode step failed; failing the %d requests in the batch", len(self._active))
                         self._fail_active(e, be)
         except BaseException as e:  # noqa: BLE001 - reported to every waiting request
@@ -235,24 +238,31 @@ class Engine:
                 self.jobs -= 1
             job.post([("error", f"decoding failed: {type(err).__name__}: {err}")])
 
-    def _admit(self, be) -> None:
+    def _take(self, be) -> list[Job]:
+        """The queued jobs to admit into the running batch now (called under the lock;
+        the caller adds their rows to the backend)."""
         if not self._inbox:
-            return
+            return []
         queued = sum(len(j.rows) for j in self._inbox)
         if be.rows and queued < max(1, len(be.rows) // 4) and self._waited < self.admit_wait:
             self._waited += 1
-            return
+            return []
         self._waited = 0
+        out: list[Job] = []
+        rows = len(be.rows)
         while self._inbox:
             job = self._inbox[0]
-            if be.rows and len(be.rows) + len(job.rows) > self.max_rows:
-                return
+            if rows and rows + len(job.rows) > self.max_rows:
+                break
             self._inbox.popleft()
             if job.cancelled:
-                self._finish_job(job)
+                job.done = True
+                self.jobs -= 1
+                job.post([("done", None)])
                 continue
-            be.add(job.rows)
-            self._active.append(job)
+            out.append(job)
+            rows += len(job.rows)
+        return out
 
     def _cancel(self) -> None:
         for job in self._active:
