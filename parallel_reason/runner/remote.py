@@ -357,9 +357,16 @@ class RemoteRunner:
 
 
 def _config_value(path: str, key: str):
-    """``key`` of a model folder's ``config.json`` (None when absent or unreadable)."""
+    """``key`` of a model's ``config.json``: a local folder, or a hub id's cached copy
+    (None when absent or unreadable)."""
+    local = Path(str(path)) / "config.json"
     try:
-        return json.loads((Path(str(path)) / "config.json").read_text(encoding="utf-8")).get(key)
+        if local.is_file():
+            return json.loads(local.read_text(encoding="utf-8")).get(key)
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(str(path), "config.json")
+        return json.loads(Path(cached).read_text(encoding="utf-8")).get(key) if isinstance(cached, str) else None
     except (OSError, ValueError, AttributeError):
         return None
 
