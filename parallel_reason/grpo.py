@@ -1094,18 +1094,15 @@ class GRPOTrainer(Trainer):
                 f"loss code; reward = {rewards}."
             )
         )
+        card = super().card(metrics)
         return {
-            "model_name": cfg.model_card_name or self.out.name,
+            **card,
             "stage": "grpo",
-            "base_model": cfg.model_name_or_path or None,
-            "datasets": [d for d in (cfg.train_data,) if d],
             "mode": "parallel" if cfg.parallel else "sequential",
             "join": cfg.join or model_join(self.model),
             "summary": summary,
-            "metrics": metrics or {},
-            "config": cfg.to_dict(),
             "thread_header": model_thread_header(self.model),
-            "extra": {"GRPO steps": self.global_step, "processes": self.acc.num_processes, "task": cfg.task},
+            "extra": {"GRPO steps": self.global_step, **card["extra"], "task": cfg.task},
         }
 
 

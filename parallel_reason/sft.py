@@ -391,22 +391,14 @@ class PackedSFTTrainer(Trainer):
     # -- checkpoints and logging -------------------------------------------------------
 
     def card(self, metrics: dict | None = None) -> dict:
-        cfg = self.cfg
+        cfg, card = self.cfg, super().card(metrics)
         return {
-            "model_name": cfg.model_card_name or Path(cfg.output_dir).name,
+            **card,
             "stage": "sft",
             "thread_header": cfg.thread_header if cfg.mode == "parallel" else None,
             "base_model": cfg.model_name_or_path if cfg.model_name_or_path != TINY else self.base_path,
-            "datasets": [d for d in (cfg.train_data,) if d],
             "mode": cfg.mode,
-            "join": cfg.join,
-            "metrics": metrics or {},
-            "config": cfg.to_dict(),
-            "extra": {
-                "trained tokens": self.trained_tokens_seen,
-                "optimizer steps": self.global_step,
-                "processes": self.acc.num_processes,
-            },
+            "extra": {"trained tokens": self.trained_tokens_seen, "optimizer steps": self.global_step, **card["extra"]},
         }
 
     def checkpoint_metrics(self) -> dict:

@@ -613,8 +613,18 @@ class Trainer:
         return {}
 
     def card(self, metrics: dict | None = None) -> dict:
-        """The model card fields (:func:`parallel_reason.hub.render_model_card`)."""
-        raise NotImplementedError
+        """The model card fields (:func:`parallel_reason.hub.render_model_card`) every
+        trainer writes; a trainer adds its stage, mode and the rest."""
+        cfg = self.cfg
+        return {
+            "model_name": cfg.model_card_name or self.out.name,
+            "base_model": cfg.model_name_or_path or None,
+            "datasets": [d for d in (cfg.train_data,) if d],
+            "join": cfg.join,
+            "metrics": metrics or {},
+            "config": cfg.to_dict(),
+            "extra": {"processes": self.acc.num_processes},
+        }
 
     def checkpoint_metrics(self) -> dict:
         """Metrics written into an intermediate checkpoint's card."""
