@@ -212,11 +212,15 @@ class Style:
     trains); ``show_target``: every state ends with the target (``[3 21|24]``), so the
     check against it is local; ``leaf_answers``: the move that reaches the target writes
     ``=> Answer: EXPR`` and nothing is restated after it (no conclusion lines, nothing
-    after a join), so no answer has to be copied out of a thread."""
+    after a join), so no answer has to be copied out of a thread; ``bare_outlines``: an
+    outline is only its number (``1:``) and the thread writes its own move, so the
+    outlines cost a few tokens on the critical path instead of a move each (with
+    ``moves="per-pair"`` a thread's move follows from its number)."""
 
     restate: bool = False
     show_target: bool = False
     leaf_answers: bool = False
+    bare_outlines: bool = False
 
 
 def _result(node: Node, target: int, style: Style) -> str:
@@ -246,9 +250,10 @@ def _render_parts(node: Node, target: int, parallel: bool, indent: str, lead: st
             parts = _render_parts(c, target, True, " ", " ", style)
             if style.leaf_answers and isinstance(parts[-1], str) and "Answer: " in parts[-1].rsplit("\n", 1)[-1]:
                 parts = parts + ["\n"]  # the answer line ends before </Thread>
-            return [" " + c.outline(goal), *parts] if style.restate else parts
+            return [" " + c.outline(goal), *parts] if style.restate or style.bare_outlines else parts
 
-        block = make_block((c.outline(goal), _merge_text(thread(c))) for c in node.children)
+        plan = (lambda c: "") if style.bare_outlines else (lambda c: c.outline(goal))
+        block = make_block((plan(c), _merge_text(thread(c))) for c in node.children)
         parts: list = [lead] if lead else []
         return parts + [block] + _conclusion(node, target, indent, style)
     parts = []
@@ -334,6 +339,7 @@ class GenConfig:
     show_target: bool = False  # every state ends with the target: [3 21|24]
     moves: str = "best"  # which moves a state tries: see search()
     leaf_answers: bool = False  # the solving move states the answer (see Style)
+    bare_outlines: bool = False  # parallel: outlines are only "i:", threads write their moves
     split_fractions: tuple = DEFAULT_SPLIT_FRACTIONS  # train/val/test shares of the problem space
     parallel_fraction: float = 0.5  # mixed: share of records rendered in parallel (the rest: dfs)
 
@@ -385,7 +391,7 @@ def make_candidate(cfg: GenConfig, k: int) -> dict | None:
     mode = cfg.mode
     if mode == "mixed":  # decided by the candidate's own stream: independent of workers
         mode = "parallel" if rng.random() < cfg.parallel_fraction else "dfs"
-    style = Style(cfg.restate, cfg.show_target, cfg.leaf_answers)
+    style = Style(cfg.restate, cfg.show_target, cfg.leaf_answers, cfg.bare_outlines)
     completion = render_tree(root, target, mode, style)
     check_completion(completion, nums, target, cfg.max_depth)
     seq = completion if mode != "parallel" else render_tree(root, target, "dfs", style)
@@ -643,6 +649,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="parallel mode: each thread starts by restating its outline (its move and numbers)",
     )
+    p.add_argument(
+        "--bare-outlines",
+        action="store_true",
+        help="parallel mode: an outline is only its number ('1:') and the thread writes its own move "
+        "(shortens the critical path; with --moves per-pair the move follows from the number)",
+    )
     p.add_argument("--workers", type=_bounded(1), default=1)
     p.add_argument(
         "--chunk-size", type=_bounded(1), default=64, help="candidates per worker task (does not change the output)"
@@ -668,6 +680,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         show_target=args.show_target,
         moves=args.moves,
         leaf_answers=args.leaf_answers,
+        bare_outlines=args.bare_outlines,
         split_fractions=args.split_fractions,
         parallel_fraction=args.parallel_fraction,
     )

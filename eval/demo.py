@@ -150,6 +150,7 @@ def build(args) -> tuple[Pipeline, list[tuple[str, list[Job]]]]:
         ["--moves", args.moves]
         + (["--show-target"] if args.show_target else [])
         + (["--leaf-answers"] if args.leaf_answers else [])
+        + (["--bare-outlines"] if args.bare_outlines else [])
     )
     reduced = tuple(args.num_range) != FULL_NUM_RANGE or tuple(args.target_range) != FULL_TARGET_RANGE
 
@@ -667,6 +668,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
         default="concat",
         help="join mode of the parallel model (SFT writes it into the model; evaluation, P-GRPO and "
         "self-training follow it): concat re-reads threads 2..n, tree reads nothing twice",
+    )
+    g.add_argument(
+        "--bare-outlines",
+        action="store_true",
+        help="outlines are only the thread's number ('1:') and each thread writes its own move "
+        "(data_gen.countdown --bare-outlines): a shorter critical path",
     )
     g.add_argument(
         "--no-show-target",

@@ -517,7 +517,7 @@ def make_block(threads: Iterable[tuple[str, str | list]]) -> Block:
     """
     outlines, ts = [], []
     for i, (plan, body) in enumerate(threads, 1):
-        outlines.append(f"{i}: {plan}")
+        outlines.append(f"{i}: {plan}" if plan else f"{i}:")
         ts.append(Thread(header=f"{i}:", parts=[body] if isinstance(body, str) else list(body)))
     return Block(outlines=outlines, threads=ts)
 
