@@ -52,7 +52,7 @@ test-slow: $(DS_STAMP)
 # every benchmark, each printing its ratios measured side by side (about 10 min on 2 cores)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sft.py --threads 1
-	$(BIN)/python benchmarks/bench_runner.py --joins concat,tree --repeats 5
+	$(BIN)/python benchmarks/bench_runner.py --repeats 5
 	$(BIN)/python benchmarks/bench_joins.py
 	$(BIN)/python benchmarks/bench_constrained.py --random --temperature 1.5
 	$(BIN)/python benchmarks/bench_serve.py

@@ -13,7 +13,7 @@ For every join mode, on the same records:
   tokens/s, and their ratio (1.0 = nothing computed that is not trained or context).
 
 The runner side (re-read tokens while decoding, achieved/ideal speedup) is in
-``benchmarks/bench_runner.py --joins concat,tree``.
+``benchmarks/bench_runner.py --joins concat,tree,summary``.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ def countdown_records(n: int, numbers: int, seed: int) -> Path:
             "train",
             "--mode",
             "parallel",
+            "--results",  # marks each thread's result: what the summary join shows
             "--out",
             str(out),
             "--no-progress",

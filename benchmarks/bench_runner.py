@@ -10,8 +10,9 @@
 2. Recomputation: tokens fed to the model vs the graph nodes that must be fed (every
    node some other token attends to); the difference is prefix tokens recomputed
    (target 0). The concat join re-reads threads 2..n by design; those re-read tokens
-   are graph nodes of their own and are listed separately; the tree join re-reads
-   nothing. Both joins (``--joins``) run on the same trajectories.
+   are graph nodes of their own and are listed separately; the tree and summary joins
+   re-read nothing. Every join (``--joins``) runs on the same trajectories, whose
+   threads end with a short ``<Result>`` (what the summary join shows).
 3. Sequential throughput vs ``model.generate``: greedy, tags and EOS suppressed (both
    decode exactly ``--gen-tokens`` tokens per prompt), same batch size.
 
@@ -38,8 +39,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from parallel_reason.format import Trajectory, make_block, render  # noqa: E402
-from parallel_reason.layout import critical_path_count, sampled_count, tokenize_trajectory  # noqa: E402
+from parallel_reason.format import RESULT, Trajectory, make_block, render  # noqa: E402
+from parallel_reason.layout import JOIN_MODES, critical_path_count, sampled_count, tokenize_trajectory  # noqa: E402
 from parallel_reason.runner import Runner  # noqa: E402
 from parallel_reason.tiny import build_model, build_tokenizer  # noqa: E402
 from parallel_reason.tokens import add_control_tokens, tag_token_ids  # noqa: E402
@@ -54,7 +55,11 @@ def text(rng: random.Random, n: int) -> str:
 def trajectory(rng: random.Random, blocks: int, width: int, thread_words: int, seq_words: int) -> str:
     parts = [text(rng, seq_words)]
     for _ in range(blocks):
-        parts.append(make_block([(f"step {i}", text(rng, thread_words)) for i in range(width)]))
+        parts.append(
+            make_block(
+                [(f"step {i}", text(rng, thread_words - 2) + " =>" + RESULT + text(rng, 2)) for i in range(width)]
+            )
+        )
         parts.append("\n" + text(rng, seq_words).lstrip())
     return render(Trajectory(parts))
 
@@ -83,7 +88,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--thread-words", type=int, default=40)
     ap.add_argument("--seq-words", type=int, default=8)
     ap.add_argument("--batches", default="1,4", help="batch sizes of the replay comparison")
-    ap.add_argument("--joins", default="concat,tree", help="join modes compared on the same trajectories")
+    ap.add_argument("--joins", default=",".join(JOIN_MODES), help="join modes compared on the same trajectories")
     ap.add_argument("--gen-batches", default="1,8", help="batch sizes of the generate comparison")
     ap.add_argument("--gen-tokens", type=int, default=128)
     ap.add_argument("--json", action="store_true")

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from parallel_reason import files, metrics
-from parallel_reason.format import Limits, make_block, parse, render
+from parallel_reason.format import RESULT, Limits, make_block, parse, render
 from parallel_reason.inputs import parse_range
 from parallel_reason.tasks import countdown as task
 
@@ -215,12 +215,15 @@ class Style:
     after a join), so no answer has to be copied out of a thread; ``bare_outlines``: an
     outline is only its number (``1:``) and the thread writes its own move, so the
     outlines cost a few tokens on the critical path instead of a move each (with
-    ``moves="per-pair"`` a thread's move follows from its number)."""
+    ``moves="per-pair"`` a thread's move follows from its number); ``results``: a
+    thread's last verdict (``=> none``, ``=> Answer: ...``) is marked as its result
+    (``=> <Result>none``), what a ``summary`` join shows the text after the block."""
 
     restate: bool = False
     show_target: bool = False
     leaf_answers: bool = False
     bare_outlines: bool = False
+    results: bool = False
 
 
 def _result(node: Node, target: int, style: Style) -> str:
@@ -250,6 +253,8 @@ def _render_parts(node: Node, target: int, parallel: bool, indent: str, lead: st
             parts = _render_parts(c, target, True, " ", " ", style)
             if style.leaf_answers and isinstance(parts[-1], str) and "Answer: " in parts[-1].rsplit("\n", 1)[-1]:
                 parts = parts + ["\n"]  # the answer line ends before </Thread>
+            if style.results:
+                parts = _mark_result(_merge_text(parts))
             return [" " + c.outline(goal), *parts] if style.restate or style.bare_outlines else parts
 
         plan = (lambda c: "") if style.bare_outlines else (lambda c: c.outline(goal))
@@ -261,6 +266,15 @@ def _render_parts(node: Node, target: int, parallel: bool, indent: str, lead: st
         parts.append((lead if k == 0 else "\n" + indent) + child.outline(goal))
         parts += _render_parts(child, target, parallel, indent + " ", "\n" + indent + " ", style)
     return parts + _conclusion(node, target, indent, style)
+
+
+def _mark_result(parts: list) -> list:
+    """Mark the thread's last verdict (its last ``=> ``, after any nested block) as its result."""
+    last = parts[-1] if parts else None
+    if not isinstance(last, str) or "=> " not in last:
+        return parts  # ends with a block, or no verdict: the thread gives no result
+    head, _, tail = last.rpartition("=> ")
+    return parts[:-1] + [f"{head}=> {RESULT}{tail}"]
 
 
 def _render_dfs(node: Node, target: int, indent: str, lead: str, style: Style) -> list:
@@ -340,6 +354,7 @@ class GenConfig:
     moves: str = "best"  # which moves a state tries: see search()
     leaf_answers: bool = False  # the solving move states the answer (see Style)
     bare_outlines: bool = False  # parallel: outlines are only "i:", threads write their moves
+    results: bool = False  # parallel: a thread's last verdict is marked <Result> (summary join)
     split_fractions: tuple = DEFAULT_SPLIT_FRACTIONS  # train/val/test shares of the problem space
     parallel_fraction: float = 0.5  # mixed: share of records rendered in parallel (the rest: dfs)
 
@@ -391,7 +406,7 @@ def make_candidate(cfg: GenConfig, k: int) -> dict | None:
     mode = cfg.mode
     if mode == "mixed":  # decided by the candidate's own stream: independent of workers
         mode = "parallel" if rng.random() < cfg.parallel_fraction else "dfs"
-    style = Style(cfg.restate, cfg.show_target, cfg.leaf_answers, cfg.bare_outlines)
+    style = Style(cfg.restate, cfg.show_target, cfg.leaf_answers, cfg.bare_outlines, cfg.results)
     completion = render_tree(root, target, mode, style)
     check_completion(completion, nums, target, cfg.max_depth)
     seq = completion if mode != "parallel" else render_tree(root, target, "dfs", style)
@@ -650,6 +665,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="parallel mode: each thread starts by restating its outline (its move and numbers)",
     )
     p.add_argument(
+        "--results",
+        action="store_true",
+        help="parallel mode: each thread marks its last verdict as its result ('=> <Result>none'), "
+        "what a summary join shows the text after the block",
+    )
+    p.add_argument(
         "--bare-outlines",
         action="store_true",
         help="parallel mode: an outline is only its number ('1:') and the thread writes its own move "
@@ -681,6 +702,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         moves=args.moves,
         leaf_answers=args.leaf_answers,
         bare_outlines=args.bare_outlines,
+        results=args.results,
         split_fractions=args.split_fractions,
         parallel_fraction=args.parallel_fraction,
     )

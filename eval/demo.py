@@ -151,6 +151,7 @@ def build(args) -> tuple[Pipeline, list[tuple[str, list[Job]]]]:
         + (["--show-target"] if args.show_target else [])
         + (["--leaf-answers"] if args.leaf_answers else [])
         + (["--bare-outlines"] if args.bare_outlines else [])
+        + (["--results"] if args.join == "summary" else [])  # the summary join shows the threads' results
     )
     reduced = tuple(args.num_range) != FULL_NUM_RANGE or tuple(args.target_range) != FULL_TARGET_RANGE
 
@@ -667,7 +668,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
         choices=JOIN_MODES,
         default="concat",
         help="join mode of the parallel model (SFT writes it into the model; evaluation, P-GRPO and "
-        "self-training follow it): concat re-reads threads 2..n, tree reads nothing twice",
+        "self-training follow it): concat re-reads threads 2..n, tree reads nothing twice, summary "
+        "shows the text after a block only each thread's <Result> (the data marks them)",
     )
     g.add_argument(
         "--bare-outlines",

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .format import FormatError, parse
+from .format import RESULT, FormatError, parse
 from .inputs import InputError
 from .layout import PackedGraph, graph_from_text
 
@@ -311,15 +311,25 @@ def _not_a_trajectory(ex: Example, e: FormatError) -> DataError:
     )
 
 
-def check_trajectories(examples: Iterable[Example]) -> None:
+def check_trajectories(examples: Iterable[Example], join: str | None = None) -> None:
     """:class:`DataError` naming the first example whose completion the strict
     grammar refuses (what :func:`build_graphs` would find, without a tokenizer:
-    trainers call it before loading a model)."""
+    trainers call it before loading a model). For the ``summary`` join some thread
+    must mark a result: without one the text after a block sees no thread's work."""
+    threads = results = 0
     for ex in examples:
         try:
-            parse(ex.completion)
+            traj = parse(ex.completion)
         except FormatError as e:
             raise _not_a_trajectory(ex, e) from None
+        for b, _ in traj.blocks():
+            threads += len(b.threads)
+            results += sum(t.result is not None for t in b.threads)
+    if join == "summary" and threads and not results:
+        raise DataError(
+            f"join 'summary': none of the {threads} threads in the data marks its result with {RESULT} "
+            "(data_gen.countdown --results writes them); the text after each block would see no thread's work"
+        )
 
 
 def build_graphs(

@@ -22,6 +22,10 @@ PARALLEL_OPEN, PARALLEL_CLOSE = "<Parallel>", "</Parallel>"
 OUTLINES_OPEN, OUTLINES_CLOSE = "<Outlines>", "</Outlines>"
 OUTLINE_OPEN, OUTLINE_CLOSE = "<Outline>", "</Outline>"
 THREAD_OPEN, THREAD_CLOSE = "<Thread>", "</Thread>"
+#: marks the start of a thread's result: the rest of the thread, up to ``</Thread>``, is
+#: what a ``summary`` join shows the continuation (docs/design.md#joins). At most one per
+#: thread, in the thread's own text (not in a nested block), with no block after it.
+RESULT = "<Result>"
 
 #: All control tags, in a fixed order (this order is the order they are added to a tokenizer).
 CONTROL_TAGS: tuple[str, ...] = (
@@ -35,6 +39,12 @@ CONTROL_TAGS: tuple[str, ...] = (
     THREAD_CLOSE,
 )
 
+#: Tags a tokenizer gets besides :data:`CONTROL_TAGS`: optional in a tokenizer (models
+#: trained before the tag existed decode without it), required by the ``summary`` join.
+OPTIONAL_TAGS: tuple[str, ...] = (RESULT,)
+#: every tag a new tokenizer gets, in the order they are added
+ALL_TAGS: tuple[str, ...] = CONTROL_TAGS + OPTIONAL_TAGS
+
 #: Canonical separators, used when a block is built in code rather than parsed.
 CANONICAL_PRE_OUTLINES = "\n"
 CANONICAL_THREAD_SEP = "\n"
@@ -42,7 +52,7 @@ CANONICAL_THREAD_SEP = "\n"
 #: deepest block nesting the parser builds (real trajectories nest a few levels)
 MAX_NESTING = 64
 
-_TAG_RE = re.compile(r"</?(?:Parallel|Outlines|Outline|Thread)>")
+_TAG_RE = re.compile(r"</?(?:Parallel|Outlines|Outline|Thread)>|<Result>")
 _HEADER_RE = re.compile(r"(\d+):")
 # tags that end an outline even when its "</Outline>" is missing
 _OUTLINE_STOP = ("</Outlines>", "<Outline>", "</Parallel>", "<Thread>")
@@ -65,6 +75,14 @@ class Thread:
         if isinstance(self.header, str):
             m = _HEADER_RE.fullmatch(self.header)
             return int(m.group(1)) if m else None
+        return None
+
+    @property
+    def result(self) -> str | None:
+        """The thread's result: its text after :data:`RESULT` (None without one)."""
+        last = self.parts[-1] if self.parts else None
+        if isinstance(last, str) and RESULT in last:
+            return last.rsplit(RESULT, 1)[1]
         return None
 
 
@@ -231,6 +249,7 @@ class _Parser:
         """Parts until end (top level) or ``</Thread>`` (inside a thread)."""
         parts: list = []
         text: list = []  # text pieces since the last block
+        result_at = -1  # offset of this thread's <Result>
 
         def flush() -> None:
             if text:
@@ -242,7 +261,18 @@ class _Parser:
             self.i += 1
             if tag is None:
                 text.append(value)
+            elif tag == RESULT and in_thread:
+                if result_at >= 0:
+                    self.problem(
+                        off, "result_twice", f"second {RESULT} in one thread (the first at offset {result_at})"
+                    )
+                result_at = off
+                text.append(value)
             elif tag == PARALLEL_OPEN and depth < MAX_NESTING:
+                if result_at >= 0:
+                    self.problem(
+                        off, "block_after_result", f"{PARALLEL_OPEN} after the thread's {RESULT} (offset {result_at})"
+                    )
                 flush()
                 parts.append(self.parse_block(depth + 1, off))
             elif tag == THREAD_CLOSE and in_thread:

@@ -85,7 +85,7 @@ class GRPOConfig(TrainConfig):
     logging_steps: int = _f(1, "log every N steps")
     join: str | None = _f(
         None,
-        "join mode of rollouts and their packed graphs: concat | tree; none: the mode "
+        "join mode of rollouts and their packed graphs: concat | tree | summary; none: the mode "
         "the policy was trained with (its config; concat when absent)",
     )
 

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from .eval_runs import Run, baseline_speedups
-from .format import CONTROL_TAGS, PARALLEL_CLOSE, THREAD_CLOSE, THREAD_OPEN
+from .format import ALL_TAGS, CONTROL_TAGS, PARALLEL_CLOSE, THREAD_CLOSE, THREAD_OPEN
 from .inputs import InputError
 from .llm import redact
 from .metrics import markdown_table
@@ -327,11 +327,13 @@ def render_model_card(card: dict, tokenizer=None) -> str:
         "| tag | token id |",
         "|---|---|",
     ]
-    for tag in CONTROL_TAGS:
+    for tag in ALL_TAGS:
         tid = None
         if tokenizer is not None:
             t = tokenizer.convert_tokens_to_ids(tag)
             tid = t if t is not None and t != getattr(tokenizer, "unk_token_id", None) else "missing"
+            if tid == "missing" and tag not in CONTROL_TAGS:
+                tid = "not added (needed by the summary join only)"
         lines.append(f"| `{tag}` | {tid if tid is not None else ''} |")
     lines += [
         "",

@@ -23,6 +23,7 @@ from .format import (
     OUTLINES_OPEN,
     PARALLEL_CLOSE,
     PARALLEL_OPEN,
+    RESULT,
     THREAD_CLOSE,
     THREAD_OPEN,
     Block,
@@ -33,8 +34,10 @@ from .format import (
 
 #: how the continuation after ``</Parallel>`` reads the threads (docs/design.md#joins):
 #: ``concat`` re-reads threads 2..n after thread 1 (a causal reading of the text);
-#: ``tree`` attends to every thread's tokens where they are (KV merge, nothing re-read)
-JOIN_MODES = ("concat", "tree")
+#: ``tree`` attends to every thread's tokens where they are (KV merge, nothing re-read);
+#: ``summary`` attends, where they are, only to each thread's opener, its result (from
+#: ``<Result>``) and its ``</Thread>``: the reasoning stays hidden (APR's semantics)
+JOIN_MODES = ("concat", "tree", "summary")
 
 
 def check_join(join: str) -> str:
@@ -66,6 +69,7 @@ class Run:
     ids: list[int]
     train: bool = True
     logprobs: list[float] | None = None  # sampling log-probs recorded by the runner
+    result: bool = False  # a thread's result: from its <Result> to its end (last Run of the body)
 
 
 @dataclass
@@ -146,13 +150,21 @@ def _append_run(items: list, ids: list[int], train: bool) -> None:
         items.append(Run(list(ids), train))
 
 
+def _append_text(items: list, text: str, tok) -> None:
+    """A sampled text piece; from a ``<Result>`` on, its own Run marked ``result``."""
+    head, sep, rest = text.partition(RESULT)
+    _append_run(items, encode(tok, head), True)
+    if sep:
+        items.append(Run(encode(tok, sep + rest), True, result=True))
+
+
 def _tok_seq(parts: list, tok, thread_header: str = "index") -> list[TItem]:
     items: list[TItem] = []
     for p in parts:
         if isinstance(p, Block):
             items.append(_tok_block(p, tok, thread_header))
         else:
-            _append_run(items, encode(tok, p), True)
+            _append_text(items, p, tok)
     return items
 
 
@@ -331,6 +343,8 @@ class _Builder:
     def __init__(self, join: str = "concat") -> None:
         self.join = join
         self.joins: dict[int, list[int]] = {}  # join node -> the thread ends it also sees (tree)
+        self.peeks: dict[int, list[int]] = {}  # join node -> nodes whose segment alone it sees (summary)
+        self.breaks: set[int] = set()  # nodes that start a segment although they continue a chain
         self.ids: list[int] = []
         self.pred: list[int] = []
         self.pos: list[int] = []
@@ -373,12 +387,38 @@ class _Builder:
                 parent = self.block(it, parent)
         return parent
 
+    def summary_thread(self, t: TThread, start: int, seen: list[int]) -> int:
+        """A thread's body for the summary join: the reasoning, the result and the
+        ``</Thread>`` each start a segment; the join sees the opener's, the result's and
+        the ``</Thread>``'s segments alone (``seen``), never the reasoning's."""
+        seen.append(start)
+        body = list(t.body)
+        close = None
+        last = body[-1] if body else None
+        if t.closed and isinstance(last, Run) and last.train and last.ids:
+            lp = last.logprobs
+            body[-1] = Run(last.ids[:-1], True, lp[:-1] if lp is not None else None, last.result)
+            close = Run(last.ids[-1:], True, lp[-1:] if lp is not None else None)
+        node = start
+        self.breaks.add(len(self.ids))
+        for it in body:
+            if isinstance(it, Run) and it.result and it.ids:
+                self.breaks.add(len(self.ids))
+                seen.append(len(self.ids))
+            node = self.seq([it], node)
+        if close is not None:
+            self.breaks.add(len(self.ids))
+            seen.append(len(self.ids))
+            node = self.seq([close], node)
+        return node
+
     def block(self, b: TBlock, parent: int) -> int:
         fork = self.chain(b.head, True, parent, b.head_logprobs)
         ends = []
+        seen: list[int] = []
         for t in b.threads:
             start = self.chain(t.opener, False, fork)
-            ends.append(self.seq(t.body, start))
+            ends.append(self.summary_thread(t, start, seen) if self.join == "summary" else self.seq(t.body, start))
         if not b.joined:
             # never joined (truncated rollout): nothing reads the threads afterwards
             return ends[-1] if ends else fork
@@ -387,6 +427,13 @@ class _Builder:
             first = len(self.ids)
             last = self.chain(b.closer, False, ends[-1], start=max(self.pos[e] for e in ends) + 1)
             self.joins[first] = ends[:-1]
+            return last
+        if self.join == "summary" and ends:
+            # the join follows the block head and sees each thread's opener, result and
+            # </Thread> where they are; it starts after the longest thread, as in tree
+            first = len(self.ids)
+            last = self.chain(b.closer, False, fork, start=max(self.pos[e] for e in ends) + 1)
+            self.peeks[first] = seen
             return last
         cur = ends[0] if ends else fork
         for t in b.threads[1:]:
@@ -413,15 +460,18 @@ def _finish(b: _Builder, prompt_len: int, join: str) -> PackedGraph:
     seg = [0] * L
     seg_parent = [-1]
     seg_joins: dict[int, list[int]] = {}  # segment -> the other segments a join also sees
+    seg_peeks: dict[int, list[int]] = {}  # segment -> segments a summary join sees alone
     for i in range(1, L):
         p = b.pred[i]
-        if p == i - 1 and nchild[p] == 1 and i not in b.joins:
+        if p == i - 1 and nchild[p] == 1 and i not in b.joins and i not in b.peeks and i not in b.breaks:
             seg[i] = seg[i - 1]
         else:
             seg[i] = len(seg_parent)
             seg_parent.append(seg[p] if p >= 0 else -1)
             if i in b.joins:
                 seg_joins[seg[i]] = [seg[e] for e in b.joins[i]]
+            if i in b.peeks:
+                seg_peeks[seg[i]] = [seg[e] for e in b.peeks[i]]
     S = len(seg_parent)
     vis = torch.zeros(S, S, dtype=torch.bool)
     for s in range(S):
@@ -429,6 +479,8 @@ def _finish(b: _Builder, prompt_len: int, join: str) -> PackedGraph:
         for par in [seg_parent[s], *seg_joins.get(s, [])]:
             if par >= 0:
                 vis[s] |= vis[par]  # parents precede children, so vis[par] is complete
+        for q in seg_peeks.get(s, []):
+            vis[s, q] = True  # the segment itself, not what it sees
     return PackedGraph(
         input_ids=torch.tensor(b.ids, dtype=torch.long),
         pred=torch.tensor(b.pred, dtype=torch.long),

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
-from .format import CONTROL_TAGS, Block, Piece, Trajectory, parse_ids, parse_lenient
+from .format import CONTROL_TAGS, OPTIONAL_TAGS, Block, Piece, Trajectory, parse_ids, parse_lenient
 
 Counter = Callable[[Piece], int]  # tokens in a piece (text, or a tuple of ids)
 
@@ -146,7 +146,8 @@ def stats(traj, count: Counter = approx_count) -> TrajectoryStats:
 def control_tag_ids(tokenizer) -> dict[int, str]:
     """Map token id -> tag for the control tags of ``tokenizer`` (they must be added)."""
     out = {}
-    for tag in CONTROL_TAGS:
+    vocab = tokenizer.get_vocab()
+    for tag in CONTROL_TAGS + tuple(t for t in OPTIONAL_TAGS if t in vocab):
         tid = tokenizer.convert_tokens_to_ids(tag)
         if tid is None or tid == tokenizer.unk_token_id:
             raise ValueError(

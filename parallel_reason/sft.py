@@ -261,7 +261,7 @@ class PackedSFTTrainer(Trainer):
             elif cfg.eval_fraction > 0:
                 train_examples, eval_examples = split_holdout(train_examples, cfg.eval_fraction, cfg.seed)
         if cfg.mode == "parallel":  # a malformed completion is reported before the model loads
-            check_trajectories(list(train_examples) + list(eval_examples or []))
+            check_trajectories(list(train_examples) + list(eval_examples or []), cfg.join)
         # model
         self.tokenizer, model, self.base_path = load_model_and_tokenizer(cfg, acc, corpus(train_examples))
         tok = self.tokenizer

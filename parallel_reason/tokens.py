@@ -12,7 +12,7 @@ import logging
 
 import torch
 
-from .format import CONTROL_TAGS
+from .format import ALL_TAGS, CONTROL_TAGS
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +28,14 @@ def _name_ids(tokenizer, tag: str) -> list[int]:
     return ids
 
 
-def missing_tags(tokenizer) -> list[str]:
-    """Tags that are not yet a single token of ``tokenizer``."""
+def missing_tags(tokenizer, tags: tuple[str, ...] = CONTROL_TAGS) -> list[str]:
+    """Tags (default: the required ones) that are not yet a single token of ``tokenizer``."""
     vocab = tokenizer.get_vocab()
-    return [t for t in CONTROL_TAGS if t not in vocab]
+    return [t for t in tags if t not in vocab]
 
 
 def add_control_tokens(tokenizer, model=None, pad_to_multiple_of: int = 64) -> list[str]:
-    """Add the control tags to ``tokenizer`` and, if ``model`` is given, resize its
+    """Add the control tags (and the optional ``<Result>``) to ``tokenizer`` and, if ``model`` is given, resize its
     embeddings (rounded up to ``pad_to_multiple_of`` rows) and initialise each new
     tag row (input embeddings and, when untied, output embeddings) as the mean
     embedding of the tag's name tokenized as text.
@@ -46,8 +46,8 @@ def add_control_tokens(tokenizer, model=None, pad_to_multiple_of: int = 64) -> l
     from transformers import AddedToken
 
     # name ids are computed before the tags exist, but _name_ids works either way
-    name_ids = {tag: _name_ids(tokenizer, tag) for tag in CONTROL_TAGS}
-    added = missing_tags(tokenizer)
+    name_ids = {tag: _name_ids(tokenizer, tag) for tag in ALL_TAGS}
+    added = missing_tags(tokenizer, ALL_TAGS)
     if added:
         tokenizer.add_tokens(
             [
@@ -55,7 +55,7 @@ def add_control_tokens(tokenizer, model=None, pad_to_multiple_of: int = 64) -> l
                 for t in added
             ]
         )
-        still = missing_tags(tokenizer)
+        still = missing_tags(tokenizer, ALL_TAGS)
         if still:
             raise RuntimeError(f"tokenizer did not accept {still} as single tokens")
     if model is not None:
@@ -69,7 +69,7 @@ def resize_and_init(
     """Grow the model's embeddings to fit the tokenizer and initialise the rows of
     tags that were not covered by the old embedding matrix."""
     if name_ids is None:
-        name_ids = {tag: _name_ids(tokenizer, tag) for tag in CONTROL_TAGS}
+        name_ids = {tag: _name_ids(tokenizer, tag) for tag in ALL_TAGS if tag in tokenizer.get_vocab()}
     emb = model.get_input_embeddings()
     old_rows = emb.weight.shape[0]
     need = len(tokenizer)
@@ -94,11 +94,13 @@ def resize_and_init(
 
 
 def tag_token_ids(tokenizer) -> dict[str, int]:
-    """tag -> token id; raises if a tag is not a single token."""
+    """tag -> token id, the optional tags included when the tokenizer has them; raises
+    if a required tag is not a single token."""
     miss = missing_tags(tokenizer)
     if miss:
         raise ValueError(f"tokenizer lacks control tokens {miss}; call add_control_tokens first")
-    return {t: int(tokenizer.convert_tokens_to_ids(t)) for t in CONTROL_TAGS}
+    vocab = tokenizer.get_vocab()
+    return {t: int(vocab[t]) for t in ALL_TAGS if t in vocab}
 
 
 def load_tokenizer(name_or_path: str, **kwargs):

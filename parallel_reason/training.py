@@ -93,7 +93,8 @@ class TrainConfig:
     join: str | None = _f(
         "concat",
         "join mode of the packed graph and the runner: concat (threads 2..n re-read "
-        "after thread 1) | tree (the continuation sees every thread where it is)",
+        "after thread 1) | tree (the continuation sees every thread where it is) | summary "
+        "(it sees each thread's opener and <Result> only)",
     )
     generate_data: str | None = _f(
         None, "recipes: data_gen module that writes train_data/eval_data when they are missing (e.g. countdown)"

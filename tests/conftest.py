@@ -18,9 +18,12 @@ def random_text(rng: random.Random, lo: int = 1, hi: int = 6) -> str:
     return " " + " ".join(rng.choice(WORDS + [str(rng.randint(0, 99))]) for _ in range(rng.randint(lo, hi)))
 
 
-def random_trajectory(rng: random.Random, depth: int = 2, max_width: int = 4, p_block: float = 0.7):
-    """A random well-formed completion text with nested blocks (widths 1..max_width)."""
-    from parallel_reason.format import Trajectory, make_block, render
+def random_trajectory(
+    rng: random.Random, depth: int = 2, max_width: int = 4, p_block: float = 0.7, p_result: float = 0.0
+):
+    """A random well-formed completion text with nested blocks (widths 1..max_width);
+    a thread ends with a ``<Result>`` with probability ``p_result``."""
+    from parallel_reason.format import RESULT, Trajectory, make_block, render
 
     def seq(d: int) -> list:
         parts = [random_text(rng)]
@@ -29,6 +32,8 @@ def random_trajectory(rng: random.Random, depth: int = 2, max_width: int = 4, p_
                 w = rng.randint(1, max_width)
                 parts.append(make_block([(random_text(rng, 1, 3).strip(), seq(d + 1)) for _ in range(w)]))
                 parts.append("\n" + random_text(rng).lstrip())
+        if d > 0 and p_result > 0 and rng.random() < p_result:
+            parts[-1] += " =>" + RESULT + random_text(rng, 1, 3).lstrip()
         return parts
 
     return render(Trajectory(seq(0)))

@@ -30,7 +30,9 @@ def _graphs(tok, n=4, seed=0, p_block=0.9, depth=2, join="concat"):
     rng = random.Random(seed)
     out = []
     for k in range(n):
-        items = tokenize_trajectory(random_trajectory(rng, depth=depth, max_width=4, p_block=p_block), tok)
+        items = tokenize_trajectory(
+            random_trajectory(rng, depth=depth, max_width=4, p_block=p_block, p_result=0.5), tok
+        )
         out.append(build_graph(encode(tok, f"Numbers: {k} 3\nTarget: 7\n"), items, join))
     return out
 

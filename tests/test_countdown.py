@@ -492,6 +492,30 @@ def test_leaf_answers_need_no_copy_after_a_join():
         assert cd.verify(cd.extract_answer(r["completion"]), r["nums"], r["target"]).ok
 
 
+def test_results_and_bare_outlines():
+    """--results marks each thread's last verdict; the summary join then shows the text
+    after a block each thread's opener and result, never its checks. --bare-outlines
+    leaves only the number in the outline and the move in the thread."""
+
+    cfg = gen.GenConfig(seed=6, n_numbers=3, show_target=True, moves="per-pair", widths=(1,), results=True)
+    recs = gen.generate(cfg, 30, progress=False)
+    bare = gen.generate(gen.GenConfig(**{**cfg.__dict__, "bare_outlines": True}), 30, progress=False)
+    for r, b in zip(recs, bare):
+        for block, _ in parse(r["completion"]).blocks():
+            for t in block.threads:
+                assert t.result == "none" or t.result.endswith(f" = {r['target']}")
+        blk = parse(b["completion"]).blocks()[0][0]
+        plain = parse(r["completion"]).blocks()[0][0]
+        assert blk.outlines == [f"{i}:" for i in range(1, len(blk.outlines) + 1)]
+        for o, t in zip(plain.outlines, blk.threads):  # the move moved from the outline into the thread
+            assert t.parts[0].startswith(" " + o.split(": ", 1)[1] + " ")
+        assert cd.verify(cd.extract_answer(b["completion"]), b["nums"], b["target"]).ok
+    # four numbers: a thread holding a nested block ends with its conclusion as its result
+    four = gen.generate(gen.GenConfig(seed=6, results=True), 5, progress=False)
+    outer = [t for r in four for blk, d in parse(r["completion"]).blocks() if d == 1 for t in blk.threads]
+    assert outer and all(t.result is not None for t in outer)
+
+
 def test_combine_is_the_legal_operations():
     from parallel_reason.tasks.countdown import combine
 

@@ -10,7 +10,7 @@ import torch
 from conftest import make_model, random_trajectory
 
 from parallel_reason.attention import collate
-from parallel_reason.layout import graph_from_text
+from parallel_reason.layout import JOIN_MODES, graph_from_text
 from parallel_reason.logprobs import packed_logprobs
 
 TOL = 1e-4  # float32, max abs difference of log-probs
@@ -79,10 +79,13 @@ def definition_nodes(prompt_ids, items, join: str) -> list[_Node]:
     * ``concat``: after ``</Parallel>`` the text reads on after thread 1: threads 2..n are
       read again as new tokens (positions continue), then the join;
     * ``tree``: the join sees every thread's tokens where they are and starts after the
-      longest thread; nothing is read twice."""
+      longest thread; nothing is read twice;
+    * ``summary``: as ``tree``, but of each thread the join sees only its opener, its
+      result (``<Result>`` to the end) and its ``</Thread>``, not its reasoning."""
     from parallel_reason.layout import Run, linear_ids
 
     nodes: list[_Node] = []
+    shown: dict[int, range] = {}  # id(Run) of a result -> its nodes
 
     def add(ids, train, ctx: frozenset, pos: int) -> tuple[frozenset, int]:
         for t in ids:
@@ -94,13 +97,26 @@ def definition_nodes(prompt_ids, items, join: str) -> list[_Node]:
     def seq(its, ctx, pos):
         for it in its:
             if isinstance(it, Run):
+                n0 = len(nodes)
                 ctx, pos = add(it.ids, it.train, ctx, pos)
+                if it.result:
+                    shown[id(it)] = range(n0, len(nodes))
                 continue
             ctx, pos = add(it.head, True, ctx, pos)
-            ends = [seq(t.body, *add(t.opener, False, ctx, pos)) for t in it.threads]
+            head_ctx, ends, seen = ctx, [], set(ctx)
+            for t in it.threads:
+                n0 = len(nodes)
+                end = seq(t.body, *add(t.opener, False, head_ctx, pos))
+                ends.append(end)
+                seen |= set(range(n0, n0 + len(t.opener)))  # the opener
+                seen |= {n for r in t.body if isinstance(r, Run) and r.result for n in shown[id(r)]}  # the result
+                if t.closed:
+                    seen.add(len(nodes) - 1)  # </Thread>
             if not it.joined:
                 return ends[-1] if ends else (ctx, pos)
-            if join == "tree":
+            if join == "summary":
+                ctx, pos = add(it.closer, False, frozenset(seen), max(p for _, p in ends))
+            elif join == "tree":
                 seen = frozenset().union(*(c for c, _ in ends))
                 ctx, pos = add(it.closer, False, seen, max(p for _, p in ends))
             else:
@@ -116,14 +132,20 @@ def definition_nodes(prompt_ids, items, join: str) -> list[_Node]:
 
 def definition_logprobs(model, nodes: list[_Node]) -> list[float]:
     """Log-prob of every trained token, one request at a time: a token, everything it
-    sees, each with its own position and visibility, in one forward. What a token sees
-    is closed (what it sees sees nothing more), so the forward of a request's last
-    token also gives the log-probs of the request's earlier tokens."""
+    sees, and what those see in turn (a summary join's result tokens see reasoning the
+    join does not), each with its own position and visibility, in one forward. The
+    forward of a request's last token also gives the log-probs of the tokens in it."""
     lp: dict[int, float] = {}
     for k in reversed(range(len(nodes))):
         if not nodes[k].train or k in lp:
             continue
-        sub = sorted(nodes[k].sees) + [k]
+        closure, todo = set(), [k]
+        while todo:
+            for v in nodes[todo.pop()].sees:
+                if v not in closure:
+                    closure.add(v)
+                    todo.append(v)
+        sub = sorted(closure) + [k]
         where = {j: i for i, j in enumerate(sub)}
         m = torch.eye(len(sub), dtype=torch.bool)
         for i, j in enumerate(sub):
@@ -143,19 +165,21 @@ def definition_logprobs(model, nodes: list[_Node]) -> list[float]:
     return [lp[k] for k in range(len(nodes)) if nodes[k].train]
 
 
-@pytest.mark.parametrize("join", ["concat", "tree"])
+@pytest.mark.parametrize("join", JOIN_MODES)
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_packed_equals_join_definition(tiny_tokenizer, join, attn):
     """Packed log-probs (batched, padded, nested blocks) equal, within 1e-4, a reference
     built token by token from the join mode's definition."""
+    from parallel_reason.format import parse
     from parallel_reason.layout import build_graph, encode, tokenize_trajectory
 
     tok = tiny_tokenizer
     model = make_model(tok, attn=attn, seed=3)
-    rng = random.Random(11)
-    graphs, refs, saved = [], [], 0
+    rng = random.Random(12)
+    graphs, refs, texts, saved, hidden = [], [], [], 0, 0
     for k in range(3):
-        text = random_trajectory(rng, depth=2, max_width=3, p_block=0.9)
+        text = random_trajectory(rng, depth=2, max_width=3, p_block=0.9, p_result=0.7)
+        texts.append(text)
         prompt = encode(tok, f"Numbers: {k} 4\nTarget: 9\n")
         items = tokenize_trajectory(text, tok)
         g = build_graph(prompt, items, join)
@@ -170,11 +194,18 @@ def test_packed_equals_join_definition(tiny_tokenizer, join, attn):
                 (g.input_ids[j].item(), g.position_ids[j].item()) for j in torch.nonzero(g.visible(i))[:, 0] if j != i
             )
             assert got == sorted((nodes[j].id, nodes[j].pos) for j in n.sees)
-        assert len(g) == len(nodes)  # tree: every token stored once; concat: the re-read copies too
+        assert len(g) == len(nodes)  # tree, summary: every token stored once; concat: the re-read copies too
         saved += len(definition_nodes(prompt, items, "concat")) - len(g)
+        if join == "summary":  # threads with and without a result; the reasoning hidden
+            hidden += sum(len(nodes[j].sees) for j in range(len(nodes))) < sum(
+                len(n.sees) for n in definition_nodes(prompt, items, "tree")
+            )
         graphs.append(g)
         refs.append(definition_logprobs(model, nodes))
-    assert saved > 0 if join == "tree" else saved == 0  # tree reads nothing twice
+    assert saved > 0 if join != "concat" else saved == 0  # tree and summary read nothing twice
+    assert hidden >= 2 if join == "summary" else hidden == 0
+    threads = [t for text in texts for b, _ in parse(text).blocks() for t in b.threads]
+    assert {t.result is None for t in threads} == {True, False}  # threads with and without a result
     assert sum(g.num_segments > 3 for g in graphs) >= 2 and len({len(g) for g in graphs}) > 1  # nested, padded
     batch = collate(graphs, pad_id=tok.pad_token_id)
     with torch.no_grad():

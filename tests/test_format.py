@@ -93,6 +93,25 @@ def test_errors_name_problem_and_offset(mutate, code, where):
     assert f"offset {prob.offset}" in str(prob)
 
 
+def test_result_marks_the_rest_of_a_thread():
+    text = GOOD.replace(" back</Thread>", " back => <Result>found 3</Thread>")
+    assert text != GOOD
+    traj = parse(text)
+    assert render(traj) == text
+    results = [t.result for b, _ in traj.blocks() for t in b.threads]
+    assert "found 3" in results and None in results  # a thread without one gives none
+    assert strip_tags("a <Result>b") == "a b"
+    twice = text.replace("=> <Result>found 3", "=> <Result>found <Result>3")
+    (p,) = validate(twice)
+    assert p.code == "result_twice" and twice[p.offset :].startswith("<Result>3")
+    after = GOOD.replace(
+        "<Thread>1: go left",
+        "<Thread>1: go left <Result>x<Parallel>\n<Outlines><Outline>1: a</Outline></Outlines>\n<Thread>1: b</Thread>\n</Parallel>",
+    )
+    assert {p.code for p in validate(after)} == {"block_after_result"}
+    assert [p.code for p in validate("text <Result>x")] == ["unexpected_tag"]  # outside any thread
+
+
 def test_error_offsets_point_at_the_defect():
     bad = GOOD + "</Thread>"
     (p,) = [p for p in validate(bad) if p.code == "unexpected_tag"]

@@ -18,6 +18,7 @@ from parallel_reason.format import (
     OUTLINES_OPEN,
     PARALLEL_CLOSE,
     PARALLEL_OPEN,
+    RESULT,
     THREAD_CLOSE,
     THREAD_OPEN,
 )
@@ -121,7 +122,17 @@ def markov_table(tok, V: int, p_par_main: float = 0.12, p_par_thread: float = 0.
     put(C, [(C, 0.55), ([T[OUTLINE_CLOSE]], 0.45)])
     put([T[OUTLINE_CLOSE]], [([T[OUTLINE_OPEN]], 0.45), ([T[OUTLINES_CLOSE]], 0.55)])
     put([colon], [(A, 1.0)])
-    put(A, [(A, 0.82 - p_par_thread), ([T[THREAD_CLOSE]], 0.17), ([T[PARALLEL_OPEN]], p_par_thread), ([eos], 0.01)])
+    put(
+        A,
+        [
+            (A, 0.78 - p_par_thread),
+            ([T[THREAD_CLOSE]], 0.17),
+            ([T[PARALLEL_OPEN]], p_par_thread),
+            ([T[RESULT]], 0.04),
+            ([eos], 0.01),
+        ],
+    )
+    put([T[RESULT]], [(A, 1.0)])
     put([T[PARALLEL_CLOSE]], [(A, 0.3), (B, 0.7)])  # after a join: main text, or a thread's continuation
     return P.log()
 
@@ -173,14 +184,17 @@ def check_rollout(r, tok, max_new_tokens=None) -> None:
 
 
 def wide_trajectory(rng: random.Random, blocks: int, width: int, words: int = 8) -> str:
-    """Sequential text and ``blocks`` blocks of ``width`` threads of about ``words`` words each."""
+    """Sequential text and ``blocks`` blocks of ``width`` threads of about ``words`` words
+    each; every thread but the last ends with a short result."""
     from parallel_reason.format import Trajectory, make_block, render
 
     parts = [random_text(rng, words, words)]
     for _ in range(blocks):
-        parts.append(
-            make_block([(random_text(rng, 1, 2).strip(), random_text(rng, words, words)) for _ in range(width)])
-        )
+        bodies = [
+            random_text(rng, words, words) + (RESULT + random_text(rng, 1, 2) if i < width - 1 else "")
+            for i in range(width)
+        ]
+        parts.append(make_block([(random_text(rng, 1, 2).strip(), body) for body in bodies]))
         parts.append("\n" + random_text(rng, words, words).lstrip())
     return render(Trajectory(parts))
 
@@ -234,7 +248,7 @@ def test_greedy_equals_model_generate(tok, arch, attn):
 @pytest.mark.parametrize("join", JOIN_MODES)
 def test_replay_nested_matches_trainer_graph(tok, model, join):
     rng = random.Random(7)
-    texts = [random_trajectory(rng, depth=2, max_width=4, p_block=0.9) for _ in range(6)]
+    texts = [random_trajectory(rng, depth=2, max_width=4, p_block=0.9, p_result=0.6) for _ in range(6)]
     prompts = [f"Numbers: {k} 1 2\nTarget: {k + 3}\n" + "pad " * k for k in range(6)]
     runner = Runner(model, tok, max_new_tokens=4096, max_width=4, max_depth=3, batch_size=3, join=join)
     outs = runner.replay(prompts, texts)
@@ -401,7 +415,21 @@ def test_constrained_banned_sets(tok, model):
     thread = st.active_lanes()[0]
     assert thread.is_thread
     lane = thread
-    assert allowed() == ([THREAD_CLOSE], True)  # max_depth 1: no nested block; no EOS in a thread
+    assert allowed() == ([THREAD_CLOSE, RESULT], True)  # max_depth 1: no nested block; no EOS in a thread
+    st.advance(lane, T[RESULT], -1.0)
+    assert allowed() == ([THREAD_CLOSE], True)  # one result per thread
+    st.advance(lane, encode(tok, " alpha")[0], -1.0)
+    assert allowed() == ([THREAD_CLOSE], True)
+    # depth allowing a nested block: not after the result
+    st2 = RolloutState(Context(None, encode(tok, "x")), TagSet(tok), RunLimits(max_new_tokens=100, max_depth=2))
+    for t in [T[PARALLEL_OPEN], T[OUTLINES_OPEN], T[OUTLINE_OPEN], T[OUTLINE_CLOSE], T[OUTLINES_CLOSE]]:
+        st2.advance(st2.main, t, -1.0)
+    th = st2.active_lanes()[0]
+    assert PARALLEL_OPEN not in [names.get(i) for i in st2.banned(th)]
+    st2.advance(th, T[RESULT], -1.0)
+    assert PARALLEL_OPEN in [names.get(i) for i in st2.banned(th)]
+    st2.advance(th, T[PARALLEL_OPEN], -1.0)  # sampled anyway (unconstrained): malformed
+    assert st2.finish_reason == "malformed" and "after the <Result>" in st2.detail
 
 
 # ---------------------------------------------------------------------- guards
@@ -573,10 +601,12 @@ def test_dead_slots_are_reclaimed(tok, model, join):
     runner = Runner(model, tok, max_new_tokens=4096, max_width=4, batch_size=1, compact_min_slots=16, join=join)
     r = runner.replay(["Numbers: 1 2\n"], [wide_trajectory(rng, blocks=4, width=4)])[0]
     st = runner.stats
-    if join == "concat":
-        assert st.compactions > 0 and st.max_slots < st.tokens_fed - 100, st
-    else:  # a tree join keeps every thread in view: nothing dies, nothing is fed twice
+    if join == "tree":  # a tree join keeps every thread in view: nothing dies, nothing is fed twice
         assert st.compactions == 0 and st.max_slots == st.tokens_fed == non_leaf_nodes(r.graph), st
+    else:  # concat re-reads and drops threads 2..n; summary keeps only openers and results
+        assert st.compactions > 0 and st.max_slots < st.tokens_fed - 100, st
+    if join == "summary":
+        assert st.tokens_fed == non_leaf_nodes(r.graph), st  # nothing fed twice
     assert worst_logprob_diff(model, [r], tok.pad_token_id) <= TOL
 
 
@@ -599,8 +629,8 @@ def test_bad_arguments(tok, model):
         runner.generate([""])
     with pytest.raises(ValueError):
         runner.generate(["a"], top_p=0.0)
-    with pytest.raises(ValueError, match="join mode 'summary' is not available"):
-        Runner(model, tok, join="summary")
+    with pytest.raises(ValueError, match="join mode 'merge' is not available"):
+        Runner(model, tok, join="merge")
     with pytest.raises(ValueError):
         runner.replay(["a", "b"], ["x"])
 

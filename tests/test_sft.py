@@ -630,3 +630,46 @@ def test_zero_on_cpu(data_dir, tmp_path, stage):
     b = one.losses()
     for s, x in enumerate(losses, 1):
         assert abs(x - b[s]) < 1e-4, (s, x, b[s])
+
+
+def test_summary_join_end_to_end(tmp_path):
+    """SFT with ``join: summary``: data without any <Result> is refused before a model
+    loads; with results, the join is stored in the model and the runner decodes with it,
+    its recorded log-probs equal to the packed ones (what the next SFT/RL step trains)."""
+    from transformers import AutoModelForCausalLM
+
+    from parallel_reason.attention import collate
+    from parallel_reason.data import DataError
+    from parallel_reason.logprobs import packed_logprobs
+    from parallel_reason.runner import Runner
+    from parallel_reason.tokens import load_tokenizer
+
+    rng = random.Random(3)
+    rows = []
+    for k in range(12):
+        text = random_trajectory(rng, depth=2, max_width=3, p_block=0.9, p_result=0.8)
+        rows.append({"prompt": f"Numbers: {k} 4\nTarget: 9\n", "completion": text})
+    assert any("<Result>" in r["completion"] for r in rows)
+    data = _write_jsonl(tmp_path / "results.jsonl", rows)
+    bare = _write_jsonl(
+        tmp_path / "no_results.jsonl", [{**r, "completion": r["completion"].replace("<Result>", "")} for r in rows]
+    )
+    with pytest.raises(DataError, match="join 'summary'.*marks its result"):
+        sft.train(_cfg(tmp_path, tmp_path / "bad", train_data=str(bare), eval_data=None, join="summary"))
+    reset_accelerate()
+    res = sft.train(_cfg(tmp_path, tmp_path / "run", train_data=str(data), eval_data=None, join="summary", max_steps=2))
+    assert res.global_step == 2
+    final = tmp_path / "run" / "final"
+    model = AutoModelForCausalLM.from_pretrained(final).eval()
+    tok = load_tokenizer(str(final))
+    assert model.config.parallel_join == "summary"
+    runner = Runner(model, tok, max_new_tokens=4096, max_width=4, max_depth=3)
+    assert runner.join == "summary"
+    outs = runner.replay([r["prompt"] for r in rows[:4]], [r["completion"] for r in rows[:4]])
+    batch = collate([r.graph for r in outs], tok.pad_token_id)
+    with torch.no_grad():
+        lp = packed_logprobs(model, batch)
+    for b, r in enumerate(outs):
+        g = r.graph
+        assert g.join == "summary" and r.finish_reason == "eos"
+        assert float((lp[b, : len(g)] - g.sample_logprobs)[g.loss_mask].abs().max()) < 1e-4

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from conftest import make_model
 
-from parallel_reason.format import CONTROL_TAGS
+from parallel_reason.format import ALL_TAGS, CONTROL_TAGS, RESULT
 from parallel_reason.tiny import build_tokenizer
 from parallel_reason.tokens import _name_ids, add_control_tokens, missing_tags, tag_token_ids
 
@@ -20,18 +20,29 @@ def test_adds_single_tokens_idempotently():
     assert set(missing_tags(tok)) == set(CONTROL_TAGS)
     n0 = len(tok)
     added = add_control_tokens(tok)
-    assert added == list(CONTROL_TAGS)
-    assert len(tok) == n0 + len(CONTROL_TAGS)
-    for tag in CONTROL_TAGS:
+    assert added == list(ALL_TAGS)  # the required tags, then the optional <Result>
+    assert len(tok) == n0 + len(ALL_TAGS)
+    for tag in ALL_TAGS:
         ids = tok(f"x{tag}y", add_special_tokens=False)["input_ids"]
         assert tok.convert_tokens_to_ids(tag) in ids
         assert len(tok(tag, add_special_tokens=False)["input_ids"]) == 1
     assert add_control_tokens(tok) == []
-    assert len(tok) == n0 + len(CONTROL_TAGS)
+    assert len(tok) == n0 + len(ALL_TAGS)
     # tags are not special: skip_special_tokens keeps them (TRL decodes that way)
-    text = "a <Parallel>\n<Outlines><Outline>1: p</Outline></Outlines>\n<Thread>1: q</Thread>\n</Parallel>"
+    text = "a <Parallel>\n<Outlines><Outline>1: p</Outline></Outlines>\n<Thread>1: q<Result>r</Thread>\n</Parallel>"
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert tok.decode(ids, skip_special_tokens=True) == text
+
+
+def test_result_tag_is_optional():
+    """A tokenizer saved before <Result> existed still decodes (the tag is optional)."""
+    from transformers import AddedToken
+
+    tok = _base_tokenizer()
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in CONTROL_TAGS])
+    assert missing_tags(tok) == [] and RESULT not in tag_token_ids(tok)
+    assert add_control_tokens(tok) == [RESULT]
+    assert set(tag_token_ids(tok)) == set(ALL_TAGS)
 
 
 def test_resize_and_init_rows_untied():
@@ -40,7 +51,7 @@ def test_resize_and_init_rows_untied():
     old_in = model.get_input_embeddings().weight.detach().clone()
     old_out = model.get_output_embeddings().weight.detach().clone()
     n_old = old_in.shape[0]
-    name_ids = {t: _name_ids(tok, t) for t in CONTROL_TAGS}
+    name_ids = {t: _name_ids(tok, t) for t in ALL_TAGS}
     add_control_tokens(tok, model, pad_to_multiple_of=64)
     emb = model.get_input_embeddings().weight
     assert emb.shape[0] % 64 == 0 and emb.shape[0] >= len(tok)

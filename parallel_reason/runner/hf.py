@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..attention import float_mask
+from ..format import RESULT
 from ..layout import Run, check_join, check_thread_header, linear_ids, tokenize_trajectory
 from ..logprobs import attn_implementation_of
 from ..wrappers import unwrap_model
@@ -226,8 +227,16 @@ class HFBackend:
             self.anc = anc
         for par in ctx.parents():  # one parent, or every thread end after a tree join
             if par.handle is None:
-                raise RuntimeError("a context was fed before its parent")
+                if par.tokens:
+                    raise RuntimeError("a context was fed before its parent")
+                self._new_seg(b, row, par)  # an empty context (a thread that wrote nothing): no slots
             self.anc[b, s] |= self.anc[b, par.handle]
+        for q in ctx.peeks:  # a summary join: these segments alone, not what they see
+            if q.handle is None:
+                raise RuntimeError("a context was fed before a context it sees")
+            self.anc[b, s, q.handle] = True
+        if ctx.peeks:  # the threads' reasoning, kept for their </Thread>, dies now: recount at reclaim
+            st.version = -1
         self.anc[b, s, s] = True
         ctx.handle = s
         return s
@@ -237,7 +246,7 @@ class HFBackend:
         it sees whole that are pending too (the thread ends of a tree join)."""
         if c.done >= len(c.tokens):
             return
-        for par in c.joins + ((c.parent,) if c.parent is not None and c.parent.handle is None else ()):
+        for par in c.joins + c.peeks + ((c.parent,) if c.parent is not None and c.parent.handle is None else ()):
             self._feed(b, row, par, ids, pos, seg, touched)
         s = c.handle if c.handle is not None else self._new_seg(b, row, c)
         new = c.tokens[c.done :]
@@ -448,13 +457,19 @@ class HFBackend:
 
     # ------------------------------------------------------------------ memory
     def _sees(self, b: int, c: Context) -> torch.Tensor:
-        """Bool [S]: the segments of row ``b`` that context ``c`` attends to (a context
-        not fed yet sees what its parents see)."""
+        """Bool [S]: the segments of row ``b`` that context ``c`` attends to, or will need
+        (a context not fed yet sees what its parents see, and a summary join keeps what
+        its unfed ``</Thread>`` contexts see until they are fed)."""
         if c.handle is not None:
             return self.anc[b, c.handle]
         out = torch.zeros(self.anc.shape[1], dtype=torch.bool, device=self.device)
         for par in c.parents():
             out |= self._sees(b, par)
+        for q in c.peeks:
+            if q.handle is None:
+                out |= self._sees(b, q)
+            else:
+                out[q.handle] = True
         return out
 
     def reclaim(self) -> None:
@@ -615,6 +630,11 @@ class Runner:
         constrained: bool = False,
     ):
         join = check_join(join) if join is not None else model_join(model)  # default: as the model was trained
+        if join == "summary" and RESULT not in tokenizer.get_vocab():
+            raise ValueError(
+                f"join 'summary' needs the {RESULT} tag in the tokenizer (a thread marks its result with it); "
+                "parallel_reason.tokens.add_control_tokens adds it"
+            )
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if max_new_tokens < 1:

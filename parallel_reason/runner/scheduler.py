@@ -3,7 +3,7 @@ grammar, the budgets (:class:`RunLimits`) and the token tree, and nothing about 
 caches, batches or masks. A backend feeds the pending tokens of every live
 :class:`Lane` and hands each sampled token to :meth:`RolloutState.advance`:
 ``</Outlines>`` forks one lane per outline, the last ``</Thread>`` joins (concat
-re-read), a stray tag stops the rollout (:data:`FINISH_REASONS`). State machine,
+re-read, tree or summary in place), a stray tag stops the rollout (:data:`FINISH_REASONS`). State machine,
 backend interface, mapping onto prefix-caching engines: docs/design.md#runner.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..finish import EXTERNAL_REASONS, FINISH_REASONS
-from ..format import OUTLINE_CLOSE, OUTLINE_OPEN, OUTLINES_CLOSE, OUTLINES_OPEN, PARALLEL_OPEN, THREAD_CLOSE
+from ..format import OUTLINE_CLOSE, OUTLINE_OPEN, OUTLINES_CLOSE, OUTLINES_OPEN, PARALLEL_OPEN, RESULT, THREAD_CLOSE
 from ..layout import (
     PackedGraph,
     Run,
@@ -74,15 +74,23 @@ class TagSet:
 
 class Context:
     """A chain of tokens extending ``parent``; a tree join's context also sees the
-    contexts in ``joins`` and starts after the furthest of them."""
+    contexts in ``joins`` (with all they see), a summary join's the contexts in
+    ``peeks`` (their own tokens only); either starts after the furthest of them."""
 
-    __slots__ = ("parent", "joins", "tokens", "start", "done", "handle", "last")
+    __slots__ = ("parent", "joins", "peeks", "tokens", "start", "done", "handle", "last")
 
-    def __init__(self, parent: Context | None, tokens: Sequence[int] = (), joins: Sequence[Context] = ()):
+    def __init__(
+        self,
+        parent: Context | None,
+        tokens: Sequence[int] = (),
+        joins: Sequence[Context] = (),
+        peeks: Sequence[Context] = (),
+    ):
         self.parent = parent
         self.joins = tuple(joins)
+        self.peeks = tuple(peeks)
         self.tokens: list[int] = list(tokens)
-        self.start = max((c.next_pos for c in self.parents()), default=0)
+        self.start = max((c.next_pos for c in self.parents() + self.peeks), default=0)
         self.done = 0  # tokens already fed to the model by the backend
         self.handle: Any = None  # backend data (the HF backend: segment id in its row)
         self.last = -1  # backend scratch: index of the last fed token in the current step
@@ -102,8 +110,8 @@ class Context:
     def path(self) -> list[int]:
         """All tokens visible from the end of this context (ancestors first); a linear
         reading exists only without tree joins."""
-        if self.joins:
-            raise ValueError("a context after a tree join has no linear reading")
+        if self.joins or self.peeks:
+            raise ValueError("a context after a tree or summary join has no linear reading")
         chain = []
         c: Context | None = self
         while c is not None:
@@ -150,6 +158,8 @@ class Lane:
         "script",
         "number",
         "pending",
+        "opener_ctx",
+        "result_ctx",
     )
 
     def __init__(self, rollout, depth, ctx, owns_ctx, items, thread=None, fork=None, script=None, number=0):
@@ -168,6 +178,8 @@ class Lane:
         self.script = script  # replay: the forced tokens
         self.number = number  # thread number (1-based), 0 for the main lane
         self.pending: _Fork | None = None  # the fork this lane is waiting on
+        self.opener_ctx: Context | None = ctx if thread is not None else None  # a thread's opener
+        self.result_ctx: Context | None = None  # a thread's result, from its <Result> (summary join)
 
     @property
     def is_thread(self) -> bool:
@@ -266,13 +278,14 @@ class RolloutState:
         """Contexts whose tokens some future token of this rollout will attend to: every
         live lane's context, plus thread 1's last context of every block waiting for its
         join (the continuation is read after it, even when thread 1 ended long ago).
-        Threads 2..n that have ended are live only under a tree join: a concat join
-        re-reads them."""
+        Threads 2..n that have ended are live only under a tree or summary join (the
+        summary join's ``</Thread>`` tokens are fed after it, and see their thread whole);
+        a concat join re-reads them."""
         out = []
         for lane in self.lanes:
             out.append(lane.ctx)
             if lane.state == WAITING and lane.pending is not None:
-                children = lane.pending.children if self.join == "tree" else lane.pending.children[:1]
+                children = lane.pending.children if self.join != "concat" else lane.pending.children[:1]
                 out.extend(c.ctx for c in children)
         return out
 
@@ -304,10 +317,12 @@ class RolloutState:
                 if h.n > 0:
                     allowed.add(OUTLINES_CLOSE)
         else:
-            if lim.max_depth is None or lane.depth + 1 <= lim.max_depth:
+            if (lim.max_depth is None or lane.depth + 1 <= lim.max_depth) and lane.result_ctx is None:
                 allowed.add(PARALLEL_OPEN)
             if lane.is_thread:
                 allowed.add(THREAD_CLOSE)
+                if lane.result_ctx is None:
+                    allowed.add(RESULT)
         out = [i for tag, i in ids.items() if tag not in allowed]
         if self.tags.eos is not None and (lane.phase == HEAD or lane.is_thread):
             out.append(int(self.tags.eos))
@@ -370,12 +385,12 @@ class RolloutState:
                 self.finish("max_new_tokens", f"budget of {lim.max_new_tokens} tokens spent")
 
     # ------------------------------------------------------------------ internals
-    def _record_text(self, lane: Lane, token: int, lp: float, slp: float) -> None:
+    def _record_text(self, lane: Lane, token: int, lp: float, slp: float, result: bool = False) -> None:
         items = lane.items
-        if items and isinstance(items[-1], Run) and items[-1].train:
+        if items and isinstance(items[-1], Run) and items[-1].train and not result:
             run = items[-1]
         else:
-            run = Run([], True, [])
+            run = Run([], True, [], result=result)
             items.append(run)
             self.sampler_lp[id(run)] = []
         assert run.logprobs is not None  # sampled runs always record log-probs
@@ -384,6 +399,22 @@ class RolloutState:
         self.sampler_lp[id(run)].append(slp)
 
     def _text_token(self, lane: Lane, token: int, tag: str | None, lp: float, slp: float) -> None:
+        if tag == RESULT and lane.is_thread and lane.result_ctx is None:
+            # the thread's result starts: its own Run and, for a summary join, its own
+            # context (the join sees it, not the reasoning before it)
+            self._record_text(lane, token, lp, slp, result=True)
+            lane.result_ctx = Context(lane.ctx, [token]) if self.join == "summary" else lane.ctx
+            if self.join == "summary":
+                lane.ctx = lane.result_ctx
+            else:
+                lane.ctx.tokens.append(token)
+            return
+        if tag == PARALLEL_OPEN and lane.result_ctx is not None:
+            self._record_text(lane, token, lp, slp)
+            self.finish(
+                "malformed", f"{PARALLEL_OPEN} after the {RESULT} of thread {lane.number} at depth {lane.depth}"
+            )
+            return
         if tag == PARALLEL_OPEN:
             block = TBlock(head=[token], head_logprobs=[lp])
             self.sampler_lp[id(block)] = [slp]
@@ -472,7 +503,7 @@ class RolloutState:
                 self,
                 lane.depth + 1,
                 Context(lane.ctx, th.opener),
-                True,
+                self.join != "summary",  # summary: the reasoning gets a context of its own
                 th.body,
                 thread=th,
                 fork=fork,
@@ -503,6 +534,14 @@ class RolloutState:
         if self.join == "tree":  # every thread's end stays where it is; the closer sees them all
             ends = [Context(ch.ctx, [close]) for ch in fork.children]
             parent.ctx = Context(ends[-1], block.closer, joins=ends[:-1])
+        elif self.join == "summary":  # the closer follows the head; of each thread it sees the
+            # opener, the result and </Thread>, where they are
+            peeks: list[Context] = []
+            for ch in fork.children:
+                assert ch.opener_ctx is not None  # set for every thread lane
+                end = Context(ch.ctx, [close])
+                peeks += [ch.opener_ctx] + ([ch.result_ctx] if ch.result_ctx is not None else []) + [end]
+            parent.ctx = Context(parent.ctx, block.closer, peeks=peeks)
         else:
             reread = [close]
             for t in block.threads[1:]:
