@@ -588,7 +588,8 @@ def write_report(pipe: Pipeline, args, wall: float) -> Path:
         f"{variant}; {args.train_n} training problems; {args.test_n} held-out test problems, greedy decoding. "
         f"Tiny Qwen2 ({args.layers} layers, hidden {args.hidden}) built from the data. Parallel model: "
         f"{'a mix of fork/join (' + format(args.parallel_fraction, '.0%') + ') and depth-first' if args.parallel_fraction < 1 else 'fork/join'} "
-        f"traces, thread header `{args.thread_header}`, join `{args.join}`; baseline: depth-first traces that stop at the first "
+        f"traces ({'outlines are only the thread number, each thread writes its own move' if args.bare_outlines else 'outlines carry the moves'}), "
+        f"thread header `{args.thread_header}`, join `{args.join}`; baseline: depth-first traces that stop at the first "
         f"solution; both SFT runs process the same number of tokens.",
         "",
         f"Total wall time of this invocation: {wall / 60:.1f} min ({os.cpu_count()} CPU cores).",
@@ -653,9 +654,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--parallel-fraction",
         type=float,
-        default=0.5,
-        help="share of fork/join traces in the parallel model's data, the rest depth-first (default 0.5: "
-        "the model can answer either way, so RL has room to move it towards forking)",
+        default=0.7,
+        help="share of fork/join traces in the parallel model's data, the rest depth-first (default 0.7: "
+        "the model forks on most problems and can still answer depth-first)",
     )
     g.add_argument(
         "--thread-header",
@@ -666,16 +667,18 @@ def build_arg_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--join",
         choices=JOIN_MODES,
-        default="concat",
+        default="tree",
         help="join mode of the parallel model (SFT writes it into the model; evaluation, P-GRPO and "
         "self-training follow it): concat re-reads threads 2..n, tree reads nothing twice, summary "
         "shows the text after a block only each thread's <Result> (the data marks them)",
     )
     g.add_argument(
-        "--bare-outlines",
-        action="store_true",
-        help="outlines are only the thread's number ('1:') and each thread writes its own move "
-        "(data_gen.countdown --bare-outlines): a shorter critical path",
+        "--no-bare-outlines",
+        dest="bare_outlines",
+        action="store_false",
+        help="outlines carry the thread's move ('1: 6/3=2 [2 17|34]'), sampled before the fork (default: "
+        "an outline is only the thread's number and the thread writes its own move, "
+        "data_gen.countdown --bare-outlines: a shorter critical path)",
     )
     g.add_argument(
         "--no-show-target",
