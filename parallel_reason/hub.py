@@ -94,6 +94,17 @@ def _task(card: dict) -> str | None:
     return None
 
 
+#: what the continuation after a block sees, per join mode (model card)
+_JOIN_TEXT = {
+    "concat": "sees the prefix and all threads re-read as one linear text (decodable by any engine "
+    "with prefix caching).",
+    "tree": "attends to every thread's tokens where they are, nothing re-read (decode with the "
+    "parallel_reason runner).",
+    "summary": "attends to each thread's opener and result (from `<Result>`) only, where they are; "
+    "the threads' reasoning stays hidden (decode with the parallel_reason runner).",
+}
+
+
 def usage_lines(card: dict) -> list[str]:
     """Body of the ``Usage`` section: a runnable fork/join decoding snippet with
     :class:`parallel_reason.runner.Runner` (limits and join mode from the training
@@ -359,8 +370,7 @@ def render_model_card(card: dict, tokenizer=None) -> str:
             else f"The opener is `\\n{THREAD_OPEN}i:`."
         ),
         f"- Join mode `{card.get('join') or 'concat'}`: after `{PARALLEL_CLOSE}` the continuation "
-        "sees the prefix and all threads re-read as one linear text (decodable by any engine "
-        "with prefix caching).",
+        + _JOIN_TEXT.get(card.get("join") or "concat", "follows the join mode of the training run."),
         "",
     ]
     lines += ["## Usage", "", *usage_lines(card)]

@@ -712,3 +712,13 @@ def test_card_states_the_thread_header_the_model_was_trained_with():
     index = render_model_card({**base, "thread_header": "index"})
     assert "Thread header `outline`" in outline and "thread_header" in outline
     assert "Thread header `outline`" not in index and "The opener is `\\n<Thread>i:`" in index
+
+
+def test_card_states_what_the_join_shows():
+    from parallel_reason.hub import render_model_card
+
+    base = {"model_name": "m", "stage": "sft", "mode": "parallel", "metrics": {}, "config": {}}
+    cards = {j: render_model_card({**base, "join": j}) for j in ("concat", "tree", "summary")}
+    assert "re-read as one linear text" in cards["concat"]
+    assert "nothing re-read" in cards["tree"] and "re-read as one linear" not in cards["tree"]
+    assert "opener and result" in cards["summary"] and 'join="summary"' in cards["summary"]

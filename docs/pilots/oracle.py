@@ -1,0 +1,65 @@
+"""Critical path of the fork/join traces over the depth-first traces' length, measured on
+the generator's own output (a perfect model): the ceiling of issue 10's target 2.
+
+    python docs/pilots/oracle.py
+
+Tokens are counted as the demo's tokenizer splits numbers (a whole number is one token;
+words, punctuation and whitespace runs one each), tags one each.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from data_gen.countdown import GenConfig, generate  # noqa: E402
+from parallel_reason import metrics  # noqa: E402
+
+_PIECE = re.compile(r"\d+|\w+|[^\w\s]|\s+")
+
+
+def count(piece) -> int:
+    return len(piece) if isinstance(piece, tuple) else len(_PIECE.findall(piece))
+
+
+def ratio(numbers: int, moves: str, widths: tuple, bare: bool, n: int = 400) -> tuple[float, float]:
+    """(mean critical path of the fork/join traces, mean length of the dfs traces)."""
+    kw = dict(
+        n_numbers=numbers,
+        num_range=(1, 20),
+        target_range=(10, 100),
+        moves=moves,
+        widths=widths,
+        show_target=True,
+        leaf_answers=True,
+        split="test",
+        split_fractions=(0.0, 0.0, 1.0),
+    )
+    par = generate(GenConfig(mode="parallel", bare_outlines=bare, **kw), n, progress=False)
+    dfs = generate(GenConfig(mode="dfs", **kw), n, progress=False)
+    cp = statistics.mean(metrics.critical_path(r["completion"], count) for r in par)
+    return cp, statistics.mean(metrics.total_tokens(r["completion"], count) for r in dfs)
+
+
+def main() -> None:
+    print("| numbers | moves | widths | outlines | critical path | dfs tokens | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for numbers, moves, widths in [
+        (3, "per-pair", (1,)),
+        (3, "per-pair", (2,)),
+        (3, "best", (3,)),
+        (4, "per-pair", (1, 1)),
+    ]:
+        for bare in (False, True):
+            cp, d = ratio(numbers, moves, widths, bare)
+            print(
+                f"| {numbers} | {moves} | {widths} | {'bare' if bare else 'moves'} | {cp:.1f} | {d:.1f} | {cp / d:.2f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
