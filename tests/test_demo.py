@@ -170,3 +170,18 @@ def test_miniature_pipeline_end_to_end(tmp_path):
     assert r.returncode == 0
     stages = json.loads((out / "report" / "stages.json").read_text())["stages"]
     assert [s[2] for s in stages[:6]] == ["skipped (done)"] * 6
+
+
+def test_join_and_outline_flags_reach_the_commands(tmp_path):
+    """The defaults write bare outlines and train a tree-join model; ``--join summary``
+    also marks the threads' results in the data, and the SFT run gets the join."""
+    _, stages = _stages(tmp_path)
+    jobs = {j.name: j.argv for _, js in stages for j in js}
+    assert "--bare-outlines" in jobs["data_train.parallel"] and "--results" not in jobs["data_train.parallel"]
+    sft_argv = jobs["sft_parallel"]
+    assert sft_argv[sft_argv.index("--join") + 1] == "tree"
+    _, stages = _stages(tmp_path, "--join", "summary", "--no-bare-outlines")
+    jobs = {j.name: j.argv for _, js in stages for j in js}
+    assert "--results" in jobs["data_train.parallel"] and "--bare-outlines" not in jobs["data_train.parallel"]
+    sft_argv = jobs["sft_parallel"]
+    assert sft_argv[sft_argv.index("--join") + 1] == "summary"
