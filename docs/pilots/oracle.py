@@ -1,14 +1,16 @@
 """Critical path of the fork/join traces over the depth-first traces' length, measured on
 the generator's own output (a perfect model): the ceiling of issue 10's target 2.
 
-    python docs/pilots/oracle.py
+    python docs/pilots/oracle.py [--tokenizer runs/demo/models/base]
 
-Tokens are counted as the demo's tokenizer splits numbers (a whole number is one token;
-words, punctuation and whitespace runs one each), tags one each.
+Tokens are counted with the given tokenizer (the demo's), or else approximately as it
+splits numbers (a whole number is one token; words, punctuation and whitespace runs
+one each), tags one each.
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 import statistics
 import sys
@@ -26,7 +28,7 @@ def count(piece) -> int:
     return len(piece) if isinstance(piece, tuple) else len(_PIECE.findall(piece))
 
 
-def ratio(numbers: int, moves: str, widths: tuple, bare: bool, n: int = 400) -> tuple[float, float]:
+def ratio(numbers: int, moves: str, widths: tuple, bare: bool, n: int = 400, count=count) -> tuple[float, float]:
     """(mean critical path of the fork/join traces, mean length of the dfs traces)."""
     kw = dict(
         n_numbers=numbers,
@@ -46,6 +48,14 @@ def ratio(numbers: int, moves: str, widths: tuple, bare: bool, n: int = 400) -> 
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokenizer", help="count with this tokenizer (a model folder)")
+    args = ap.parse_args()
+    counter = count
+    if args.tokenizer:
+        from parallel_reason.tokens import load_tokenizer
+
+        counter = metrics.tokenizer_counter(load_tokenizer(args.tokenizer))
     print("| numbers | moves | widths | outlines | critical path | dfs tokens | ratio |")
     print("|---|---|---|---|---|---|---|")
     for numbers, moves, widths in [
@@ -55,7 +65,7 @@ def main() -> None:
         (4, "per-pair", (1, 1)),
     ]:
         for bare in (False, True):
-            cp, d = ratio(numbers, moves, widths, bare)
+            cp, d = ratio(numbers, moves, widths, bare, count=counter)
             print(
                 f"| {numbers} | {moves} | {widths} | {'bare' if bare else 'moves'} | {cp:.1f} | {d:.1f} | {cp / d:.2f} |"
             )
