@@ -79,6 +79,7 @@ def convert_records(
     out_field: str = "completion",
     keep_source: bool = False,
     limits: Limits | None = None,
+    results: bool = False,
 ) -> tuple[list[dict], list[dict]]:
     """(converted records, rejected records) for the JSONL ``lines`` (text or bytes;
     or ``(number, line or record)`` pairs as :func:`read_input` gives them)."""
@@ -97,7 +98,7 @@ def convert_records(
             bad.append({"line": ln, "id": rid, "reason": f"no field {field!r}"})
             continue
         try:
-            text = convert(rec[field], dialect, limits)
+            text = convert(rec[field], dialect, limits, results)
             st = stats(text).as_dict()
         except DialectError as e:
             bad.append(
@@ -142,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--keep-source", action="store_true", help="keep the source field next to the output")
     ap.add_argument("--max-depth", type=int, default=None, help="reject conversions nested deeper")
     ap.add_argument("--max-width", type=int, default=None, help="reject conversions with wider blocks")
+    ap.add_argument(
+        "--results",
+        action="store_true",
+        help="mark the last line of every thread as its <Result> (what a summary join shows; "
+        "APR sub-searches end with their outcome)",
+    )
     return ap
 
 
@@ -154,7 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise InputError(f"--from: {e}") from None
     field = args.field or ("trace_dict" if dialect == "apr" else "completion")
     limits = Limits(max_depth=args.max_depth, max_width=args.max_width)
-    good, bad = convert_records(read_input(args.input), dialect, field, args.out_field, args.keep_source, limits)
+    good, bad = convert_records(
+        read_input(args.input), dialect, field, args.out_field, args.keep_source, limits, args.results
+    )
     out = Path(args.out)
     rej = Path(str(out) + ".rejected.jsonl")
     write_jsonl(rej, bad)

@@ -14,7 +14,18 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .format import CONTROL_TAGS, MAX_NESTING, Block, FormatError, Limits, Thread, Trajectory, parse, render
+from .format import (
+    CONTROL_TAGS,
+    MAX_NESTING,
+    Block,
+    FormatError,
+    Limits,
+    Thread,
+    Trajectory,
+    mark_results,
+    parse,
+    render,
+)
 
 #: longest synthesised outline (Parallel-R1), in characters
 OUTLINE_MAX_CHARS = 160
@@ -651,10 +662,13 @@ def dialect_name(name: str) -> str:
     return key
 
 
-def convert(text, dialect: str, limits: Limits | None = None) -> str:
+def convert(text, dialect: str, limits: Limits | None = None, results: bool = False) -> str:
     """Convert ``text`` written in ``dialect`` into the canonical grammar. Raises
-    :class:`DialectError` (a ValueError) on malformed input."""
-    return CONVERTERS[dialect_name(dialect)](text, limits)
+    :class:`DialectError` (a ValueError) on malformed input. With ``results`` the last
+    line of every thread that has no ``<Result>`` becomes its result
+    (:func:`parallel_reason.format.mark_results`; for the summary join)."""
+    out = CONVERTERS[dialect_name(dialect)](text, limits)
+    return render(mark_results(parse(out))) if results else out
 
 
 __all__ = [

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import chain
 from typing import Any, Union
 
@@ -536,6 +536,33 @@ def _render_part(p) -> str:
 
 # ---------------------------------------------------------------------------
 # Construction helpers (generators build trajectories in code, then render)
+
+
+def mark_results(traj: Trajectory) -> Trajectory:
+    """Copy of ``traj`` in which every thread without a result gets one: its last line
+    (for data whose threads end with their outcome, as converted APR sub-searches do).
+    A thread that ends with a nested block keeps none. Nested threads are marked too."""
+
+    def fix(parts: list) -> list:
+        out: list = []
+        for p in parts:
+            if not isinstance(p, Block):
+                out.append(p)
+                continue
+            threads = []
+            for t in p.threads:
+                tp = fix(t.parts)
+                last = tp[-1] if tp else None
+                if isinstance(last, str) and last.strip() and RESULT not in last:
+                    body = last.rstrip()
+                    cut = body.rfind("\n") + 1
+                    cut += len(body[cut:]) - len(body[cut:].lstrip())
+                    tp = tp[:-1] + [last[:cut] + RESULT + last[cut:]]
+                threads.append(Thread(t.header, tp, t.closed))
+            out.append(replace(p, threads=threads))
+        return out
+
+    return Trajectory(fix(traj.parts))
 
 
 def make_block(threads: Iterable[tuple[str, str | list]]) -> Block:

@@ -290,6 +290,31 @@ def test_apr_structure_and_text():
     assert convert(td, "APR") == out
 
 
+def test_apr_results_mark_each_sub_search_outcome(tmp_path):
+    """--results: every thread's last line (an APR sub-search's outcome) becomes its
+    result; nothing else changes, and the CLI writes the same."""
+    from data_gen.convert import main
+
+    td, _ = _apr_sample()
+    plain = convert(td, "apr")
+    marked = convert(td, "apr", results=True)
+    assert marked.replace("<Result>", "") == plain
+    results = [(d, t.result) for b, d in parse(marked).blocks() for t in b.threads]
+    assert results == [
+        (1, "No solution found."),  # a sub-search that spawned: its own last line, after its block
+        (1, "No solution found."),
+        (2, "10+6=16 unequal: No Solution"),
+        (2, "36-4=32 unequal: No Solution"),
+        (1, "12+12=24 equal: Goal Reached"),
+        (1, "12+7=19 unequal: No Solution"),
+    ]
+    assert convert(marked, "canonical", results=True) == marked  # a thread keeps its result
+    src = tmp_path / "apr.jsonl"
+    src.write_text(json.dumps({"trace_dict": td}) + "\n")
+    assert main(["--from", "apr", "--input", str(src), "--out", str(tmp_path / "o.jsonl"), "--results"]) == 0
+    assert json.loads((tmp_path / "o.jsonl").read_text())["completion"] == marked
+
+
 def test_apr_plain_string_is_one_call():
     assert convert("Moving to Node #0\nNo solution found.\n", "apr") == "Moving to Node #0\nNo solution found.\n"
 
