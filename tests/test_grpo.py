@@ -684,3 +684,50 @@ def test_two_process_gloo_matches_single_process(tiny_tokenizer, tmp_path):
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
     st = json.loads((two / "trainer_state.json").read_text())
     assert st["num_processes"] == 2
+
+
+def test_summary_join_rollouts_train_what_was_sampled(tiny_tokenizer, tmp_path, one_thread):
+    """P-GRPO with ``join: summary``: the runner samples with it (a tag-happy model
+    writes results), the trainer recomputes the sampled log-probs on the same summary
+    graphs, and an optimizer step runs."""
+    from parallel_reason.tokens import tag_token_ids
+
+    tok = tiny_tokenizer
+    model = make_model(tok, seed=6)
+    bias = torch.zeros(model.lm_head.out_features)
+    bias[list(tag_token_ids(tok).values())] = 5.0  # tags (<Result> included) sampled often
+    hook = model.lm_head.register_forward_hook(lambda m, i, o: o + bias)
+    try:
+        tr = _trainer(
+            tok,
+            model,
+            tmp_path,
+            join="summary",
+            num_generations=4,
+            prompts_per_step=4,
+            max_new_tokens=80,
+            micro_batch_size=4,
+            constrained=True,  # grammar-constrained sampling: tags only where they fit
+        )
+        rows = [{"prompt": f"Numbers: {k} 2\nTarget: 5\n"} for k in range(4)]
+        rollouts = tr.generate(rows, 4, 1.0, seed=3)
+        batch = tr.make_batch(rows, rollouts)
+        assert all(g.join == "summary" for g in batch.graphs)
+        assert any(it.result for r in rollouts for it in _runs(r.items))  # some thread sampled a result
+        for g, lp in zip(batch.graphs, tr._logprobs(tr.model, batch.graphs)):
+            assert float((g.sample_logprobs - lp)[g.loss_mask].abs().max()) < 1e-4
+        out = tr.optimize(batch)
+        assert all(math.isfinite(v) for v in out.values())
+    finally:
+        hook.remove()
+
+
+def _runs(items):
+    from parallel_reason.layout import TBlock
+
+    for it in items:
+        if isinstance(it, TBlock):
+            for t in it.threads:
+                yield from _runs(t.body)
+        else:
+            yield it
