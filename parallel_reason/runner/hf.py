@@ -11,6 +11,7 @@ the model's temperature-1 log-probs. Details: docs/design.md#hf-backend.
 from __future__ import annotations
 
 import inspect
+import os
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -114,6 +115,16 @@ def _slab_classes():
 
 _SlabCache: type | None = None
 
+_FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"  # transformers' sdpa: pass enable_gqa even with a mask
+
+
+def _torch_at_least(major: int, minor: int) -> bool:
+    try:
+        got = tuple(int(x) for x in torch.__version__.split(".")[:2])
+    except ValueError:  # pragma: no cover
+        return False
+    return got >= (major, minor)
+
 
 class _RowState:
     __slots__ = ("nseg", "version", "live")
@@ -144,6 +155,10 @@ class HFBackend:
         if bad or getattr(text_cfg, "use_sliding_window", False) and getattr(text_cfg, "sliding_window", None):
             raise ValueError(f"the HF runner supports full-attention layers only, found {bad or 'sliding_window'}")
         self.impl = impl
+        heads = int(getattr(text_cfg, "num_attention_heads", 0) or 0)
+        kv_heads = int(getattr(text_cfg, "num_key_value_heads", 0) or heads)
+        p0 = next(inner.parameters())
+        self._gqa = impl == "sdpa" and p0.device.type == "cpu" and kv_heads < heads and _torch_at_least(2, 5)
         self.num_layers = int(text_cfg.num_hidden_layers)
         h = getattr(text_cfg, "hidden_size", 1024)
         kv = int(getattr(text_cfg, "num_key_value_heads", 0) or getattr(text_cfg, "num_attention_heads", 16))
@@ -426,14 +441,28 @@ class HFBackend:
             ltk = torch.tensor(
                 [rows_keep[b] + [0] * (M - len(rows_keep[b])) for b in idx], dtype=torch.long, device=dev
             )
-        out = self.model(
-            input_ids=inp,
-            attention_mask=mask,
-            position_ids=posT,
-            use_cache=True,
-            logits_to_keep=ltk,
-            **{_cache_kwarg(self.model): cache},
-        )
+        # A custom mask makes transformers' sdpa copy K/V to every query head (repeat_kv)
+        # in every layer for several query positions; torch's CPU kernels take the mask
+        # with native GQA, so ask for that (same attention; same log-probs on bench_runner).
+        gqa = self._gqa and mask is not None and N > 1
+        if gqa:
+            prev = os.environ.get(_FORCE_GQA)
+            os.environ[_FORCE_GQA] = "1"
+        try:
+            out = self.model(
+                input_ids=inp,
+                attention_mask=mask,
+                position_ids=posT,
+                use_cache=True,
+                logits_to_keep=ltk,
+                **{_cache_kwarg(self.model): cache},
+            )
+        finally:
+            if gqa:
+                if prev is None:
+                    del os.environ[_FORCE_GQA]
+                else:
+                    os.environ[_FORCE_GQA] = prev
         new_cache = out.get("cache", None) if "cache" in out else out.get("past_key_values", None)
         self._cache_out = new_cache if new_cache is not None else cache
         return out.logits, qseg
