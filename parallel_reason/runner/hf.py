@@ -11,6 +11,7 @@ the model's temperature-1 log-probs. Details: docs/design.md#hf-backend.
 from __future__ import annotations
 
 import inspect
+import os
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -114,6 +115,16 @@ def _slab_classes():
 
 _SlabCache: type | None = None
 
+_FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"  # transformers' sdpa: pass enable_gqa even with a mask
+
+
+def _torch_at_least(major: int, minor: int) -> bool:
+    try:
+        got = tuple(int(x) for x in torch.__version__.split(".")[:2])
+    except ValueError:  # pragma: no cover
+        return False
+    return got >= (major, minor)
+
 
 class _RowState:
     __slots__ = ("nseg", "version", "live")
@@ -144,6 +155,10 @@ class HFBackend:
         if bad or getattr(text_cfg, "use_sliding_window", False) and getattr(text_cfg, "sliding_window", None):
             raise ValueError(f"the HF runner supports full-attention layers only, found {bad or 'sliding_window'}")
         self.impl = impl
+        heads = int(getattr(text_cfg, "num_attention_heads", 0) or 0)
+        kv_heads = int(getattr(text_cfg, "num_key_value_heads", 0) or heads)
+        p0 = next(inner.parameters())
+        self._gqa = impl == "sdpa" and p0.device.type == "cpu" and kv_heads < heads and _torch_at_least(2, 5)
         self.num_layers = int(text_cfg.num_hidden_layers)
         h = getattr(text_cfg, "hidden_size", 1024)
         kv = int(getattr(text_cfg, "num_key_value_heads", 0) or getattr(text_cfg, "num_attention_heads", 16))
@@ -163,6 +178,7 @@ class HFBackend:
         self.kseg = torch.zeros(0, 0, dtype=torch.long, device=self.device)
         self.anc = torch.zeros(0, 16, 16, dtype=torch.bool, device=self.device)
         self.stats = BackendStats()
+        self._tri: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # N -> (causal [N, N], eye [N, N])
 
     def _layers(self):
         if self.cache is None:
@@ -306,19 +322,21 @@ class HFBackend:
         if len(groups) == 1:
             out, qseg = self._forward(groups[0], rows_ids, rows_pos, rows_seg, rows_keep, self.cache)
             self.cache = self._cache_out
-            self.kseg = torch.cat([self.kseg, qseg], 1)
+            kall = self._kseg_out
+            self.kseg = kall if kall is not None else torch.cat([self.kseg, qseg], 1)
             outs = [out]
         else:
             outs = self._forward_split(groups, rows_ids, rows_pos, rows_seg, rows_keep, T)
             self.stats.split_steps += 1
         logits = None
-        if want and len(groups) == 1 and len(want) == len(ns) and outs[0].shape[1] == 1:
-            logits = outs[0][:, 0].float()  # one lane per row (ordinary decoding)
-        elif want and len(groups) == 1:
-            dev = self.device
-            logits = outs[0][
-                torch.tensor([b for b, _ in want], device=dev), torch.tensor([j for _, j in want], device=dev)
-            ].float()
+        if want and len(groups) == 1:
+            out = outs[0]
+            G, M, V = out.shape
+            if len(want) == G * M:  # every row keeps M positions (one lane per row, or as many in each)
+                logits = out.reshape(G * M, V).float()
+            else:
+                flat = torch.tensor([b * M + j for b, j in want], device=self.device)
+                logits = out.reshape(G * M, V).index_select(0, flat).float()
         elif want:
             where = {b: (k, r) for k, g in enumerate(groups) for r, b in enumerate(g)}
             logits = torch.stack([outs[where[b][0]][where[b][1], j] for b, j in want]).float()
@@ -356,15 +374,27 @@ class HFBackend:
     def _forward(self, idx: list[int], rows_ids, rows_pos, rows_seg, rows_keep, cache):
         """Forward of rows ``idx`` (with their cache ``cache``); returns the kept logits
         ``[len(idx), M, V]`` and the new slots' segments ``[len(idx), N]``. The cache after
-        the call is left in ``self._cache_out``."""
+        the call is left in ``self._cache_out``; the segments of the slots of rows ``idx``
+        after it (old and new, ``[len(idx), T + N]``) in ``self._kseg_out`` when the mask
+        needed them (else None)."""
         dev = self.device
         N = max(len(rows_ids[b]) for b in idx)
         M = max(max(len(rows_keep[b]) for b in idx), 1)
-        inp = torch.tensor(
-            [rows_ids[b] + [self.pad_id] * (N - len(rows_ids[b])) for b in idx], dtype=torch.long, device=dev
-        )
-        posT = torch.tensor([rows_pos[b] + [0] * (N - len(rows_pos[b])) for b in idx], dtype=torch.long, device=dev)
-        qseg = torch.tensor([rows_seg[b] + [0] * (N - len(rows_seg[b])) for b in idx], dtype=torch.long, device=dev)
+        padded = False
+        ids_l, pos_l, seg_l = [], [], []
+        for b in idx:  # one tensor for the three inputs: one conversion instead of three
+            p = N - len(rows_ids[b])
+            if p:
+                padded = True
+                ids_l.append(rows_ids[b] + [self.pad_id] * p)
+                pos_l.append(rows_pos[b] + [0] * p)
+                seg_l.append(rows_seg[b] + [0] * p)
+            else:
+                ids_l.append(rows_ids[b])
+                pos_l.append(rows_pos[b])
+                seg_l.append(rows_seg[b])
+        data = torch.tensor([ids_l, pos_l, seg_l], dtype=torch.long, device=dev)
+        inp, posT, qseg = data[0], data[1], data[2]
         G = len(idx)
         if G == self.kseg.shape[0]:
             kseg, anc = self.kseg, self.anc
@@ -376,38 +406,63 @@ class HFBackend:
         # live, no padding): pass no mask, so sdpa keeps its fused kernel and native GQA.
         # Every live slot is then an ancestor of the row's one context (dead slots are
         # marked by reclaim() after every step that ended a thread or a rollout).
-        plain = all(self._simple[b] and self.rows[b].handle.live == T and len(rows_ids[b]) == N for b in idx)
+        plain = not padded and all(self._simple[b] and self.rows[b].handle.live == T for b in idx)
+        self._kseg_out = None
         if plain:
             mask = None
         else:
             kall = torch.cat([kseg, qseg], 1)  # [G, T + N]
-            bidx = torch.arange(G, device=dev)[:, None, None]
-            mask = anc[bidx, qseg[:, :, None], kall[:, None, :]]  # [G, N, T + N]
+            self._kseg_out = kall
+            if G == 1:  # one row: plain 2D indexing
+                mask = anc[0][qseg[0][:, None], kall[0][None, :]][None]  # [1, N, T + N]
+            else:
+                bidx = torch.arange(G, device=dev)[:, None, None]
+                mask = anc[bidx, qseg[:, :, None], kall[:, None, :]]  # [G, N, T + N]
             if N > 1:
-                mask[:, :, T:] &= torch.ones(N, N, dtype=torch.bool, device=dev).tril()
-            pad = qseg == 0
-            if bool(pad.any()):
-                mask[:, :, T:] |= pad[:, :, None] & torch.eye(N, dtype=torch.bool, device=dev)
+                tri = self._tri.get(N)
+                if tri is None or tri[0].device != mask.device:
+                    tri = self._tri[N] = (
+                        torch.ones(N, N, dtype=torch.bool, device=dev).tril(),
+                        torch.eye(N, dtype=torch.bool, device=dev),
+                    )
+                mask[:, :, T:] &= tri[0]
+                if padded:  # a padding position sees itself only
+                    mask[:, :, T:] |= (qseg == 0)[:, :, None] & tri[1]
             mask = mask[:, None]
             if self.impl == "eager":
                 mask = float_mask(mask, self.dtype)
         if cache is None:
             cache = self._new_cache()
         ltk: int | torch.Tensor
-        if M == 1 and all(rows_keep[b] == [N - 1] for b in idx):
-            ltk = 1  # every row wants its last position: plain slicing
+        tail = list(range(N - M, N))
+        if all(rows_keep[b] == tail for b in idx):
+            ltk = M  # every row wants its last M positions (one lane on its last token, or M lanes): plain slicing
         else:
             ltk = torch.tensor(
                 [rows_keep[b] + [0] * (M - len(rows_keep[b])) for b in idx], dtype=torch.long, device=dev
             )
-        out = self.model(
-            input_ids=inp,
-            attention_mask=mask,
-            position_ids=posT,
-            use_cache=True,
-            logits_to_keep=ltk,
-            **{_cache_kwarg(self.model): cache},
-        )
+        # A custom mask makes transformers' sdpa copy K/V to every query head (repeat_kv)
+        # in every layer for several query positions; torch's CPU kernels take the mask
+        # with native GQA, so ask for that (same attention; same log-probs on bench_runner).
+        gqa = self._gqa and mask is not None and N > 1
+        if gqa:
+            prev = os.environ.get(_FORCE_GQA)
+            os.environ[_FORCE_GQA] = "1"
+        try:
+            out = self.model(
+                input_ids=inp,
+                attention_mask=mask,
+                position_ids=posT,
+                use_cache=True,
+                logits_to_keep=ltk,
+                **{_cache_kwarg(self.model): cache},
+            )
+        finally:
+            if gqa:
+                if prev is None:
+                    del os.environ[_FORCE_GQA]
+                else:
+                    os.environ[_FORCE_GQA] = prev
         new_cache = out.get("cache", None) if "cache" in out else out.get("past_key_values", None)
         self._cache_out = new_cache if new_cache is not None else cache
         return out.logits, qseg
