@@ -654,9 +654,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--parallel-fraction",
         type=float,
-        default=0.7,
-        help="share of fork/join traces in the parallel model's data, the rest depth-first (default 0.7: "
-        "the model forks on most problems and can still answer depth-first)",
+        default=0.6,
+        help="share of fork/join traces in the parallel model's data, the rest depth-first (default 0.6: "
+        "the SFT model forks on most problems, and P-GRPO has the rest to move; README, pilot P3)",
     )
     g.add_argument(
         "--thread-header",
@@ -715,8 +715,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--sft-tokens",
         type=int,
-        default=2_600_000,
-        help="SFT compute budget per model, in buffer tokens (0: use --sft-epochs)",
+        default=4_000_000,
+        help="SFT compute budget per model, in buffer tokens (0: use --sft-epochs; default 4M: about "
+        "12 min for the two runs side by side on 2 cores)",
     )
     g.add_argument("--sft-epochs", type=float, default=1.0)
     g.add_argument("--sft-lr", type=float, default=1.5e-3)
