@@ -36,7 +36,9 @@ def main(demo: str, pilots: str, names: list[str]) -> None:
         keys = ("step", "reward", "accuracy", "speedup", "fork_rate", "entropy")
         steps = [{k: m[k] for k in keys} for m in map(json.loads, (d / "grpo" / "metrics.jsonl").open())]
         evals = []
-        for s in sorted((p for p in d.glob("eval_checkpoint-*") if p.is_dir()), key=lambda p: int(p.name.rsplit("-", 1)[1])):
+        for s in sorted(
+            (p for p in d.glob("eval_checkpoint-*") if p.is_dir()), key=lambda p: int(p.name.rsplit("-", 1)[1])
+        ):
             summ = json.loads((s / "summary.json").read_text())
             got = rows(s / "results.jsonl")
             fixed = sum(1 for k, r in sft_rows.items() if not r["correct"] and got[k]["correct"])
