@@ -15,6 +15,11 @@
    threads end with a short ``<Result>`` (what the summary join shows).
 3. Sequential throughput vs ``model.generate``: greedy, tags and EOS suppressed (both
    decode exactly ``--gen-tokens`` tokens per prompt), same batch size.
+4. Step cost against the tokens a step carries: one forward of the model with N new
+   tokens on a ``--step-context``-slot cache (N = 1 without a mask, as a sequential step;
+   N >= 1 with a 4D mask, as a parallel step), relative to the sequential step. A
+   parallel run feeds several tokens per step; where a step's cost grows with its
+   tokens (a CPU), achieved / ideal stays below 1 by about that factor.
 
 Timings are medians of ``--repeats`` interleaved runs (parallel and sequential,
 runner and generate alternate, so both see the same background load). Prints a
@@ -53,7 +58,7 @@ def text(rng: random.Random, n: int) -> str:
 
 
 def trajectory(rng: random.Random, blocks: int, width: int, thread_words: int, seq_words: int) -> str:
-    parts = [text(rng, seq_words)]
+    parts: list = [text(rng, seq_words)]
     for _ in range(blocks):
         parts.append(
             make_block(
@@ -77,6 +82,61 @@ def timed(fn):
     return time.perf_counter() - t, out
 
 
+def step_costs(model, tokens: list[int], context: int, repeats: int) -> list[dict]:
+    """Median ms of one forward with N new tokens on a ``context``-slot cache: first a
+    1-token step without a mask (sequential decoding), then each N with the bool 4D mask
+    and grouped-query attention the runner uses for parallel steps. Interleaved."""
+    from parallel_reason.runner.hf import _FORCE_GQA, _cache_kwarg, _slab_classes
+
+    V = model.config.vocab_size
+    cache = _slab_classes()(model.config.num_hidden_layers)
+    kw = _cache_kwarg(model)
+    g = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        model(
+            input_ids=torch.randint(0, V, (1, context), generator=g),
+            position_ids=torch.arange(context)[None],
+            **{kw: cache},
+            use_cache=True,
+            logits_to_keep=1,
+        )
+
+    def step(n: int, masked: bool) -> None:
+        mask = None
+        if masked:
+            mask = torch.ones(1, 1, n, context + n, dtype=torch.bool)
+            mask[0, 0, :, context:] = torch.ones(n, n, dtype=torch.bool).tril()
+        if masked and n > 1:
+            os.environ[_FORCE_GQA] = "1"
+        try:
+            with torch.inference_mode():
+                model(
+                    input_ids=torch.randint(0, V, (1, n), generator=g),
+                    position_ids=torch.arange(context, context + n)[None],
+                    attention_mask=mask,
+                    **{kw: cache},
+                    use_cache=True,
+                    logits_to_keep=n,
+                )
+        finally:
+            os.environ.pop(_FORCE_GQA, None)
+        for layer in cache.layers:  # back to `context` slots
+            layer.n = context
+            layer.keys, layer.values = layer._k[:, :, :context], layer._v[:, :, :context]
+
+    cases = [(1, False)] + [(n, True) for n in tokens]
+    times: dict = {c: [] for c in cases}
+    for _ in range(max(repeats, 5)):
+        for c in cases:
+            for _ in range(10):
+                step(*c)
+            t = time.perf_counter()
+            for _ in range(50):
+                step(*c)
+            times[c].append((time.perf_counter() - t) / 50 * 1e3)
+    return [{"tokens": n, "mask": m, "ms": statistics.median(times[(n, m)])} for n, m in cases]
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
@@ -91,6 +151,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--joins", default=",".join(JOIN_MODES), help="join modes compared on the same trajectories")
     ap.add_argument("--gen-batches", default="1,8", help="batch sizes of the generate comparison")
     ap.add_argument("--gen-tokens", type=int, default=128)
+    ap.add_argument("--step-tokens", default="1,2,3,4,8", help="tokens per step of the step-cost section ('' skips it)")
+    ap.add_argument("--step-context", type=int, default=256, help="cached slots in the step-cost section")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -114,6 +176,7 @@ def main(argv=None) -> dict:
         "model": f"qwen2 h{args.hidden} L{args.layers}",
         "replay": [],
         "generate": [],
+        "step_cost": [],
     }
 
     # ------------------------------------------------------------ 1 + 2: replay
@@ -208,6 +271,12 @@ def main(argv=None) -> dict:
     finally:
         hook.remove()
 
+    # ------------------------------------------------------------ 4: step cost
+    if args.step_tokens:
+        res["step_cost"] = step_costs(
+            model, [int(x) for x in args.step_tokens.split(",")], args.step_context, args.repeats
+        )
+
     if args.json:
         print(json.dumps(res, indent=2))
     else:
@@ -231,6 +300,12 @@ def main(argv=None) -> dict:
                 f"| {r['batch']} | {r['tokens']} | {r['runner_tok_s']:.0f} | {r['hf_generate_tok_s']:.0f} "
                 f"| {r['ratio']:.2f} | {r['identical_tokens']} |"
             )
+        if res["step_cost"]:
+            print(f"\n| tokens per step | mask | ms per step ({args.step_context} cached slots) | / sequential step |")
+            print("|---|---|---|---|")
+            base = res["step_cost"][0]["ms"]
+            for r in res["step_cost"]:
+                print(f"| {r['tokens']} | {'yes' if r['mask'] else 'no'} | {r['ms']:.3f} | {r['ms'] / base:.2f} |")
     return res
 
 
