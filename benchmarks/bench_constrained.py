@@ -114,10 +114,10 @@ def main(argv=None) -> dict:
     print("| decoding | rollouts | format-valid | ended on a violation | truncated | forks/rollout | finish reasons |")
     print("|---|---|---|---|---|---|---|")
     for name, r in res["runs"].items():
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(r["finish_reasons"].items()))
+        listed = ", ".join(f"{k} {v}" for k, v in sorted(r["finish_reasons"].items()))
         print(
             f"| {name} | {r['rollouts']} | {r['format_valid']:.3f} | {r['violations']} | {r['truncated']} "
-            f"| {r['forks_per_rollout']:.2f} | {reasons} |"
+            f"| {r['forks_per_rollout']:.2f} | {listed} |"
         )
     return res
 

@@ -94,7 +94,7 @@ def main(argv=None) -> dict:
     joins = args.joins.split(",")
 
     examples = load_examples(countdown_records(args.n, args.numbers, args.seed))
-    tok = build_tokenizer([e.prompt + e.completion for e in examples], vocab_size=512)
+    tok = build_tokenizer([str(e.prompt) + e.completion for e in examples], vocab_size=512)
     add_control_tokens(tok)
     model = build_model(
         len(tok),

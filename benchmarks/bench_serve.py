@@ -80,7 +80,7 @@ def start_server(model_dir: str, port: int, threads: int, max_tokens: int, extra
     t0 = time.time()
     while time.time() - t0 < 120:
         if proc.poll() is not None:
-            raise RuntimeError("server exited: " + proc.stderr.read()[-2000:])
+            raise RuntimeError("server exited: " + (proc.stderr.read() if proc.stderr else "")[-2000:])
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                 return proc
@@ -118,7 +118,8 @@ def run_server(url: str, prompts: list[str], clients: int, max_tokens: int) -> t
         limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
         async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as c:
             s0 = (await c.get(health)).json()["decode_step_s"]
-            todo, tokens = list(reversed(range(len(prompts)))), []
+            todo = list(reversed(range(len(prompts))))
+            tokens: list[int] = []
             t0 = time.perf_counter()
             await asyncio.gather(*(client(c, todo, tokens) for _ in range(clients)))
             wall = time.perf_counter() - t0

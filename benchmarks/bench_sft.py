@@ -53,11 +53,11 @@ def countdown_rows(n: int, seed: int, split: str = "train") -> tuple[list[dict],
     """Countdown parallel traces from data_gen.countdown, or random nested trajectories."""
     try:
         import data_gen.countdown  # noqa: F401
+
+        have_gen = True
     except ImportError:
-        data_gen = None
-    else:
-        data_gen = True
-    if data_gen:
+        have_gen = False
+    if have_gen:
         with tempfile.TemporaryDirectory() as d:
             out = Path(d) / "cd.jsonl"
             subprocess.run(
@@ -187,7 +187,7 @@ def main(argv=None) -> int:
         out = model(input_ids=b["input_ids"], attention_mask=am, labels=labels, use_cache=False)
         out.loss.backward()
 
-    variants = {
+    variants: dict = {
         "packed graph (4D mask, gather by pred)": packed_step,
         "packed graph, mask prebuilt (as a DataLoader worker would)": None,
         "plain causal, HF labels + padding mask": lambda b: causal_step(b, True),
