@@ -61,6 +61,23 @@ def make_model(tokenizer, arch: str = "qwen2", attn: str = "sdpa", seed: int = 0
     return build_model(len(tokenizer), arch=arch, seed=seed, attn_implementation=attn, **kw).eval()
 
 
+TINY_SAVED = dict(vocab_size=300, hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate_size=64)
+
+
+def saved_countdown_model(d, n: int):
+    """``n`` Countdown test problems (3 numbers) written to ``d / "cd.jsonl"`` and a tiny
+    random model with a tokenizer built from their traces, saved to ``d / "model"``.
+    Returns ``(data path, model path)``."""
+    from data_gen import countdown as dg
+    from parallel_reason.tiny import build_tiny
+
+    recs = dg.generate(dg.GenConfig(n_numbers=3, split="test", seed=0), n, progress=False)
+    data = d / "cd.jsonl"
+    dg.write_jsonl(recs, str(data))
+    build_tiny([r["prompt"] + r["completion"] for r in recs] * 2, d / "model", **TINY_SAVED)
+    return data, d / "model"
+
+
 def reset_accelerate() -> None:
     """A fresh accelerate state (a process singleton) for the next in-process run."""
     from accelerate.state import AcceleratorState, GradientState

@@ -13,6 +13,7 @@ import sys
 
 import pytest
 import torch
+from conftest import saved_countdown_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,24 +63,9 @@ def test_bench_runner_invariants(one_thread, capsys):
 
 
 def test_bench_latency_one_forward_per_critical_token(one_thread, tmp_path, capsys):
-    from data_gen import countdown as dg
-    from parallel_reason.tiny import build_tiny
-
-    recs = dg.generate(dg.GenConfig(n_numbers=3, split="test", seed=0), 5, progress=False)
-    data = tmp_path / "test.jsonl"
-    dg.write_jsonl(recs, str(data))
-    build_tiny(
-        [r["prompt"] + r["completion"] for r in recs] * 2,
-        tmp_path / "model",
-        vocab_size=300,
-        hidden_size=32,
-        layers=1,
-        heads=2,
-        kv_heads=1,
-        intermediate_size=64,
-    )
+    data, model = saved_countdown_model(tmp_path, 5)
     bench = load_bench("bench_latency")
-    m = str(tmp_path / "model")
+    m = str(model)
     argv = ["--parallel", m, "--sequential", m, "--data", str(data), "--n", "5", "--repeats", "1"]
     res = bench.main(argv + ["--batch-size", "2", "--max-new-tokens", "24"])
     out = capsys.readouterr().out

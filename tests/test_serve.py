@@ -18,7 +18,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx2")
 
-from conftest import make_model, random_text  # noqa: E402
+from conftest import make_model, random_text, saved_countdown_model  # noqa: E402
 from test_runner import MarkovLM, markov_table  # noqa: E402
 
 from parallel_reason.runner import Runner  # noqa: E402
@@ -511,25 +511,11 @@ def test_load_128_concurrent_three_rounds(server, tok, model):
 def test_benchmark_and_self_train_with_engine_url(tmp_path, capsys):
     """``eval.benchmark`` and ``data_gen.self_train`` with ``--engine URL`` (our server
     on a saved tiny model) write the same rollouts as with the in-process runner."""
-    from data_gen import countdown as dg
     from data_gen import self_train as st
     from eval import benchmark as bm
     from parallel_reason.evaluate import load_model
-    from parallel_reason.tiny import build_tiny
 
-    recs = dg.generate(dg.GenConfig(n_numbers=3, split="test", seed=0), 4, progress=False)
-    data = tmp_path / "cd.jsonl"
-    dg.write_jsonl(recs, str(data))
-    build_tiny(
-        [r["prompt"] + r["completion"] for r in recs] * 2,
-        tmp_path / "model",
-        vocab_size=300,
-        hidden_size=32,
-        layers=1,
-        heads=2,
-        kv_heads=1,
-        intermediate_size=64,
-    )
+    data, _ = saved_countdown_model(tmp_path, 4)
     tok, model = load_model(str(tmp_path / "model"), "auto", "cpu", "sdpa")
     app, _ = build_server(model, tok, ServeConfig(model_name="m"), max_new_tokens=64)
     # a remote server cannot mask tags per step: both sides decode unconstrained
