@@ -28,12 +28,21 @@ def count(piece) -> int:
     return len(piece) if isinstance(piece, tuple) else len(_PIECE.findall(piece))
 
 
-def ratio(numbers: int, moves: str, widths: tuple, bare: bool, n: int = 400, count=count) -> tuple[float, float]:
+def ratio(
+    numbers: int,
+    moves: str,
+    widths: tuple,
+    bare: bool,
+    n: int = 400,
+    count=count,
+    num_range: tuple = (1, 20),
+    target_range: tuple = (10, 100),
+) -> tuple[float, float]:
     """(mean critical path of the fork/join traces, mean length of the dfs traces)."""
     kw = dict(
         n_numbers=numbers,
-        num_range=(1, 20),
-        target_range=(10, 100),
+        num_range=num_range,
+        target_range=target_range,
         moves=moves,
         widths=widths,
         show_target=True,
@@ -69,6 +78,14 @@ def main() -> None:
             print(
                 f"| {numbers} | {moves} | {widths} | {'bare' if bare else 'moves'} | {cp:.1f} | {d:.1f} | {cp / d:.2f} |"
             )
+    print("\nThe demo's traces (3 numbers, per pair, bare outlines) on other ranges:\n")
+    print("| numbers | targets | critical path | dfs tokens | ratio |")
+    print("|---|---|---|---|---|")
+    ranges = [((1, 20), (10, 100)), ((1, 20), (10, 200)), ((1, 20), (30, 100))]
+    ranges += [((1, hi), (10, 100)) for hi in (30, 50, 99)]
+    for nr, tr in ranges:
+        cp, d = ratio(3, "per-pair", (1,), True, count=counter, num_range=nr, target_range=tr)
+        print(f"| {nr[0]}..{nr[1]} | {tr[0]}..{tr[1]} | {cp:.1f} | {d:.1f} | {cp / d:.2f} |")
 
 
 if __name__ == "__main__":
