@@ -5,8 +5,10 @@ self-training -> eval -> report.
     python -m eval.demo --out runs/demo --dry-run  # print the stage commands only
 
 Every stage is one toolkit command, printed before it runs. Independent commands run
-side by side (``--jobs 2``), each logging to ``OUT/logs/<stage>.log``; a rerun skips
-finished stages and resumes the others. What each stage does and measured, and the
+side by side (``--jobs 2``), each logging to ``OUT/logs/<stage>.log``; from SFT to the
+last evaluation a command starts as soon as the models it reads are written (P-GRPO
+while the baseline still trains), not when the whole previous stage has ended. A rerun
+skips finished stages and resumes the others. What each stage does and measured, and the
 choices behind its defaults: README ("What `make demo` does", "Learning on 2 cores").
 """
 
@@ -35,12 +37,15 @@ FULL_TARGET_RANGE = (10, 100)
 
 @dataclass
 class Job:
-    """One command of a stage; ``done`` is a path whose existence means it already ran."""
+    """One command of a stage; ``done`` is a path whose existence means it already ran;
+    ``after``: names of the jobs whose outputs it reads (it starts when they have ended)."""
 
     name: str
     argv: list[str]
     done: Path | None = None
     env: dict = field(default_factory=dict)
+    after: tuple[str, ...] = ()
+    first: bool = False  # among the jobs that can start, start this one before the others
 
     def is_done(self) -> bool:
         return self.done is not None and self.done.exists()
@@ -87,33 +92,52 @@ class Pipeline:
 
     def stage(self, title: str, jobs: list[Job]) -> None:
         """Run ``jobs`` (at most ``self.jobs`` at once); exit with the failing log on error."""
-        t0 = time.perf_counter()
-        todo = [j for j in jobs if not j.is_done()]
-        for j in jobs:
-            self.commands.append((j.name, j.shell()))
-        print(f"\n== {title}", flush=True)
-        for j in jobs:
-            print(f"   {'(done) ' if j.is_done() else ''}$ {j.shell()}", flush=True)
-        if self.dry_run or not todo:
-            self.times.append((title, 0.0, "skipped (done)" if not todo else "dry run"))
+        self.stages([(title, jobs)])
+
+    def stages(self, groups: list[tuple[str, list[Job]]]) -> None:
+        """Run the jobs of consecutive stages as one queue: a job starts as soon as a slot
+        is free and the jobs named in its ``after`` have ended, in queue order (so a stage
+        may start before the previous one has ended; each stage's time runs from its
+        first job's start to its last job's end). Every job gets the same torch threads
+        (cores / jobs side by side), whatever else runs. Exits with the failing log on error."""
+        todo_of = {title: [j for j in jobs if not j.is_done()] for title, jobs in groups}
+        for title, jobs in groups:
+            for j in jobs:
+                self.commands.append((j.name, j.shell()))
+            print(f"\n== {title}", flush=True)
+            for j in jobs:
+                print(f"   {'(done) ' if j.is_done() else ''}$ {j.shell()}", flush=True)
+        queue = [j for title, _ in groups for j in todo_of[title]]
+        queue = [j for j in queue if j.first] + [j for j in queue if not j.first]  # long chains first
+        if self.dry_run or not queue:
+            for title, _ in groups:
+                self.times.append((title, 0.0, "skipped (done)" if not todo_of[title] else "dry run"))
             return
         self.logs.mkdir(parents=True, exist_ok=True)
-        threads = max(1, (os.cpu_count() or 2) // min(self.jobs, len(todo)))
+        stage_of = {j.name: title for title, _ in groups for j in todo_of[title]}
+        pending = {j.name for j in queue}
+        threads = max(1, (os.cpu_count() or 2) // min(self.jobs, len(queue)))
+        span: dict[str, list[float]] = {}  # stage title -> [first start, last end]
         running: list[tuple[Job, subprocess.Popen, Path, IO[str]]] = []
-        queue = list(todo)
-        last_beat = time.perf_counter()
+        t0 = last_beat = time.perf_counter()
         failed: tuple[Job, Path] | None = None
         while queue or running:
-            while queue and len(running) < self.jobs and failed is None:
-                j = queue.pop(0)
-                log = self.logs / f"{j.name}.log"
+            while len(running) < self.jobs and failed is None:
+                ready = next((j for j in queue if not pending.intersection(j.after)), None)
+                if ready is None:
+                    break
+                queue.remove(ready)
+                log = self.logs / f"{ready.name}.log"
                 fh: IO[str] = open(log, "a", encoding="utf-8")
-                fh.write(f"$ {j.shell()}\n")
+                fh.write(f"$ {ready.shell()}\n")
                 fh.flush()
                 p = subprocess.Popen(
-                    j.argv, cwd=ROOT, env={**self.env(threads), **j.env}, stdout=fh, stderr=subprocess.STDOUT
+                    ready.argv, cwd=ROOT, env={**self.env(threads), **ready.env}, stdout=fh, stderr=subprocess.STDOUT
                 )
-                running.append((j, p, log, fh))
+                running.append((ready, p, log, fh))
+                span.setdefault(stage_of[ready.name], [time.perf_counter(), 0.0])
+            if not running:  # nothing can start: a dependency failed or never runs
+                break
             time.sleep(0.5)
             for item in list(running):
                 j, p, log, fh = item
@@ -121,6 +145,8 @@ class Pipeline:
                     continue
                 fh.close()
                 running.remove(item)
+                pending.discard(j.name)
+                span[stage_of[j.name]][1] = time.perf_counter()
                 if p.returncode != 0 and failed is None:
                     failed = (j, log)
             if failed is not None and not running:
@@ -130,14 +156,25 @@ class Pipeline:
                 el = time.perf_counter() - t0
                 for j, _, log, _ in running:
                     print(f"   [{el:5.0f}s] {j.name}: {_tail(log)[:150]}", flush=True)
-        dt = time.perf_counter() - t0
+        for title, _ in groups:
+            if not todo_of[title]:
+                self.times.append((title, 0.0, "skipped (done)"))
+            elif failed is not None and stage_of[failed[0].name] == title:
+                self.times.append((title, time.perf_counter() - span[title][0], "failed"))
+            elif title in span and not any(stage_of[j.name] == title for j in queue + [r[0] for r in running]):
+                self.times.append((title, span[title][1] - span[title][0], "ok"))
+            else:
+                self.times.append((title, 0.0, "not run"))
         if failed is not None:
             j, log = failed
-            self.times.append((title, dt, "failed"))
-            print(f"\nstage '{title}' failed: {j.name} (log {log}); its last lines:\n{_tail(log, 30)}", file=sys.stderr)
+            print(
+                f"\nstage '{stage_of[j.name]}' failed: {j.name} (log {log}); its last lines:\n{_tail(log, 30)}",
+                file=sys.stderr,
+            )
             raise SystemExit(1)
-        self.times.append((title, dt, "ok"))
-        print(f"   done in {dt:.0f}s", flush=True)
+        if queue:
+            raise SystemExit(f"jobs that could not start (a job they need did not run): {[j.name for j in queue]}")
+        print(f"   done in {time.perf_counter() - t0:.0f}s", flush=True)
 
 
 def build(args) -> tuple[Pipeline, list[tuple[str, list[Job]]]]:
@@ -278,7 +315,8 @@ def build(args) -> tuple[Pipeline, list[tuple[str, list[Job]]]]:
         o = ev / name
         return Job(
             f"eval_{name}",
-            [
+            after=(model.parent.name,),  # the job that writes the model (sft_*, grpo_*)
+            argv=[
                 py,
                 "-m",
                 "eval.benchmark",
@@ -312,7 +350,9 @@ def build(args) -> tuple[Pipeline, list[tuple[str, list[Job]]]]:
         o = m / f"grpo_{name}"
         return Job(
             f"grpo_{name}",
-            [
+            after=(f"sft_{name}",),
+            first=True,  # P-GRPO and its evaluation are the longest chain after SFT
+            argv=[
                 py,
                 "recipes/grpo.py",
                 "--config",
@@ -360,7 +400,9 @@ def build(args) -> tuple[Pipeline, list[tuple[str, list[Job]]]]:
     kept = out / "self_train" / "kept.jsonl"
     self_train = Job(
         "self_train",
-        [
+        after=("sft_parallel",),
+        first=True,
+        argv=[
             py,
             "-m",
             "data_gen.self_train",
@@ -766,8 +808,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     pipe, stages = build(args)
     print(f"parallel_reason demo -> {pipe.out}", flush=True)
-    for title, jobs in stages:
+    for title, jobs in stages[:2]:  # data, then the base model
         pipe.stage(title, jobs)
+    pipe.stages(stages[2:-1])  # SFT to the last evaluation: a job starts when its inputs exist
+    pipe.stage(*stages[-1])  # the report
     if args.dry_run:
         return 0
     wall = time.perf_counter() - t0

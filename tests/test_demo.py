@@ -134,6 +134,45 @@ def test_failing_stage_stops_with_its_log(tmp_path, capsys):
     assert (tmp_path / "d" / "logs" / "ok.log").read_text().strip().endswith("fine")
 
 
+def test_overlapping_stages_follow_dependencies(tmp_path):
+    """Across stages, a job starts once the jobs it reads from have ended (not when the
+    whole previous stage has), ``first`` jobs start before the others that are ready, and
+    each stage is timed from its first start to its last end."""
+    log = tmp_path / "order.txt"
+
+    def job(name: str, secs: float, **kw) -> demo.Job:
+        code = f"import time; open({str(log)!r}, 'a').write('start {name}\\n'); time.sleep({secs})"
+        code += f"; open({str(log)!r}, 'a').write('end {name}\\n')"
+        return demo.Job(name, [sys.executable, "-c", code], **kw)
+
+    pipe = demo.Pipeline(tmp_path / "d", jobs=2, heartbeat=0, dry_run=False)
+    pipe.stages(
+        [
+            ("train", [job("fast", 0.2), job("slow", 2.0)]),
+            ("eval", [job("eval_fast", 0.1, after=("fast",)), job("eval_slow", 0.1, after=("slow",))]),
+            ("rl", [job("rl", 0.3, after=("fast",), first=True)]),
+        ]
+    )
+    lines = log.read_text().split("\n")
+    # the RL job (first) and then eval_fast run while "slow" still trains; eval_slow waits for it
+    assert lines.index("start rl") < lines.index("end slow")
+    assert lines.index("start rl") < lines.index("start eval_fast")
+    assert lines.index("start eval_fast") < lines.index("end slow") < lines.index("start eval_slow")
+    assert [t[0] for t in pipe.times] == ["train", "eval", "rl"] and {t[2] for t in pipe.times} == {"ok"}
+    assert pipe.times[0][1] >= 2.0 and pipe.times[2][1] < 2.0
+
+
+def test_a_failed_dependency_stops_what_needs_it(tmp_path, capsys):
+    pipe = demo.Pipeline(tmp_path / "d", jobs=2, heartbeat=0, dry_run=False)
+    bad = demo.Job("train", [sys.executable, "-c", "import sys; print('diverged'); sys.exit(2)"])
+    after = demo.Job("eval", [sys.executable, "-c", "print('never')"], after=("train",))
+    with pytest.raises(SystemExit):
+        pipe.stages([("train", [bad]), ("eval", [after])])
+    assert "failed: train" in capsys.readouterr().err
+    assert not (tmp_path / "d" / "logs" / "eval.log").exists()
+    assert [t[2] for t in pipe.times] == ["failed", "not run"]
+
+
 @pytest.mark.slow
 def test_miniature_pipeline_end_to_end(tmp_path):
     out = tmp_path / "demo"
