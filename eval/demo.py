@@ -759,7 +759,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
         type=int,
         default=4_000_000,
         help="SFT compute budget per model, in buffer tokens (0: use --sft-epochs; default 4M: about "
-        "13-14 min for the two runs side by side on 2 cores)",
+        "13-15 min for the two runs side by side on 2 cores)",
     )
     g.add_argument("--sft-epochs", type=float, default=1.0)
     g.add_argument("--sft-lr", type=float, default=1.5e-3)
